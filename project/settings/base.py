@@ -1,0 +1,124 @@
+"""Settings shared by every environment. Integration modules build the databases, caches and Celery."""
+
+from pathlib import Path
+
+from .caches import build_caches
+from .celery import build_celery
+from .databases import build_databases
+from .env import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent.parent
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", "")  # production.py refuses an empty one
+DEBUG = env("DJANGO_DEBUG", False, bool)
+ALLOWED_HOSTS = env("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"], list)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "users",
+    "resilience",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "project.db.middleware.ReadYourWritesMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "project.urls"
+WSGI_APPLICATION = "project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- databases: a default group and shard groups, each a primary plus replicas ---
+DB_NAME_PREFIX = env("DB_NAME_PREFIX", "bulwark")
+DATABASES, DATABASE_GROUPS, SHARD_GROUPS = build_databases(db_prefix=DB_NAME_PREFIX)
+DATABASE_ROUTERS = ["project.routers.GroupRouter"]
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Replica routing (project/db/): a replica lagging more than this is skipped until it catches up.
+MAX_REPLICA_LAG = env("MAX_REPLICA_LAG", 2.0, float)  # seconds
+REPLICA_CHECK_INTERVAL = env("REPLICA_CHECK_INTERVAL", 0.5, float)  # seconds between lag probes
+READ_YOUR_WRITES_WINDOW = env("READ_YOUR_WRITES_WINDOW", 5.0, float)  # seconds pinned to primaries
+
+# --- sharding (users/sharding/) ---
+SHARDING_LOGICAL_SHARDS = env("SHARDING_LOGICAL_SHARDS", 1024, int)
+SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 512-1023:shard_1"; empty = even
+SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
+
+# --- Redis: cache (evictable) and state (noeviction, AOF) ---
+REDIS_DB = env("REDIS_DB", 0, int)
+CACHES, REDIS_CACHE_URL, REDIS_STATE_URL = build_caches(redis_db=REDIS_DB)
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+
+# --- Celery ---
+for _name, _value in build_celery(state_url=REDIS_STATE_URL).items():
+    globals()[_name] = _value
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # bodies above 64 KiB get 413
+
+REST_FRAMEWORK = {
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Bulwark API",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}

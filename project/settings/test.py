@@ -1,0 +1,14 @@
+"""Tests: the same real stack, separate databases (bulwark_test*) and Redis database numbers."""
+
+import os
+
+os.environ.setdefault("DB_NAME_PREFIX", "bulwark_test")
+os.environ.setdefault("REDIS_DB", "1")
+
+from .base import *  # noqa: E402, F403
+from .env import env  # noqa: E402
+
+SECRET_KEY = env("DJANGO_SECRET_KEY", "test-only-not-secret-0123456789abcdefghijklmnopqrstuvwxyz")
+DEBUG = False
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; production uses PBKDF2
+ALLOWED_HOSTS = ["*"]

@@ -1,0 +1,67 @@
+"""Fixtures over the real stack. Tests run in autocommit on real databases (no wrapping transaction),
+so replicas, Celery workers and other processes see what a test writes, exactly as in production."""
+
+import pytest
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connections
+from django_redis import get_redis_connection
+
+from project.db import pinning
+from project.db.replicas import monitor
+from users.sharding.shardmap import shard_map
+
+from .stack import stack
+
+SHARD_TABLES = ["users_token", "users_user"]
+DEFAULT_TABLES = ["users_uniqueclaim", "django_admin_log", "django_session", "auth_user_groups",
+                  "auth_user_user_permissions", "auth_user"]
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_blocker):
+    """Use the stack's bulwark_test* databases as they are; migrate them once per session."""
+    stack("up")
+    with django_db_blocker.unblock():
+        call_command("migrate_all", verbosity=0)
+
+
+def truncate_everything():
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(DEFAULT_TABLES)} RESTART IDENTITY CASCADE")
+    for group in settings.SHARD_GROUPS:
+        with connections[group].cursor() as cursor:
+            cursor.execute(f"TRUNCATE {', '.join(SHARD_TABLES)} CASCADE")
+    for alias in ("default", "state"):
+        try:
+            get_redis_connection(alias).flushdb()
+        except Exception:  # a previous test may have left a Redis down; the stack fixture restarts it
+            stack("up")
+            get_redis_connection(alias).flushdb()
+
+
+@pytest.fixture
+def real_db(django_db_setup, django_db_blocker):
+    """Unblock the real databases for a test and start it from empty tables and empty Redis DBs."""
+    with django_db_blocker.unblock():
+        stack("up")
+        truncate_everything()
+        shard_map.invalidate()
+        pinning.reset()
+        monitor.refresh_now()
+        yield
+        pinning.reset()
+        for conn in connections.all():
+            conn.close()
+
+
+@pytest.fixture
+def restore_stack():
+    """Bring every stack component back up after a fault test, whatever happened in it."""
+    yield
+    for component in ("primary", "replica", "cache", "state"):
+        try:
+            stack("resume", component)
+        except RuntimeError:
+            pass
+    stack("up")

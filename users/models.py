@@ -1,0 +1,86 @@
+"""User accounts, sharded across the shard groups; uniqueness claims and the shard map in default.
+
+Sharded models carry `sharded = True`: the router migrates them only onto shard primaries, and code
+addresses them with an explicit `.using(alias)` chosen by users/sharding/access.py.
+"""
+
+from django.db import models
+from django.db.models.functions import Lower
+from django.utils import timezone
+
+
+class User(models.Model):
+    """A product user account. Lives on the shard its id names; `id` comes from users_next_id()."""
+
+    sharded = True
+
+    id = models.BigIntegerField(primary_key=True)
+    logical_shard = models.SmallIntegerField(db_index=True)
+    username = models.CharField(max_length=150)
+    email = models.EmailField(max_length=254)
+    password = models.CharField(max_length=128)
+    display_name = models.CharField(max_length=100, blank=True, default="")
+    bio = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField()
+    updated_at = models.DateTimeField()
+    version = models.PositiveIntegerField(default=1)
+    last_seen_at = models.DateTimeField(null=True, blank=True)
+    view_count = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            # Per-shard backstops; global uniqueness is UniqueClaim's job.
+            models.UniqueConstraint(Lower("username"), name="users_user_username_ci"),
+            models.UniqueConstraint(Lower("email"), name="users_user_email_ci"),
+        ]
+
+    def __str__(self):
+        return f"{self.username} ({self.id})"
+
+
+class Token(models.Model):
+    """An API token: only the HMAC-SHA256 digest of its secret is stored, on the user's shard."""
+
+    sharded = True
+
+    digest = models.CharField(max_length=64, primary_key=True)
+    user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="tokens")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return f"token of {self.user_id}"
+
+
+class UniqueClaim(models.Model):
+    """Global uniqueness of a username or email across all shards (default database).
+
+    A claim is taken before the user row is written; `confirmed` is set after. A claim whose user row
+    does not hold the value (a crash between steps) is repaired when it gets in someone's way.
+    """
+
+    USERNAME, EMAIL = "username", "email"
+
+    kind = models.CharField(max_length=16, choices=[(USERNAME, USERNAME), (EMAIL, EMAIL)])
+    value = models.CharField(max_length=254)
+    user_id = models.BigIntegerField(db_index=True)
+    confirmed = models.BooleanField(default=False)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "value"], name="users_claim_kind_value")]
+
+    def __str__(self):
+        return f"{self.kind}={self.value} -> {self.user_id}"
+
+
+class ShardMapEntry(models.Model):
+    """Logical shard -> physical shard group (the shard map as data)."""
+
+    logical_shard = models.IntegerField(primary_key=True)
+    group = models.CharField(max_length=64)
+
+    class Meta:
+        verbose_name_plural = "shard map entries"
+
+    def __str__(self):
+        return f"{self.logical_shard} -> {self.group}"

@@ -1,0 +1,70 @@
+"""Which shard group holds a user, and running a query there with replica failover.
+
+`read_on(group, fn)` calls `fn(alias)` on the alias routing chooses; if a replica fails mid-query it is
+reported to the monitor and the read is retried once on the primary, so a dying replica never fails a
+request. If the primary fails, ShardUnavailable is raised: the API answers 503 with Retry-After.
+"""
+
+from django.db import DatabaseError, InterfaceError, OperationalError, connections
+
+from project.db import routing
+from project.db.replicas import monitor
+
+from .hashing import logical_shard_for_username
+from .ids import logical_shard_of_id
+from .shardmap import shard_map
+
+CONNECTION_ERRORS = (OperationalError, InterfaceError)
+
+
+class ShardUnavailable(Exception):
+    """A shard group's primary cannot be reached. Retryable."""
+
+    def __init__(self, group: str, cause: Exception | None = None):
+        super().__init__(f"shard {group} is unavailable: {cause}")
+        self.group = group
+
+
+def group_for_user_id(user_id: int) -> str:
+    return shard_map.group_for_logical(logical_shard_of_id(user_id))
+
+
+def group_for_username(username: str) -> str:
+    return shard_map.group_for_logical(logical_shard_for_username(username))
+
+
+def _discard(alias: str) -> None:
+    # A broken connection must not be reused by the next query in this thread.
+    try:
+        connections[alias].close()
+    except DatabaseError:
+        pass
+
+
+def read_on(group: str, fn):
+    alias = routing.read_alias(group)
+    try:
+        return fn(alias)
+    except CONNECTION_ERRORS as exc:
+        _discard(alias)
+        primary = routing.primary_alias(group)
+        if alias == primary:
+            raise ShardUnavailable(group, exc) from exc
+        monitor.report_failure(alias, exc)
+    try:
+        return fn(primary)
+    except CONNECTION_ERRORS as exc:
+        _discard(primary)
+        raise ShardUnavailable(group, exc) from exc
+
+
+def write_on(group: str, fn):
+    """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
+    unless `fn` committed before failing, which callers design for)."""
+    alias = routing.write_alias(group)
+    try:
+        return fn(alias)
+    except CONNECTION_ERRORS as exc:
+        if not connections[alias].in_atomic_block:
+            _discard(alias)
+        raise ShardUnavailable(group, exc) from exc
