@@ -23,7 +23,8 @@ class User(models.Model):
     bio = models.TextField(blank=True, default="")
     created_at = models.DateTimeField()
     updated_at = models.DateTimeField()
-    version = models.PositiveIntegerField(default=1)
+    version = models.PositiveIntegerField(default=1)  # profile edits only: ETag / If-Match
+    rev = models.BigIntegerField(default=1)  # every write (edits, flushes): the cache's version
     last_seen_at = models.DateTimeField(null=True, blank=True)
     view_count = models.BigIntegerField(default=0)
 
@@ -84,3 +85,21 @@ class ShardMapEntry(models.Model):
 
     def __str__(self):
         return f"{self.logical_shard} -> {self.group}"
+
+
+class OutboxEvent(models.Model):
+    """A user event written in the same shard transaction as the change it describes (an outbox), so
+    a crash can neither lose nor invent one. Webhook delivery reads it from there."""
+
+    sharded = True
+
+    id = models.BigAutoField(primary_key=True)
+    event_id = models.UUIDField(unique=True)
+    event = models.CharField(max_length=32)
+    user_id = models.BigIntegerField()
+    data = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True, db_index=True)
+
+    def __str__(self):
+        return f"{self.event} {self.user_id}"

@@ -1,0 +1,212 @@
+"""The users cache on the cache Redis: named, versioned keys; no stale sets; no stampedes.
+
+- Every entry is "<version>:<payload>" written by set_if_newer.lua, which refuses to replace a newer
+  version. Updates write through after commit with the row's `rev` (bumped by every write, including
+  write-behind flushes); deletes write a tombstone whose version beats every reader still holding the
+  old row. So after any interleaving of reads and writes, once quiet, the cache equals the database.
+- A miss takes a lease in the same round trip (get_or_lease.lua). The lease holder loads and fills;
+  others poll the cache for at most STAMPEDE_WAIT seconds and then load anyway, so nobody waits on a
+  lock for long, and 50 concurrent cold reads cost about one database query.
+- Redis down or hung: every call degrades to "miss, don't fill" after at most the socket timeout, and
+  a local breaker skips Redis entirely for a few seconds after repeated failures. Failed
+  invalidations are queued in the state Redis and replayed (see `replay_invalidations`).
+"""
+
+import json
+import logging
+import random
+import secrets
+import threading
+import time
+from pathlib import Path
+
+from django.core.serializers.json import DjangoJSONEncoder
+from django_redis import get_redis_connection
+from redis.exceptions import RedisError
+
+logger = logging.getLogger(__name__)
+
+USER_TTL = 300
+NEGATIVE_TTL = 30
+TOMBSTONE_TTL = 600
+LEASE_MS = 2000
+STAMPEDE_WAIT = 0.1
+TOMBSTONE_VERSION = 1 << 62
+NOT_FOUND = object()  # a cached "does not exist", distinct from a miss (None)
+PENDING_INVALIDATIONS = "users:cache:pending-invalidations"
+
+_LUA = Path(__file__).with_name("lua")
+_scripts = {}
+_scripts_lock = threading.Lock()
+
+
+# --- keys: the one place cache keys are spelled ---
+def user_key(user_id: int) -> str:
+    return f"users:v1:id:{user_id}"
+
+
+def username_key(normalized_username: str) -> str:
+    return f"users:v1:uname:{normalized_username}"
+
+
+def token_key(digest: str) -> str:
+    return f"users:v1:tok:{digest}"
+
+
+def _lease_key(key: str) -> str:
+    return f"{key}:lease"
+
+
+def _ttl(base: int) -> int:
+    return int(base * random.uniform(0.9, 1.1))  # jitter: entries filled together expire apart
+
+
+# --- a small in-process breaker: a dead cache costs one timeout per few seconds, not one per call ---
+class _LocalBreaker:
+    def __init__(self, threshold=3, open_seconds=2.0):
+        self.threshold, self.open_seconds = threshold, open_seconds
+        self.failures, self.open_until = 0, 0.0
+
+    def allow(self) -> bool:
+        return time.monotonic() >= self.open_until
+
+    def success(self):
+        self.failures = 0
+
+    def failure(self):
+        self.failures += 1
+        if self.failures >= self.threshold:
+            self.open_until = time.monotonic() + self.open_seconds
+            self.failures = 0
+
+
+_breaker = _LocalBreaker()
+stats = {"hits": 0, "misses": 0, "errors": 0, "refused_sets": 0}
+
+
+class CacheUnavailable(Exception):
+    pass
+
+
+def _client():
+    return get_redis_connection("default")
+
+
+def _script(name: str):
+    script = _scripts.get(name)
+    if script is None:
+        with _scripts_lock:
+            script = _client().register_script((_LUA / f"{name}.lua").read_text())
+            _scripts[name] = script
+    return script
+
+
+def _call(fn):
+    if not _breaker.allow():
+        raise CacheUnavailable("cache breaker open")
+    try:
+        result = fn()
+    except RedisError as exc:
+        _breaker.failure()
+        stats["errors"] += 1
+        logger.warning("cache redis error: %s", exc)
+        raise CacheUnavailable(str(exc)) from exc
+    _breaker.success()
+    return result
+
+
+def _decode(raw: bytes):
+    version, _, payload = raw.decode().partition(":")
+    version = int(version)
+    if version == TOMBSTONE_VERSION or version == 0 and payload == "":
+        return NOT_FOUND
+    return json.loads(payload)
+
+
+def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL):
+    """Return the cached value for `key`, or load it with `loader()` and cache it.
+
+    `loader` returns the value (a JSON-able dict) or None when it does not exist; `version_of(value)`
+    gives its version. Returns the value or None. Cache failures are invisible to the caller.
+    """
+    token = secrets.token_hex(8)
+    try:
+        hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, token]))
+    except CacheUnavailable:
+        return loader()
+    if hit:
+        stats["hits"] += 1
+        decoded = _decode(value)
+        return None if decoded is NOT_FOUND else decoded
+    stats["misses"] += 1
+    if value == b"wait":
+        deadline = time.monotonic() + STAMPEDE_WAIT
+        delay = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.03)
+            try:
+                raw = _call(lambda: _client().get(key))
+            except CacheUnavailable:
+                break
+            if raw is not None:
+                decoded = _decode(raw)
+                return None if decoded is NOT_FOUND else decoded
+    loaded = loader()
+    if loaded is None:
+        _set(key, 0, "", NEGATIVE_TTL, lease=True)
+    else:
+        _set(key, version_of(loaded), json.dumps(loaded, cls=DjangoJSONEncoder), ttl, lease=True)
+    return loaded
+
+
+def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False) -> bool:
+    try:
+        stored = _call(lambda: _script("set_if_newer")(
+            keys=[key, _lease_key(key) if lease else ""], args=[version, payload, _ttl(ttl)]))
+    except CacheUnavailable:
+        return False
+    if not stored:
+        stats["refused_sets"] += 1
+    return bool(stored)
+
+
+def write_through(key: str, value: dict, *, version: int, ttl: int = USER_TTL) -> None:
+    """Cache a committed value. If the cache cannot take it, the key is queued for invalidation."""
+    if not _set(key, version, json.dumps(value, cls=DjangoJSONEncoder), ttl):
+        if not _cached_version_at_least(key, version):
+            queue_invalidation(key)
+
+
+def tombstone(key: str, *, version: int = TOMBSTONE_VERSION, ttl: int = TOMBSTONE_TTL) -> None:
+    """Mark `key` as deleted so no reader holding an older value can bring it back."""
+    if not _set(key, version, "", ttl):
+        if not _cached_version_at_least(key, version):
+            queue_invalidation(key)
+
+
+def _cached_version_at_least(key: str, version: int) -> bool:
+    try:
+        raw = _call(lambda: _client().get(key))
+    except CacheUnavailable:
+        return False
+    return raw is not None and int(raw.split(b":", 1)[0]) >= version
+
+
+def queue_invalidation(key: str) -> None:
+    """Remember a lost write-through/delete in the state Redis; `replay_invalidations` deletes it."""
+    try:
+        get_redis_connection("state").sadd(PENDING_INVALIDATIONS, key)
+    except RedisError:
+        logger.error("cache invalidation of %s lost (state Redis down too); stale until TTL", key)
+
+
+def replay_invalidations(limit: int = 1000) -> int:
+    """Delete queued keys from the cache Redis; return how many were replayed (beat runs this)."""
+    state = get_redis_connection("state")
+    keys = state.srandmember(PENDING_INVALIDATIONS, limit)
+    if not keys:
+        return 0
+    _call(lambda: _client().delete(*keys))
+    state.srem(PENDING_INVALIDATIONS, *keys)
+    return len(keys)

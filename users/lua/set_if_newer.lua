@@ -1,0 +1,19 @@
+-- Store a versioned cache entry unless a newer (or equal) version is already cached.
+-- Entries are "<version>:<payload>". This is what makes a slow reader harmless: it can never
+-- overwrite a newer version written through by an update, nor a delete's tombstone.
+-- KEYS[1] entry key   KEYS[2] lease key (deleted, may be "")
+-- ARGV[1] version (integer)   ARGV[2] payload   ARGV[3] ttl seconds
+-- Returns 1 when stored, 0 when refused because the cached version is not older.
+local current = redis.call("GET", KEYS[1])
+if KEYS[2] ~= "" then
+  redis.call("DEL", KEYS[2])
+end
+if current then
+  local sep = string.find(current, ":", 1, true)
+  local cached_version = tonumber(string.sub(current, 1, sep - 1))
+  if cached_version >= tonumber(ARGV[1]) then
+    return 0
+  end
+end
+redis.call("SET", KEYS[1], ARGV[1] .. ":" .. ARGV[2], "EX", ARGV[3])
+return 1

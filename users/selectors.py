@@ -1,0 +1,112 @@
+"""Reads of sharded users: the one place that answers "where does a user read go?".
+
+Each accessor touches exactly one shard: by id (the id names its logical shard), by username (the
+username hashes to it). By email, the global uniqueness claim in the default database names the user
+first. Reads go through the cache (users/cache.py) and are routed to a usable replica of the shard
+(project/db/routing.py); a failing replica is retried on the primary; a dead primary raises
+ShardUnavailable.
+"""
+
+import heapq
+
+from django.conf import settings
+from django.db.models.functions import Lower
+
+from . import cache
+from .models import UniqueClaim, User
+from .sharding.access import group_for_user_id, group_for_username, read_on
+from .sharding.hashing import normalize
+from .sharding.ids import logical_shard_of_id, parse_id
+
+FIELDS = ("id", "username", "email", "display_name", "bio", "created_at", "updated_at", "version", "rev",
+          "last_seen_at", "view_count")
+
+
+def _row_by_id(user_id: int) -> dict | None:
+    return read_on(group_for_user_id(user_id),
+                   lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first())
+
+
+def user_get_by_id(*, user_id: int) -> dict | None:
+    """Return the user's row as a dict (no password), or None if there is no such user."""
+    return cache.get_or_load(cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"])
+
+
+def user_get_by_username(*, username: str) -> dict | None:
+    """Case-insensitive exact lookup; None if absent."""
+    key = normalize(username)
+
+    def load_id():
+        row = read_on(group_for_username(key),
+                      lambda alias: User.objects.using(alias).alias(u=Lower("username"))
+                      .filter(u=key).values(*FIELDS).first())
+        if row is None:
+            return None
+        cache.write_through(cache.user_key(row["id"]), row, version=row["rev"])
+        return row["id"]
+
+    # The id is its own version: a later account with the same name has a larger id and wins.
+    user_id = cache.get_or_load(cache.username_key(key), load_id, version_of=lambda uid: uid)
+    if user_id is None:
+        return None
+    row = user_get_by_id(user_id=user_id)
+    if row is None or normalize(row["username"]) != key:
+        return None
+    return row
+
+
+def user_get_by_email(*, email: str) -> dict | None:
+    claim = (UniqueClaim.objects.using("default").filter(kind=UniqueClaim.EMAIL, value=normalize(email))
+             .values_list("user_id", flat=True).first())
+    if claim is None:
+        return None
+    row = user_get_by_id(user_id=claim)
+    if row is None or normalize(row["email"]) != normalize(email):
+        return None
+    return row
+
+
+def user_get_credentials(*, username: str) -> tuple[int, str] | None:
+    """Return (id, password hash) from the shard primary: credentials are never checked on a replica."""
+    from project.db.pinning import use_primary
+
+    key = normalize(username)
+    with use_primary():
+        return read_on(group_for_username(key),
+                       lambda alias: User.objects.using(alias).alias(u=Lower("username")).filter(u=key)
+                       .values_list("id", "password").first())
+
+
+def user_password_hash(*, user_id: int) -> str | None:
+    from project.db.pinning import use_primary
+
+    with use_primary():
+        return read_on(group_for_user_id(user_id),
+                       lambda alias: User.objects.using(alias).filter(id=user_id).values_list("password", flat=True)
+                       .first())
+
+
+def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]:
+    """Users across all shards ordered by id: a k-way merge of per-shard keyset pages (no OFFSET).
+
+    Returns (rows, next_after_id or None).
+    """
+    pages = []
+    for group in settings.SHARD_GROUPS:
+        pages.append(read_on(group, lambda alias: list(
+            User.objects.using(alias).filter(id__gt=after_id).order_by("id").values(*FIELDS)[:limit])))
+    rows = list(heapq.merge(*pages, key=lambda r: r["id"]))[:limit]
+    next_id = rows[-1]["id"] if len(rows) == limit else None
+    return rows, next_id
+
+
+def user_count_per_shard() -> dict[str, int]:
+    return {group: read_on(group, lambda alias: User.objects.using(alias).count()) for group in settings.SHARD_GROUPS}
+
+
+def user_id_from_path(raw) -> int | None:
+    """A valid user id from a URL, or None (malformed ids are simply unknown users)."""
+    user_id = parse_id(raw)
+    if user_id is None or logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
+        return None
+    return user_id
