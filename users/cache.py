@@ -116,9 +116,8 @@ def _call(fn):
 
 
 def _decode(raw: bytes):
-    version, _, payload = raw.decode().partition(":")
-    version = int(version)
-    if version == TOMBSTONE_VERSION or version == 0 and payload == "":
+    _version, _, payload = raw.decode().partition(":")
+    if payload == "":  # a tombstone or a cached "not found"
         return NOT_FOUND
     return json.loads(payload)
 
@@ -171,7 +170,7 @@ def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False)
     return bool(stored)
 
 
-def write_through(key: str, value: dict, *, version: int, ttl: int = USER_TTL) -> None:
+def write_through(key: str, value, *, version: int, ttl: int = USER_TTL) -> None:
     """Cache a committed value. If the cache cannot take it, the key is queued for invalidation."""
     if not _set(key, version, json.dumps(value, cls=DjangoJSONEncoder), ttl):
         if not _cached_version_at_least(key, version):

@@ -23,6 +23,8 @@ FIELDS = ("id", "username", "email", "display_name", "bio", "created_at", "updat
 
 
 def _row_by_id(user_id: int) -> dict | None:
+    if logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
+        return None  # no shard can hold it
     return read_on(group_for_user_id(user_id),
                    lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first())
 

@@ -134,6 +134,8 @@ def user_create(*, username: str, email: str, password: str, display_name: str =
     _claims_confirm(user_id=user_id)
     row = _row(user)
     _cache_row(row)
+    # Replaces a cached "not found" or a deleted namesake's tombstone (older ids, smaller versions).
+    cache.write_through(cache.username_key(username_n), user_id, version=user_id)
     return row
 
 
@@ -194,6 +196,8 @@ def user_update(*, user_id: int, changes: dict, if_match: int | None = None,
         _claims_confirm(user_id=user_id)
     row = _row(user)
     _cache_row(row)
+    # Replaces a cached "not found" or a deleted namesake's tombstone (older ids, smaller versions).
+    cache.write_through(cache.username_key(username_n), user_id, version=user_id)
     return row
 
 

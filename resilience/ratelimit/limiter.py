@@ -1,0 +1,147 @@
+"""Check, peek and reset rate limits against the state Redis; one round trip per check.
+
+Contract when the state Redis is down or times out: `check` and `peek` never raise. A policy with
+fail_mode "open" admits the request, "closed" denies it with a short Retry-After (1-5 s, jittered so
+clients do not come back in step); either way the Decision says `degraded=True` and `remaining` is
+None. The admin helpers (`reset_key`, `top_denied`, `denied_counts`) raise redis' ConnectionError or
+TimeoutError instead: an operator must not be told an action succeeded when it did not.
+"""
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from .policies import Policy, get_policy
+from .scripts import UNAVAILABLE, outage, script, state_redis
+
+logger = logging.getLogger("resilience.ratelimit")
+
+KEY_VERSION = "v1"
+FAIL_CLOSED_RETRY_AFTER = (1, 5)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The outcome of one check. `reset` and `retry_after` are whole seconds; `remaining` is None
+    when it is unknown (degraded)."""
+
+    allowed: bool
+    limit: int
+    remaining: int | None
+    reset: int
+    retry_after: int
+    policy: Policy
+    degraded: bool = False
+
+
+def state_key(policy: Policy, key: str) -> str:
+    """Redis key of the counters of `key` under `policy` (the algorithm is part of it: a policy that
+    changes algorithm must not read the other algorithm's hash)."""
+    return f"rl:{KEY_VERSION}:{policy.name}:{policy.algorithm}:{key}"
+
+
+def denied_key(minute: int) -> str:
+    """Sorted set of "policy|key" members denied during `minute` (epoch seconds // 60)."""
+    return f"rl:{KEY_VERSION}:denied:{minute}"
+
+
+def denied_by_policy_key(minute: int) -> str:
+    """Hash of policy name -> number of denials (429s) during `minute`."""
+    return f"rl:{KEY_VERSION}:denied_by_policy:{minute}"
+
+
+def _stats_minutes() -> int:
+    return int(getattr(settings, "RESILIENCE_RATELIMIT_STATS_MINUTES", 60))
+
+
+def _degraded(policy: Policy) -> Decision:
+    if policy.fail_mode == "open":
+        return Decision(True, policy.limit, None, 0, 0, policy, degraded=True)
+    retry_after = random.randint(*FAIL_CLOSED_RETRY_AFTER)
+    return Decision(False, policy.limit, None, retry_after, retry_after, policy, degraded=True)
+
+
+def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None) -> Decision:
+    """Run `policy`'s algorithm for `key` in one Redis call and return the Decision; never raise.
+
+    `cost` is the number of requests this one counts for; 0 peeks without writing anything.
+    `now_ms` overrides the Redis server clock, for deterministic tests and replays only; production
+    passes None so that every process shares the server's TIME.
+    """
+    if outage.active():
+        return _degraded(policy)
+    minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
+    try:
+        allowed, limit, remaining, reset, retry_after = script(policy.algorithm)(
+            keys=[state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
+            args=[policy.limit, policy.period * 1000, cost, f"{policy.name}|{key}", policy.name,
+                  _stats_minutes() * 60, "" if now_ms is None else int(now_ms)],
+            client=state_redis(),
+        )
+    except UNAVAILABLE as exc:
+        outage.failed(exc)
+        return _degraded(policy)
+    except Exception:  # a bug (a script error, say) must not take the request down with it
+        logger.exception("rate limiter: check of policy %s failed", policy.name)
+        return _degraded(policy)
+    outage.recovered()
+    return Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy)
+
+
+def check(policy_name: str, key: str, *, cost: int = 1) -> Decision:
+    """Count one request (or `cost` requests) of `key` against the named policy and return the Decision.
+
+    Never raises for Redis trouble (see the module docstring); raises LookupError for an unknown
+    policy name, which is a programming error.
+    """
+    return evaluate(get_policy(policy_name), key, cost=cost)
+
+
+def peek(policy_name: str, key: str) -> Decision:
+    """Return what a request of `key` would get now, without counting it; degraded like `check`."""
+    return evaluate(get_policy(policy_name), key, cost=0)
+
+
+def reset_key(policy_name: str, key: str) -> bool:
+    """Forget the counters of `key` under the policy; return whether there were any.
+
+    Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
+    """
+    return bool(state_redis().delete(state_key(get_policy(policy_name), key)))
+
+
+def _recent_minutes(minutes: int) -> list[int]:
+    now = int(time.time() // 60)
+    return [now - i for i in range(max(1, minutes))]
+
+
+def top_denied(*, minutes: int = 5, count: int = 20) -> list[tuple[str, str, int]]:
+    """Return the most denied (policy, key, denials) of the last `minutes` minutes, most first.
+
+    Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
+    """
+    rows = state_redis().zunion([denied_key(m) for m in _recent_minutes(minutes)], withscores=True)
+    top = sorted(rows, key=lambda row: -row[1])[:count]
+    result = []
+    for member, score in top:
+        policy, _, key = member.decode().partition("|")
+        result.append((policy, key, int(score)))
+    return result
+
+
+def denied_counts(*, minutes: int = 5) -> dict[str, int]:
+    """Return policy name -> denials (429s) over the last `minutes` minutes.
+
+    Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
+    """
+    pipe = state_redis().pipeline(transaction=False)
+    for minute in _recent_minutes(minutes):
+        pipe.hgetall(denied_by_policy_key(minute))
+    totals: dict[str, int] = {}
+    for counts in pipe.execute():
+        for policy, denials in counts.items():
+            totals[policy.decode()] = totals.get(policy.decode(), 0) + int(denials)
+    return totals
