@@ -12,3 +12,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]
+
+handler400 = "resilience.errors.json_400"
+handler403 = "resilience.errors.json_403"
+handler404 = "resilience.errors.json_404"
+handler500 = "resilience.errors.json_500"

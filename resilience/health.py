@@ -53,7 +53,7 @@ def _timed(name, kind, required, fn, *args):
 
 def dependency_checks():
     checks = []
-    for group, spec in settings.DATABASE_GROUPS.items():
+    for spec in settings.DATABASE_GROUPS.values():
         checks.append((spec["primary"], "postgres-primary", True, _check_postgres, spec["primary"]))
         for alias in spec["replicas"]:
             checks.append((alias, "postgres-replica", False, _check_postgres, alias))

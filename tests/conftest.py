@@ -13,7 +13,7 @@ from users.sharding.shardmap import shard_map
 
 from .stack import stack
 
-SHARD_TABLES = ["users_token", "users_outboxevent", "users_user"]
+SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_user"]
 DEFAULT_TABLES = ["users_uniqueclaim", "django_admin_log", "django_session", "auth_user_groups",
                   "auth_user_user_permissions", "auth_user"]
 

@@ -209,3 +209,20 @@ def replay_invalidations(limit: int = 1000) -> int:
     _call(lambda: _client().delete(*keys))
     state.srem(PENDING_INVALIDATIONS, *keys)
     return len(keys)
+
+
+def write_through_many(entries: list[tuple[str, object, int]], *, ttl: int = USER_TTL) -> None:
+    """write_through for many (key, value, version) entries in one pipelined round trip."""
+    if not entries:
+        return
+    try:
+        def run():
+            pipe = _client().pipeline(transaction=False)
+            for key, value, version in entries:
+                _script("set_if_newer")(keys=[key, ""], args=[version, json.dumps(value, cls=DjangoJSONEncoder),
+                                                              _ttl(ttl)], client=pipe)
+            return pipe.execute()
+        _call(run)
+    except CacheUnavailable:
+        for key, _value, _version in entries:
+            queue_invalidation(key)

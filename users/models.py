@@ -103,3 +103,16 @@ class OutboxEvent(models.Model):
 
     def __str__(self):
         return f"{self.event} {self.user_id}"
+
+
+class WriteBehindBatch(models.Model):
+    """Ledger of write-behind batches applied on this shard, written in the same transaction as the
+    batch's UPDATE: a batch is applied at most once per shard, whoever retries it."""
+
+    sharded = True
+
+    batch_id = models.CharField(max_length=32, primary_key=True)
+    applied_at = models.DateTimeField(db_index=True)
+
+    def __str__(self):
+        return self.batch_id

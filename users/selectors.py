@@ -8,6 +8,7 @@ ShardUnavailable.
 """
 
 import heapq
+from datetime import datetime
 
 from django.conf import settings
 from django.db.models.functions import Lower
@@ -22,11 +23,19 @@ FIELDS = ("id", "username", "email", "display_name", "bio", "created_at", "updat
           "last_seen_at", "view_count")
 
 
+def as_row(values: dict | None) -> dict | None:
+    """A user row as the cache holds it (JSON types: datetimes as ISO strings), so a cached and a
+    freshly loaded row are indistinguishable to callers."""
+    if values is None:
+        return None
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
+
+
 def _row_by_id(user_id: int) -> dict | None:
     if logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
         return None  # no shard can hold it
-    return read_on(group_for_user_id(user_id),
-                   lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first())
+    return as_row(read_on(group_for_user_id(user_id),
+                          lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first()))
 
 
 def user_get_by_id(*, user_id: int) -> dict | None:
@@ -44,6 +53,7 @@ def user_get_by_username(*, username: str) -> dict | None:
                       .filter(u=key).values(*FIELDS).first())
         if row is None:
             return None
+        row = as_row(row)
         cache.write_through(cache.user_key(row["id"]), row, version=row["rev"])
         return row["id"]
 
@@ -97,7 +107,7 @@ def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]
     for group in settings.SHARD_GROUPS:
         pages.append(read_on(group, lambda alias: list(
             User.objects.using(alias).filter(id__gt=after_id).order_by("id").values(*FIELDS)[:limit])))
-    rows = list(heapq.merge(*pages, key=lambda r: r["id"]))[:limit]
+    rows = [as_row(r) for r in heapq.merge(*pages, key=lambda r: r["id"])][:limit]
     next_id = rows[-1]["id"] if len(rows) == limit else None
     return rows, next_id
 

@@ -102,7 +102,7 @@ def _cache_row(row: dict) -> None:
 
 
 def _row(user: User) -> dict:
-    return {f: getattr(user, f) for f in selectors.FIELDS}
+    return selectors.as_row({f: getattr(user, f) for f in selectors.FIELDS})
 
 
 # --- users ---
@@ -196,8 +196,6 @@ def user_update(*, user_id: int, changes: dict, if_match: int | None = None,
         _claims_confirm(user_id=user_id)
     row = _row(user)
     _cache_row(row)
-    # Replaces a cached "not found" or a deleted namesake's tombstone (older ids, smaller versions).
-    cache.write_through(cache.username_key(username_n), user_id, version=user_id)
     return row
 
 

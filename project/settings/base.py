@@ -101,7 +101,11 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # bodies above 64 KiB get 413
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "users.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",  # staff, through the admin session
+    ],
+    "EXCEPTION_HANDLER": "resilience.errors.exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
@@ -121,4 +125,21 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+}
+
+# --- write-behind (users/writebehind/) ---
+WRITE_BEHIND_INTERVAL = env("WRITE_BEHIND_INTERVAL", 2.0, float)  # seconds between beat flushes
+WRITE_BEHIND_MAX_PENDING = env("WRITE_BEHIND_MAX_PENDING", 100_000, int)  # users with pending views: then 503
+WRITE_BEHIND_RECLAIM_AFTER = env("WRITE_BEHIND_RECLAIM_AFTER", 10.0, float)  # seconds before a batch is re-claimed
+
+CELERY_BEAT_SCHEDULE = {
+    "writebehind-flush": {
+        "task": "users.writebehind_flush",
+        "schedule": WRITE_BEHIND_INTERVAL,
+        # A flush nobody picked up in time is superseded by the next one: don't let them pile up.
+        "options": {"expires": WRITE_BEHIND_INTERVAL * 5},
+    },
+    "writebehind-prune-ledger": {"task": "users.writebehind_prune_ledger", "schedule": 3600.0},
+    "cache-replay-invalidations": {"task": "users.cache_replay_invalidations", "schedule": 5.0,
+                                   "options": {"expires": 25}},
 }

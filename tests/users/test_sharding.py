@@ -82,7 +82,8 @@ def test_a_read_touches_exactly_one_shard_database(access):
         row, counts = _queries_per_alias(lookups[access])
         assert row["id"] == u["id"]
         shard_aliases = [a for a in counts if a != "default" and not a.startswith("default_")]
-        assert len(shard_aliases) == 1 and counts[shard_aliases[0]] == 1, counts
+        assert len(shard_aliases) == 1, counts
+        assert counts[shard_aliases[0]] == 1, counts
         assert shard_aliases[0] in (group, *settings.DATABASE_GROUPS[group]["replicas"])
         if access == "email":  # the email claim names the user; it lives in the default database
             assert counts.get("default") == 1, counts
@@ -136,8 +137,8 @@ def test_concurrent_duplicate_usernames_in_mixed_case_exactly_one_wins():
 
 
 def test_concurrent_duplicate_emails_exactly_one_wins():
-    results = _register_concurrently([(f"mailer{i}", e) for i, e in
-                                      enumerate(["Same@Example.com", "same@example.com", "SAME@EXAMPLE.COM", "same@EXAMPLE.com"])])
+    emails = ["Same@Example.com", "same@example.com", "SAME@EXAMPLE.COM", "same@EXAMPLE.com"]
+    results = _register_concurrently([(f"mailer{i}", e) for i, e in enumerate(emails)])
     assert results.count("ok") == 1, results
     assert sum(selectors.user_count_per_shard().values()) == 1
 

@@ -1,0 +1,35 @@
+"""Circuit breakers whose state lives in the state Redis, shared by every process.
+
+    breaker = get_breaker("webhook:example.com")
+    try:
+        with breaker.call():
+            deliver(...)
+    except CircuitOpenError as exc:
+        retry_later(countdown=exc.retry_after)
+
+While the state Redis is down, each process falls back to an in-process breaker with the same
+algorithm and `breaker.degraded` is true; calls are not failed because Redis is down.
+"""
+
+from .breaker import CircuitBreaker, CircuitOpenError, Permit, add_listener, listeners, remove_listener
+from .options import BreakerOptions, State, options_for
+from .registry import all_breakers, get_breaker
+from .storage import MemoryStorage, Snapshot, Storage, Transition
+
+__all__ = [
+    "BreakerOptions",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "MemoryStorage",
+    "Permit",
+    "Snapshot",
+    "State",
+    "Storage",
+    "Transition",
+    "add_listener",
+    "all_breakers",
+    "get_breaker",
+    "listeners",
+    "options_for",
+    "remove_listener",
+]

@@ -1,0 +1,137 @@
+"""Breaker state in the state Redis: every transition is one atomic Lua script, shared by every process.
+
+Methods raise redis' ConnectionError or TimeoutError when the state Redis is unavailable; the breaker
+catches them and falls back to its in-process storage (see breaker.py).
+"""
+
+import functools
+import logging
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+from django_redis import get_redis_connection
+from redis import Redis
+from redis.commands.core import Script
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from .options import BreakerOptions, State
+from .storage import Acquired, Outcome, Recorded, Snapshot, Transition, build_snapshot
+
+logger = logging.getLogger("resilience.breaker")
+
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+KEY_VERSION = "v1"
+NAMES_KEY = f"cb:{KEY_VERSION}:names"
+_DIR = Path(__file__).resolve().parent
+
+
+def state_redis() -> Redis:
+    """Return the raw redis-py client of the state Redis."""
+    return get_redis_connection("state")
+
+
+@functools.cache
+def _script(name: str) -> Script:
+    return state_redis().register_script((_DIR / f"{name}.lua").read_text())
+
+
+def breaker_keys(name: str) -> list[str]:
+    """KEYS of every breaker script: state hash, half-open permits, transitions, the set of names."""
+    base = f"cb:{KEY_VERSION}:{name}"
+    return [f"{base}:state", f"{base}:permits", f"{base}:transitions", NAMES_KEY]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _transition(name: str, from_state: bytes, to_state: bytes, reason: bytes) -> Transition | None:
+    if not from_state:
+        return None
+    return Transition(name, State(_text(from_state)), State(_text(to_state)), _text(reason), time.time())
+
+
+class RedisStorage:
+    local = False
+
+    def acquire(self, name: str, options: BreakerOptions, permit_id: str) -> Acquired:
+        admitted, state, epoch, retry_ms, *transition = _script("acquire")(
+            keys=breaker_keys(name),
+            args=[name, permit_id, int(options.open_seconds * 1000), options.half_open_max_calls,
+                  int(options.permit_timeout_seconds * 1000), options.transitions_kept],
+            client=state_redis(),
+        )
+        return Acquired(bool(admitted), State(_text(state)), int(epoch), int(retry_ms) / 1000,
+                        _transition(name, *transition))
+
+    def record(self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome,
+               error: str) -> Recorded:
+        state, *transition = _script("record")(
+            keys=breaker_keys(name),
+            args=[name, epoch, permit_id, outcome, error, options.window_size, options.minimum_calls,
+                  options.failure_rate_threshold, options.consecutive_failures, options.success_threshold,
+                  int(options.open_seconds * 1000), options.transitions_kept],
+            client=state_redis(),
+        )
+        return Recorded(State(_text(state)), _transition(name, *transition))
+
+    def force(self, name: str, options: BreakerOptions, target: State, reason: str) -> Transition:
+        from_state, to_state = _script("force")(
+            keys=breaker_keys(name), args=[name, str(target), reason, options.transitions_kept],
+            client=state_redis(),
+        )
+        return Transition(name, State(_text(from_state)), State(_text(to_state)), reason, time.time())
+
+    def snapshot(self, name: str, options: BreakerOptions) -> Snapshot:
+        state_key, permits_key, transitions_key, _ = breaker_keys(name)
+        pipe = state_redis().pipeline(transaction=True)
+        pipe.hgetall(state_key)
+        pipe.lrange(transitions_key, 0, -1)
+        pipe.zcount(permits_key, int(time.time() * 1000), "+inf")
+        raw, transitions, in_flight = pipe.execute()
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return build_snapshot(name, options, fields, [_text(t) for t in transitions], int(in_flight),
+                              degraded=False)
+
+    def names(self) -> set[str]:
+        return {_text(name) for name in state_redis().smembers(NAMES_KEY)}
+
+
+class Outage:
+    """Process-local memory of a state-Redis failure: while `active`, the breaker does not ask Redis
+    (a hung Redis then costs one socket timeout per `RESILIENCE_STATE_RETRY_SECONDS`, default 1.0,
+    not one per call). `down` stays true until Redis answers again. Logs once per outage."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+        self.down = False
+        self._lock = threading.Lock()
+
+    def active(self) -> bool:
+        return time.monotonic() < self._until
+
+    def failed(self, exc: BaseException) -> None:
+        backoff = float(getattr(settings, "RESILIENCE_STATE_RETRY_SECONDS", 1.0))
+        with self._lock:
+            self._until = time.monotonic() + backoff
+            first, self.down = not self.down, True
+        if first:
+            logger.warning("circuit breakers: state Redis unavailable (%s: %s); using in-process breakers",
+                           exc.__class__.__name__, exc)
+
+    def recovered(self) -> None:
+        if self.down:
+            with self._lock:
+                was, self.down, self._until = self.down, False, 0.0
+            if was:
+                logger.warning("circuit breakers: state Redis answers again; breakers are shared again")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._until, self.down = 0.0, False
+
+
+outage = Outage()

@@ -1,0 +1,103 @@
+"""One error shape everywhere: {"detail": ..., "code": ..., "fields": {...}?}.
+
+Maps DRF's exceptions and the domain's own (conflicts, stale versions, unavailable shards) to clear
+4xx/503 answers, so bad input never becomes a 500.
+"""
+
+import logging
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+logger = logging.getLogger(__name__)
+
+
+class ApiError(exceptions.APIException):
+    """An API error with an explicit status, code and optional headers."""
+
+    def __init__(self, status_code: int, detail: str, code: str, *, fields=None, headers=None):
+        super().__init__(detail=detail, code=code)
+        self.status_code = status_code
+        self.code = code
+        self.fields = fields
+        self.extra_headers = headers or {}
+
+
+def error_body(detail, code, fields=None) -> dict:
+    body = {"detail": str(detail), "code": code}
+    if fields:
+        body["fields"] = fields
+    return body
+
+
+def _flatten(detail):
+    if isinstance(detail, dict):
+        return {k: _flatten(v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        return [str(x) if not isinstance(x, dict | list) else _flatten(x) for x in detail]
+    return [str(detail)]
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, RequestDataTooBig):
+        return Response(error_body("Request body too large (max 64 KiB).", "request_too_large"), status=413)
+    from users.services import Conflict, InvalidCredentials, UserNotFound, VersionMismatch
+    from users.sharding.access import ShardUnavailable
+
+    if isinstance(exc, Conflict):
+        fields = {f: [f"This {f} is already taken."] for f in exc.fields}
+        return Response(error_body("Already taken.", "conflict", fields), status=409)
+    if isinstance(exc, VersionMismatch):
+        return Response(error_body("The resource changed since the version you sent (If-Match).",
+                                   "precondition_failed"), status=412)
+    if isinstance(exc, UserNotFound):
+        return Response(error_body("Not found.", "not_found"), status=404)
+    if isinstance(exc, InvalidCredentials):
+        return Response(error_body("Invalid credentials.", "invalid_credentials"), status=400)
+    if isinstance(exc, ShardUnavailable):
+        logger.warning("%s", exc)
+        return Response(error_body("A storage shard is temporarily unavailable; retry shortly.",
+                                   "shard_unavailable"), status=503, headers={"Retry-After": "5"})
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail
+        if isinstance(detail, dict):
+            non_field = detail.get("non_field_errors")
+            fields = {k: v for k, v in _flatten(detail).items() if k != "non_field_errors"}
+            message = str(non_field[0]) if non_field else "Invalid input."
+            response.data = error_body(message, "invalid", fields or None)
+        else:
+            response.data = error_body(_flatten(detail)[0], "invalid")
+        return response
+    code = getattr(exc, "code", None) or (exc.get_codes() if isinstance(exc, exceptions.APIException) else "error")
+    if not isinstance(code, str):
+        code = "error"
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+    response.data = error_body(detail, code, getattr(exc, "fields", None))
+    for name, value in getattr(exc, "extra_headers", {}).items():
+        response[name] = value
+    if response.status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in response:
+        response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def json_404(request, exception=None):
+    return JsonResponse(error_body("Not found.", "not_found"), status=404)
+
+
+def json_500(request):
+    return JsonResponse(error_body("Internal error.", "server_error"), status=500)
+
+
+def json_400(request, exception=None):
+    return JsonResponse(error_body("Bad request.", "bad_request"), status=400)
+
+
+def json_403(request, exception=None):
+    return JsonResponse(error_body("Forbidden.", "forbidden"), status=403)

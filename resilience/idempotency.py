@@ -1,0 +1,91 @@
+"""`Idempotency-Key` for POST endpoints, recorded in the state Redis.
+
+The first request with a key runs and its response is stored for IDEMPOTENCY_TTL; a retry with the
+same key and the same body gets that response again and creates nothing; the same key with a
+different body gets 422; a retry while the first is still running gets 409. Keys are scoped to the
+caller (user id, else client IP) and the path. Responses carrying a secret (a new API token) are
+never stored: a replay of such a request gets 409, since tokens exist only as hashes.
+If the state Redis is down the request runs without the guarantee (logged).
+"""
+
+import functools
+import hashlib
+import json
+import logging
+
+from django_redis import get_redis_connection
+from redis.exceptions import RedisError
+from rest_framework.response import Response
+
+from .errors import error_body
+
+logger = logging.getLogger(__name__)
+IDEMPOTENCY_TTL = 24 * 3600
+PENDING_TTL = 60
+
+
+def _scope(request) -> str:
+    user = getattr(request, "user", None)
+    who = f"u{user.id}" if getattr(user, "is_authenticated", False) and hasattr(user, "id") else \
+        f"ip{request.META.get('REMOTE_ADDR', '')}"
+    return f"{who}:{request.path}"
+
+
+def idempotent(*, store_body: bool = True):
+    """Decorate a DRF view method (self, request, ...) to honour Idempotency-Key."""
+
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, request, *args, **kwargs):
+            key = request.headers.get("Idempotency-Key")
+            if not key:
+                return method(self, request, *args, **kwargs)
+            if len(key) > 200:
+                return Response(error_body("Idempotency-Key is too long (max 200).", "invalid"), status=400)
+            body_hash = hashlib.sha256(request.body).hexdigest()
+            redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
+            try:
+                client = get_redis_connection("state")
+                fresh = client.set(redis_key, json.dumps({"state": "pending", "hash": body_hash}), nx=True,
+                                   ex=PENDING_TTL)
+                if not fresh:
+                    record = json.loads(client.get(redis_key) or "{}")
+                    if record.get("hash") != body_hash:
+                        return Response(error_body("This Idempotency-Key was used with a different body.",
+                                                   "idempotency_key_reused"), status=422)
+                    if record.get("state") == "done" and "body" in record:
+                        response = Response(record["body"], status=record["status"])
+                        response["Idempotent-Replayed"] = "true"
+                        return response
+                    return Response(error_body("A request with this Idempotency-Key is in progress or its "
+                                               "response cannot be replayed.", "idempotency_conflict"), status=409)
+            except RedisError as exc:
+                logger.warning("idempotency unavailable (state Redis: %s); running without it", exc)
+                return method(self, request, *args, **kwargs)
+            try:
+                response = method(self, request, *args, **kwargs)
+            except BaseException:
+                _forget(redis_key)
+                raise
+            if response.status_code >= 500:
+                _forget(redis_key)
+                return response
+            record = {"state": "done", "hash": body_hash, "status": response.status_code}
+            if store_body:
+                record["body"] = response.data
+            try:
+                client.set(redis_key, json.dumps(record, default=str), ex=IDEMPOTENCY_TTL)
+            except RedisError as exc:
+                logger.warning("idempotency record for %s lost: %s", key, exc)
+            return response
+
+        return wrapper
+
+    return decorator
+
+
+def _forget(redis_key: str) -> None:
+    try:
+        get_redis_connection("state").delete(redis_key)
+    except RedisError:
+        pass

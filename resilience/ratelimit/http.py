@@ -1,0 +1,126 @@
+"""HTTP side of rate limiting: the client's address, the key a policy counts by, response headers."""
+
+import hashlib
+import ipaddress
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest
+
+from .limiter import Decision
+from .policies import get_policy
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+USERNAME_MAX = 150
+
+
+@lru_cache(maxsize=8)
+def _networks(trusted: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(entry, strict=False) for entry in trusted)
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"RESILIENCE_TRUSTED_PROXIES: {exc}") from exc
+
+
+def trusted_proxies() -> tuple[IPNetwork, ...]:
+    """Return `RESILIENCE_TRUSTED_PROXIES` (IPs or CIDRs, default none) as networks, read at call time."""
+    return _networks(tuple(getattr(settings, "RESILIENCE_TRUSTED_PROXIES", ()) or ()))
+
+
+def _parse(value: str) -> IPAddress | None:
+    value = value.strip()
+    if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"
+        value = value[1:value.index("]")]
+    elif value.count(":") == 1:  # "203.0.113.7:51234"
+        value = value.split(":", 1)[0]
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def client_ip(request: HttpRequest) -> str:
+    """Return the address of the client that sent `request`.
+
+    REMOTE_ADDR is the answer unless it is one of `RESILIENCE_TRUSTED_PROXIES`; then the answer is the
+    right-most address in X-Forwarded-For that is not a trusted proxy. Addresses left of it were
+    written by the client and are ignored, so a client cannot choose its address by sending the
+    header. A malformed hop stops the walk at the last trusted proxy (requests then share that
+    proxy's limit: wrong in the safe direction).
+    """
+    remote_raw = request.META.get("REMOTE_ADDR", "")
+    remote = _parse(remote_raw)
+    if remote is None:
+        return remote_raw
+    networks = trusted_proxies()
+    if not any(remote in network for network in networks):
+        return str(remote)
+    nearest = remote
+    for hop in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
+        if not hop.strip():
+            continue
+        address = _parse(hop)
+        if address is None:
+            break
+        if not any(address in network for network in networks):
+            return str(address)
+        nearest = address
+    return str(nearest)
+
+
+def ip_key(request: HttpRequest) -> str:
+    """Key of the client address; an IPv6 client is keyed by its /64, which one host usually owns whole."""
+    ip = client_ip(request)
+    address = _parse(ip)
+    if isinstance(address, ipaddress.IPv6Address):
+        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"ip:{ip}"
+
+
+def _bearer_token(request: HttpRequest) -> str | None:
+    scheme, _, token = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    if scheme.lower() in ("bearer", "token") and token.strip():
+        return token.strip()
+    return None
+
+
+def request_key(policy_name: str, request: HttpRequest, *, username: str | None = None) -> str:
+    """Return the key `request` is counted by under the named policy's key kind.
+
+    "ip": the client address. "user" and "user_or_ip": the authenticated user's id, else the address
+    (an anonymous request is never unlimited). "ip+username": the address plus the submitted
+    `username`, case-folded. "token": a hash of the Authorization bearer token (never the token
+    itself), else the address.
+    """
+    kind = get_policy(policy_name).key_kind
+    if kind in ("user", "user_or_ip"):
+        user: Any = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            return f"user:{user.pk}"
+        return ip_key(request)
+    if kind == "ip+username":
+        return f"{ip_key(request)}|username:{(username or '').strip().casefold()[:USERNAME_MAX]}"
+    if kind == "token":
+        token = _bearer_token(request)
+        if token:
+            return f"token:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+    return ip_key(request)
+
+
+def headers(decision: Decision) -> dict[str, str]:
+    """Return the IETF draft rate-limit headers for `decision`, plus Retry-After when it is a denial.
+
+    `RateLimit` is left out when the state Redis is down and the remaining quota is unknown.
+    """
+    result = {"RateLimit-Policy": f"{decision.limit};w={decision.policy.period}"}
+    if decision.remaining is not None:
+        result["RateLimit"] = f"limit={decision.limit}, remaining={decision.remaining}, reset={decision.reset}"
+    if not decision.allowed:
+        result["Retry-After"] = str(max(1, decision.retry_after))
+    return result

@@ -1,0 +1,46 @@
+"""Fixtures for the resilience tests: a flushed state Redis DB per test, and a state Redis that can be
+stopped. Run with REDIS_DB=5 so these tests never share a Redis DB with other test runs."""
+
+import pytest
+
+from resilience.breaker import breaker as breaker_module
+from resilience.breaker.redis_storage import outage as breaker_outage
+from resilience.ratelimit.scripts import outage as ratelimit_outage
+from resilience.ratelimit.scripts import state_redis
+from tests.stack import stack, wait_for
+
+
+def _forget_process_state() -> None:
+    ratelimit_outage.clear()
+    breaker_outage.clear()
+    breaker_module.local_storage.clear()
+    breaker_module.listeners.clear()
+
+
+@pytest.fixture(autouse=True)
+def state_redis_db():
+    """Start every test from an empty state Redis DB and no remembered outage."""
+    client = state_redis()
+    try:
+        client.flushdb()
+    except Exception:  # a previous fault test may have left the state Redis down
+        stack("start", "state")
+        wait_for(client.flushdb, timeout=15, message="state Redis to come back")
+    _forget_process_state()
+    yield client
+    _forget_process_state()
+
+
+@pytest.fixture
+def state_down(settings):
+    """Stop the real state Redis for the test and start it again afterwards, whatever happens.
+
+    RESILIENCE_STATE_RETRY_SECONDS is shortened so the code under test notices the restart quickly.
+    """
+    settings.RESILIENCE_STATE_RETRY_SECONDS = 0.2
+    stack("stop", "state")
+    try:
+        yield
+    finally:
+        stack("start", "state")
+        wait_for(state_redis().ping, timeout=15, message="state Redis to answer again")

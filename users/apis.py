@@ -1,0 +1,266 @@
+"""The users REST API: thin views that validate, call one service or selector, and serialize.
+
+Ids are 64-bit and are rendered as strings (JavaScript numbers lose precision above 2**53).
+"""
+
+import hashlib
+import json
+
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from resilience.errors import ApiError
+from resilience.idempotency import idempotent
+
+from . import selectors, services
+from .authentication import ApiUser, IsProductUser
+from .writebehind import buffer
+
+
+class StrictSerializer(serializers.Serializer):
+    """Rejects unknown and read-only fields instead of ignoring them (no mass assignment)."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
+        writable = {name for name, field in self.fields.items() if not field.read_only}
+        errors = {name: ["This field is not allowed."] for name in sorted(set(data) - writable)}
+        try:
+            value = super().to_internal_value(data)
+        except serializers.ValidationError as exc:
+            errors = {**exc.detail, **errors}
+        if errors:
+            raise serializers.ValidationError(errors)
+        return value
+
+
+def public_profile(row: dict, *, pending_views: int = 0) -> dict:
+    return {"id": str(row["id"]), "username": row["username"], "display_name": row["display_name"],
+            "bio": row["bio"], "created_at": row["created_at"], "view_count": row["view_count"] + pending_views}
+
+
+def private_profile(row: dict) -> dict:
+    return {**public_profile(row), "email": row["email"], "version": row["version"],
+            "updated_at": row["updated_at"], "last_seen_at": row["last_seen_at"]}
+
+
+def _version_etag(row: dict) -> str:
+    return f'"v{row["version"]}"'
+
+
+def _content_etag(body: dict) -> str:
+    return '"' + hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:20] + '"'
+
+
+class PublicProfile(serializers.Serializer):
+    id = serializers.CharField()
+    username = serializers.CharField()
+    display_name = serializers.CharField()
+    bio = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    view_count = serializers.IntegerField()
+
+
+class PrivateProfile(PublicProfile):
+    email = serializers.EmailField()
+    version = serializers.IntegerField()
+    updated_at = serializers.DateTimeField()
+    last_seen_at = serializers.DateTimeField(allow_null=True)
+
+
+ErrorBody = inline_serializer("Error", {"detail": serializers.CharField(), "code": serializers.CharField(),
+                                        "fields": serializers.DictField(required=False)})
+
+
+def _check_password(password: str, *, username: str = "", email: str = "") -> None:
+    class Candidate:  # what UserAttributeSimilarityValidator compares against
+        pass
+
+    candidate = Candidate()
+    candidate.username, candidate.email = username, email
+    try:
+        validate_password(password, user=candidate)
+    except DjangoValidationError as exc:
+        raise serializers.ValidationError({"password": list(exc.messages)}) from None
+
+
+class UserListCreateApi(APIView):
+    """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
+
+    permission_classes = [AllowAny]
+
+    class RegisterInput(StrictSerializer):
+        username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150, min_length=3)
+        email = serializers.EmailField(max_length=254)
+        password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+        display_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+    class ListInput(serializers.Serializer):
+        username = serializers.CharField(max_length=150, required=False)
+        limit = serializers.IntegerField(min_value=1, required=False, default=50)
+        cursor = serializers.RegexField(r"^\d{1,19}\Z", required=False)
+
+    @extend_schema(request=RegisterInput, responses={201: PrivateProfile, 400: ErrorBody, 409: ErrorBody},
+                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
+    @idempotent()
+    def post(self, request):
+        data = self.RegisterInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        _check_password(values["password"], username=values["username"], email=values["email"])
+        row = services.user_create(**values)
+        return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": _version_etag(row)})
+
+    @extend_schema(operation_id="users_list", parameters=[ListInput], responses={200: inline_serializer("UserList", {
+        "results": PublicProfile(many=True), "next": serializers.CharField(allow_null=True)}), 403: ErrorBody})
+    def get(self, request):
+        params = self.ListInput(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        values = params.validated_data
+        if "username" in values:
+            row = selectors.user_get_by_username(username=values["username"])
+            pending = 0 if row is None else buffer.pending_views(user_id=row["id"])
+            results = [] if row is None else [public_profile(row, pending_views=pending)]
+            return Response({"results": results, "next": None})
+        if not IsAdminUser().has_permission(request, self):
+            if request.user is None:
+                raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
+            raise ApiError(403, "Listing all users is for staff.", "permission_denied")
+        rows, next_id = selectors.user_list(limit=min(values["limit"], 100), after_id=int(values.get("cursor", 0)))
+        next_cursor = None if next_id is None else str(next_id)
+        return Response({"results": [public_profile(r) for r in rows], "next": next_cursor})
+
+
+class UserDetailApi(APIView):
+    """GET a public profile, with an ETag and 304 on If-None-Match."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
+    def get(self, request, user_id: str):
+        row = _existing_user(user_id)
+        body = public_profile(row, pending_views=buffer.pending_views(user_id=row["id"]))
+        etag = _content_etag(body)
+        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
+            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
+        return Response(body, headers={"ETag": etag})
+
+
+def _existing_user(raw_id: str) -> dict:
+    user_id = selectors.user_id_from_path(raw_id)
+    row = None if user_id is None else selectors.user_get_by_id(user_id=user_id)
+    if row is None:
+        raise ApiError(404, "Not found.", "not_found")
+    return row
+
+
+class UserViewsApi(APIView):
+    """POST one view of a profile: buffered (write-behind), 202."""
+
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
+                                            404: ErrorBody, 503: ErrorBody},
+                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
+    @idempotent()
+    def post(self, request, user_id: str):
+        row = _existing_user(user_id)
+        try:
+            how = buffer.views_add(user_id=row["id"])
+        except buffer.BufferFull:
+            raise ApiError(503, "Too many pending views; retry shortly.", "backpressure",
+                           headers={"Retry-After": "2"}) from None
+        return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
+
+
+class UserMeApi(APIView):
+    permission_classes = [IsProductUser]
+
+    class PatchInput(StrictSerializer):
+        display_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
+        bio = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+        email = serializers.EmailField(max_length=254, required=False)
+        password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
+        current_password = serializers.CharField(max_length=128, required=False, write_only=True,
+                                                 trim_whitespace=False)
+
+        def validate(self, attrs):
+            if "password" in attrs and "current_password" not in attrs:
+                raise serializers.ValidationError({"current_password": ["Required to change the password."]})
+            return attrs
+
+    def _me(self, request) -> dict:
+        row = selectors.user_get_by_id(user_id=request.user.id)
+        if row is None:
+            raise ApiError(401, "The account no longer exists.", "not_authenticated")
+        return row
+
+    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
+    def get(self, request):
+        row = self._me(request)
+        return Response(private_profile(row), headers={"ETag": _version_etag(row)})
+
+    @extend_schema(request=PatchInput, responses={200: PrivateProfile, 400: ErrorBody, 409: ErrorBody,
+                                                  412: ErrorBody},
+                   parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)])
+    def patch(self, request):
+        data = self.PatchInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        changes = dict(data.validated_data)
+        current_password = changes.pop("current_password", None)
+        if_match = _parse_if_match(request.headers.get("If-Match"))
+        row = self._me(request)
+        if "password" in changes:
+            _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
+        try:
+            row = services.user_update(user_id=request.user.id, changes=changes, if_match=if_match,
+                                       current_password=current_password)
+        except services.InvalidCredentials:
+            raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
+        return Response(private_profile(row), headers={"ETag": _version_etag(row)})
+
+    @extend_schema(responses={204: None, 401: ErrorBody})
+    def delete(self, request):
+        services.user_delete(user_id=request.user.id)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def _parse_if_match(raw: str | None) -> int | None:
+    if raw is None:
+        return None
+    value = raw.strip().removeprefix("W/").strip('"').removeprefix("v")
+    if not value.isdigit():
+        raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")
+    return int(value)
+
+
+class TokenApi(APIView):
+    permission_classes = [AllowAny]
+
+    class TokenInput(StrictSerializer):
+        username = serializers.CharField(max_length=150)
+        password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+    @extend_schema(request=TokenInput, responses={200: inline_serializer("Token", {
+        "token": serializers.CharField(), "user_id": serializers.CharField()}), 401: ErrorBody})
+    @idempotent(store_body=False)  # never store a token in plaintext
+    def post(self, request):
+        data = self.TokenInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            token, user_id = services.token_create(**data.validated_data)
+        except services.InvalidCredentials:
+            raise ApiError(401, "Invalid username or password.", "invalid_credentials") from None
+        return Response({"token": token, "user_id": str(user_id)})
+
+    @extend_schema(request=None, responses={204: None, 401: ErrorBody})
+    def delete(self, request):
+        if not isinstance(request.user, ApiUser):
+            raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
+        services.token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,122 @@
+"""Flush the write-behind buffer: claim -> apply per shard in one statement -> acknowledge.
+
+Exactly-once effect, whatever dies when:
+- claim.lua moves the buffer into a batch atomically; nothing is deleted before the database has it;
+- each shard applies its part of a batch in ONE transaction that also inserts the batch id into the
+  shard's ledger (users_writebehindbatch). A batch applied before (a redelivered task, a second beat,
+  an overlapping flush, a flusher killed after commit) hits the ledger and changes nothing;
+- the batch is acknowledged (deleted) only after every shard committed. A batch whose flusher died
+  or whose shard was down stays claimed and is re-claimed after WRITE_BEHIND_RECLAIM_AFTER seconds.
+"""
+
+import logging
+import time
+import uuid
+from datetime import UTC, datetime
+
+from django.conf import settings
+from django.db import DatabaseError, connections, transaction
+
+from users import cache
+from users.selectors import FIELDS, as_row
+from users.sharding.access import ShardUnavailable, group_for_user_id, write_on
+
+from .buffer import BATCHES, SEEN, SINCE, STATS, VIEWS, redis_state, script
+
+logger = logging.getLogger(__name__)
+
+APPLY_SQL = f"""
+UPDATE users_user u
+   SET view_count = u.view_count + d.n,
+       last_seen_at = CASE WHEN d.seen IS NULL THEN u.last_seen_at
+                           ELSE GREATEST(COALESCE(u.last_seen_at, d.seen), d.seen) END,
+       rev = u.rev + 1
+  FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[]) AS d(id, n, seen)
+ WHERE u.id = d.id
+RETURNING {", ".join("u." + f for f in FIELDS)}
+"""
+
+
+def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int | None]]) -> list[dict]:
+    """Apply one shard's part of a batch. Return the updated rows ([] if the ledger says it was
+    applied before). Raise ShardUnavailable / DatabaseError on failure (nothing committed)."""
+    ids = list(items)
+    counts = [items[i][0] for i in ids]
+    seen = [datetime.fromtimestamp(items[i][1] / 1000, tz=UTC) if items[i][1] else None for i in ids]
+
+    def apply(alias):
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            cursor.execute("INSERT INTO users_writebehindbatch (batch_id, applied_at) VALUES (%s, now()) "
+                           "ON CONFLICT DO NOTHING", [batch_id])
+            if cursor.rowcount == 0:
+                return []
+            cursor.execute(APPLY_SQL, [ids, counts, seen])
+            return [as_row(dict(zip(FIELDS, row, strict=True))) for row in cursor.fetchall()]
+
+    return write_on(group, apply)
+
+
+def _apply_batch(batch_id: str) -> tuple[int, bool]:
+    """Apply a claimed batch; acknowledge it if every shard committed. Return (rows, acknowledged)."""
+    r = redis_state()
+    views_key, seen_key = f"wb:batch:{batch_id}:views", f"wb:batch:{batch_id}:seen"
+    views, seen = r.hgetall(views_key), r.hgetall(seen_key)
+    by_group: dict[str, dict[int, list]] = {}
+    for raw_id, n in views.items():
+        uid = int(raw_id)
+        by_group.setdefault(group_for_user_id(uid), {}).setdefault(uid, [0, None])[0] = int(n)
+    for raw_id, ms in seen.items():
+        uid = int(raw_id)
+        by_group.setdefault(group_for_user_id(uid), {}).setdefault(uid, [0, None])[1] = int(ms)
+    rows, complete = 0, True
+    for group, items in by_group.items():
+        try:
+            updated = _apply_on_shard(group, batch_id, {k: tuple(v) for k, v in items.items()})
+        except (ShardUnavailable, DatabaseError) as exc:
+            complete = False
+            logger.warning("write-behind batch %s: shard %s failed (%s); it stays claimed", batch_id, group, exc)
+            continue
+        rows += len(updated)
+        cache.write_through_many([(cache.user_key(row["id"]), row, row["rev"]) for row in updated])
+    if complete:
+        pipe = r.pipeline(transaction=True)
+        pipe.delete(views_key, seen_key)
+        pipe.zrem(BATCHES, batch_id)
+        pipe.execute()
+    return rows, complete
+
+
+def flush() -> dict:
+    """Claim what is buffered (and any abandoned batch) and apply it. Return a summary."""
+    started = time.perf_counter()
+    batch_ids = script("claim")(
+        keys=[VIEWS, SEEN, SINCE, BATCHES],
+        args=[uuid.uuid4().hex, int(time.time() * 1000), int(settings.WRITE_BEHIND_RECLAIM_AFTER * 1000)],
+    )
+    rows = acknowledged = 0
+    for raw in batch_ids:
+        applied, done = _apply_batch(raw.decode() if isinstance(raw, bytes) else raw)
+        rows += applied
+        acknowledged += done
+    duration_ms = (time.perf_counter() - started) * 1000
+    if batch_ids:
+        pipe = redis_state().pipeline(transaction=False)
+        pipe.hset(STATS, mapping={"last_flush_at": time.time(), "last_flush_rows": rows,
+                                  "last_flush_duration_ms": round(duration_ms, 2)})
+        pipe.hincrby(STATS, "total_rows", rows)
+        pipe.execute()
+    return {"batches": len(batch_ids), "acknowledged": acknowledged, "rows": rows, "duration_ms": duration_ms}
+
+
+def prune_ledger(*, older_than_hours: int = 24) -> int:
+    """Delete ledger rows far older than any batch could still be re-claimed."""
+    deleted = 0
+    for group in settings.SHARD_GROUPS:
+        def prune(alias):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("DELETE FROM users_writebehindbatch WHERE applied_at < now() - %s * interval '1 hour'",
+                               [older_than_hours])
+                return cursor.rowcount
+        deleted += write_on(group, prune)
+    return deleted
+
