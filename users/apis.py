@@ -78,11 +78,9 @@ ErrorBody = inline_serializer("Error", {"detail": serializers.CharField(), "code
 
 
 def _check_password(password: str, *, username: str = "", email: str = "") -> None:
-    class Candidate:  # what UserAttributeSimilarityValidator compares against
-        pass
+    from .models import User
 
-    candidate = Candidate()
-    candidate.username, candidate.email = username, email
+    candidate = User(username=username, email=email)  # unsaved: what the similarity validator compares
     try:
         validate_password(password, user=candidate)
     except DjangoValidationError as exc:

@@ -13,6 +13,8 @@ from datetime import datetime
 from django.conf import settings
 from django.db.models.functions import Lower
 
+from project.db import pinning
+
 from . import cache
 from .models import UniqueClaim, User
 from .sharding.access import group_for_user_id, group_for_username, read_on
@@ -39,7 +41,15 @@ def _row_by_id(user_id: int) -> dict | None:
 
 
 def user_get_by_id(*, user_id: int) -> dict | None:
-    """Return the user's row as a dict (no password), or None if there is no such user."""
+    """Return the user's row as a dict (no password), or None if there is no such user.
+
+    A strong read (Consistency: strong) skips the cache and reads the primary, then refreshes the cache.
+    """
+    if pinning.strong():
+        row = _row_by_id(user_id)
+        if row is not None:
+            cache.write_through(cache.user_key(user_id), row, version=row["rev"])
+        return row
     return cache.get_or_load(cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"])
 
 

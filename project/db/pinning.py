@@ -39,6 +39,11 @@ def pinned_until() -> float:
     return _pinned_until.get()
 
 
+def strong() -> bool:
+    """The context asked for a strongly consistent read (Consistency: strong / use_primary())."""
+    return _forced.get() > 0
+
+
 def must_use_primary() -> bool:
     return _forced.get() > 0 or _pinned_until.get() > time.time()
 

@@ -1,0 +1,247 @@
+"""The users REST API contract, every error path included, against the real stack."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from users import selectors
+from users.models import User
+
+from .conftest import PASSWORD
+
+REGISTER = "/api/v1/users/"
+TOKEN = "/api/v1/auth/token/"
+ME = "/api/v1/users/me/"
+
+
+def detail(user_id):
+    return f"/api/v1/users/{user_id}/"
+
+
+def assert_error(response, status, code=None):
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert set(body) <= {"detail", "code", "fields"}
+    assert isinstance(body["detail"], str) and body["detail"]
+    if code:
+        assert body["code"] == code
+    return body
+
+
+# --- registration ---
+def test_register_returns_the_user_without_any_password(api):
+    response = api.register("Bob", display_name="Bobby")
+    assert response.status_code == 201
+    body = response.json()
+    assert body["username"] == "Bob" and body["display_name"] == "Bobby"
+    assert body["email"] == "Bob@example.com"
+    assert "password" not in response.content.decode().lower()
+    assert isinstance(body["id"], str) and int(body["id"]) > 0
+    assert User.objects.using(selectors.group_for_user_id(int(body["id"]))).filter(id=int(body["id"])).exists()
+
+
+def test_register_validates_fields_and_password_strength(api):
+    body = assert_error(api.register("x", email="not-an-email", password="123"), 400, "invalid")
+    assert {"username", "email"} <= set(body["fields"])
+    body = assert_error(api.register("carol", password="password"), 400, "invalid")
+    assert "password" in body["fields"]
+    body = assert_error(api.register("carol", password="carol-example"), 400)  # too similar / too short
+    assert "password" in body["fields"]
+
+
+def test_register_conflicts_on_username_or_email_in_any_case(api):
+    assert api.register("dave").status_code == 201
+    body = assert_error(api.register("DAVE", email="other@example.com"), 409, "conflict")
+    assert set(body["fields"]) == {"username"}
+    body = assert_error(api.register("dave2", email="DAVE@EXAMPLE.COM"), 409, "conflict")
+    assert set(body["fields"]) == {"email"}
+
+
+@pytest.mark.parametrize("field", ["id", "is_staff", "version", "view_count", "password_hash"])
+def test_register_rejects_unknown_and_read_only_fields(api, field):
+    body = assert_error(api.register("mallory", **{field: 1}), 400, "invalid")
+    assert field in body["fields"]
+    assert selectors.user_get_by_username(username="mallory") is None
+
+
+def test_bad_bodies_get_clear_4xx(api):
+    client = Client()
+    assert_error(client.post(REGISTER, "{not json", content_type="application/json"), 400, "parse_error")
+    assert_error(client.post(REGISTER, "a=1", content_type="application/x-www-form-urlencoded"), 415)
+    assert_error(client.post(REGISTER, "[1, 2]", content_type="application/json"), 400)
+    big = '{"username": "big", "email": "big@example.com", "password": "' + "x" * 70_000 + '"}'
+    assert_error(client.post(REGISTER, big, content_type="application/json"), 413, "request_too_large")
+    assert_error(client.get("/api/v1/no/such/path"), 404, "not_found")
+
+
+# --- tokens ---
+def test_token_login_and_the_same_401_for_unknown_user_and_wrong_password(api):
+    api.register("erin")
+    body = api.login("erin")
+    assert body["token"].startswith(body["user_id"] + ".")
+    wrong = assert_error(api.post(TOKEN, {"username": "erin", "password": "nope-nope-nope"}), 401)
+    unknown = assert_error(api.post(TOKEN, {"username": "nobody", "password": "nope-nope-nope"}), 401)
+    assert wrong == unknown
+
+
+def test_a_revoked_token_fails_at_once(user):
+    api, _ = user
+    assert api.get(ME).status_code == 200
+    assert api.delete(TOKEN).status_code == 204
+    assert_error(api.get(ME), 401)
+
+
+def test_tokens_are_stored_only_as_digests(user):
+    api, profile = user
+    from users.models import Token
+
+    group = selectors.group_for_user_id(int(profile["id"]))
+    digests = list(Token.objects.using(group).values_list("digest", flat=True))
+    assert len(digests) == 1
+    assert api.token not in digests[0] and api.token.split(".")[1] not in digests[0]
+
+
+def test_malformed_tokens_are_401_not_500(api):
+    for header in ["Token", "Token a b", "Token not-a-token", "Token 123.short", "Token 99999999999999999999.x" + "y" * 40]:
+        assert_error(api.get(ME, headers={"Authorization": header}), 401)
+
+
+# --- me ---
+def test_me_requires_a_token(api):
+    assert_error(api.get(ME), 401, "not_authenticated")
+
+
+def test_me_shows_the_own_email_and_version_etag(user):
+    api, profile = user
+    response = api.get(ME)
+    assert response.status_code == 200
+    assert response.json()["email"] == "alice@example.com"
+    assert response["ETag"] == '"v1"'
+
+
+def test_patch_me_updates_and_honours_if_match(user):
+    api, _ = user
+    response = api.patch(ME, {"display_name": "Al", "bio": "hi"}, headers={"If-Match": '"v1"'})
+    assert response.status_code == 200
+    assert response.json()["version"] == 2 and response["ETag"] == '"v2"'
+    assert_error(api.patch(ME, {"bio": "stale"}, headers={"If-Match": '"v1"'}), 412, "precondition_failed")
+    assert api.get(ME).json()["bio"] == "hi"
+
+
+@pytest.mark.parametrize("field", ["id", "username", "is_staff", "version", "view_count", "last_seen_at"])
+def test_patch_me_rejects_mass_assignment(user, field):
+    api, _ = user
+    body = assert_error(api.patch(ME, {field: "1"}), 400, "invalid")
+    assert field in body["fields"]
+
+
+def test_patch_me_email_change_moves_the_uniqueness_claim(user, make_api):
+    api, _ = user
+    other = make_api()
+    other.register("bob")
+    assert_error(api.patch(ME, {"email": "BOB@example.com"}), 409, "conflict")
+    assert api.patch(ME, {"email": "alice2@example.com"}).status_code == 200
+    assert other.register("carol", email="alice@example.com").status_code == 201  # the old email is free
+    assert_error(other.register("dave", email="ALICE2@example.com"), 409)
+
+
+def test_patch_me_password_needs_the_current_one(user):
+    api, _ = user
+    assert_error(api.patch(ME, {"password": "Brand-New-Pass-2026"}), 400)
+    assert_error(api.patch(ME, {"password": "Brand-New-Pass-2026", "current_password": "wrong"}), 400)
+    assert api.patch(ME, {"password": "Brand-New-Pass-2026", "current_password": PASSWORD}).status_code == 200
+    api.login("alice", "Brand-New-Pass-2026")
+
+
+def test_delete_me_removes_the_account_everywhere(user, make_api):
+    api, profile = user
+    assert api.delete(ME).status_code == 204
+    assert_error(Client().get(detail(profile["id"])), 404)
+    assert_error(api.get(ME), 401)
+    again = make_api().register("ALICE", email="alice@example.com")
+    assert again.status_code == 201
+    assert again.json()["id"] != profile["id"]
+
+
+# --- public profiles ---
+def test_public_profile_has_no_private_fields_and_an_etag(user):
+    api, profile = user
+    response = Client().get(detail(profile["id"]))
+    assert response.status_code == 200
+    assert set(response.json()) == {"id", "username", "display_name", "bio", "created_at", "view_count"}
+    assert Client().get(detail(profile["id"]), headers={"If-None-Match": response["ETag"]}).status_code == 304
+    assert Client().get(detail(profile["id"]), headers={"If-None-Match": '"other"'}).status_code == 200
+
+
+@pytest.mark.parametrize("raw", ["0", "abc", "-5", "1.5", "99999999999999999999", "9223372036854775807", "１２３"])
+def test_unknown_and_malformed_ids_are_404(api, raw):
+    assert_error(api.get(detail(raw)), 404, "not_found")
+
+
+def test_lookup_by_username_is_exact_and_case_insensitive(user):
+    api, profile = user
+    body = Client().get(REGISTER, {"username": "ALICE"}).json()
+    assert [r["id"] for r in body["results"]] == [profile["id"]]
+    assert Client().get(REGISTER, {"username": "alic"}).json()["results"] == []
+
+
+# --- staff listing ---
+def test_listing_all_users_is_for_staff_only(user):
+    api, _ = user
+    assert_error(api.get(REGISTER, limit=10), 403)
+    assert_error(Client().get(REGISTER, {"limit": 10}), 401)
+
+
+def test_staff_list_all_users_across_shards_with_a_cursor(user, make_api):
+    for i in range(9):
+        make_api().register(f"member{i}")
+    get_user_model().objects.create_user("staff", password="x-staff-pass-2026", is_staff=True)
+    staff = Client()
+    staff.login(username="staff", password="x-staff-pass-2026")
+    ids, cursor = [], None
+    while True:
+        params = {"limit": 4} | ({"cursor": cursor} if cursor else {})
+        body = staff.get(REGISTER, params).json()
+        ids += [int(r["id"]) for r in body["results"]]
+        cursor = body["next"]
+        if cursor is None:
+            break
+    assert len(ids) == 10 and ids == sorted(ids)
+    assert_error(staff.get(REGISTER, {"limit": 0}), 400)
+    assert_error(staff.get(REGISTER, {"cursor": "junk"}), 400)
+    assert len(staff.get(REGISTER, {"limit": 1000}).json()["results"]) == 10  # capped at 100, 10 exist
+
+
+# --- idempotency ---
+def test_idempotency_key_replays_the_first_response_and_creates_nothing_new(api):
+    headers = {"Idempotency-Key": "reg-1"}
+    body = {"username": "ivan", "email": "ivan@example.com", "password": PASSWORD}
+    first = api.post(REGISTER, body, headers=headers)
+    second = api.post(REGISTER, body, headers=headers)
+    assert first.status_code == second.status_code == 201
+    assert first.json() == second.json()
+    assert second["Idempotent-Replayed"] == "true"
+    assert_error(api.post(REGISTER, {**body, "username": "ivan2"}, headers=headers), 422, "idempotency_key_reused")
+    assert sum(selectors.user_count_per_shard().values()) == 1
+
+
+# --- consistency headers ---
+def test_strong_reads_and_echoed_pins_go_to_the_primary(api):
+    from django.db import connections
+
+    with connections["default_r0"].cursor() as cursor:
+        cursor.execute("SELECT pg_wal_replay_pause()")
+    try:
+        created = api.register("fresh")
+        until = created["Bulwark-Read-Primary-Until"]
+        assert float(until) > 0
+        from django_redis import get_redis_connection
+
+        get_redis_connection("default").flushdb()  # the database decides, not the cache
+        assert api.get(detail(created.json()["id"])).status_code == 200  # same client: cookie
+        assert Client().get(detail(created.json()["id"]), headers={"Consistency": "strong"}).status_code == 200
+        echoed = Client().get(detail(created.json()["id"]), headers={"Bulwark-Read-Primary-Until": until})
+        assert echoed.status_code == 200
+    finally:
+        with connections["default_r0"].cursor() as cursor:
+            cursor.execute("SELECT pg_wal_replay_resume()")
