@@ -3,6 +3,10 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from resilience import health
+from resilience.ratelimit.drf import rate_limited_view
+
+# The admin login is limited per client IP (policy admin.login: django-ratelimit's fixed window).
+admin.site.login = rate_limited_view("admin.login")(admin.site.login)
 
 urlpatterns = [
     path("health/live", health.live, name="health-live"),

@@ -4,3 +4,7 @@ from django.apps import AppConfig
 class ResilienceConfig(AppConfig):
     name = "resilience"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from .breaker import checks as breaker_checks  # noqa: F401  (registers system checks)
+        from .ratelimit import checks as ratelimit_checks  # noqa: F401

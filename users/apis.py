@@ -16,6 +16,7 @@ from rest_framework.views import APIView
 
 from resilience.errors import ApiError
 from resilience.idempotency import idempotent
+from resilience.ratelimit.drf import RateLimitedApiMixin
 
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser
@@ -87,10 +88,11 @@ def _check_password(password: str, *, username: str = "", email: str = "") -> No
         raise serializers.ValidationError({"password": list(exc.messages)}) from None
 
 
-class UserListCreateApi(APIView):
+class UserListCreateApi(RateLimitedApiMixin, APIView):
     """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
 
     permission_classes = [AllowAny]
+    rate_limits = {"POST": "users.register"}
 
     class RegisterInput(StrictSerializer):
         username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150, min_length=3)
@@ -134,7 +136,7 @@ class UserListCreateApi(APIView):
         return Response({"results": [public_profile(r) for r in rows], "next": next_cursor})
 
 
-class UserDetailApi(APIView):
+class UserDetailApi(RateLimitedApiMixin, APIView):
     """GET a public profile, with an ETag and 304 on If-None-Match."""
 
     permission_classes = [AllowAny]
@@ -157,10 +159,11 @@ def _existing_user(raw_id: str) -> dict:
     return row
 
 
-class UserViewsApi(APIView):
+class UserViewsApi(RateLimitedApiMixin, APIView):
     """POST one view of a profile: buffered (write-behind), 202."""
 
     permission_classes = [AllowAny]
+    rate_limits = {"POST": "users.views"}
 
     @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
                                             404: ErrorBody, 503: ErrorBody},
@@ -176,7 +179,7 @@ class UserViewsApi(APIView):
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
 
 
-class UserMeApi(APIView):
+class UserMeApi(RateLimitedApiMixin, APIView):
     permission_classes = [IsProductUser]
 
     class PatchInput(StrictSerializer):
@@ -237,8 +240,9 @@ def _parse_if_match(raw: str | None) -> int | None:
     return int(value)
 
 
-class TokenApi(APIView):
+class TokenApi(RateLimitedApiMixin, APIView):
     permission_classes = [AllowAny]
+    rate_limits = {"POST": "auth.token"}
 
     class TokenInput(StrictSerializer):
         username = serializers.CharField(max_length=150)

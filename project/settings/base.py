@@ -143,3 +143,9 @@ CELERY_BEAT_SCHEDULE = {
     "cache-replay-invalidations": {"task": "users.cache_replay_invalidations", "schedule": 5.0,
                                    "options": {"expires": 25}},
 }
+
+# --- rate limiting and circuit breakers (resilience/) ---
+# Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.
+RESILIENCE_TRUSTED_PROXIES = env("RESILIENCE_TRUSTED_PROXIES", [], list)  # IPs/CIDRs whose X-Forwarded-For we trust
+RESILIENCE_RATELIMIT_ENABLED = env("RESILIENCE_RATELIMIT_ENABLED", True, bool)
+RATELIMIT_USE_CACHE = "state"  # django-ratelimit (fixed-window policies) counts on the state Redis

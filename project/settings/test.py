@@ -12,3 +12,6 @@ SECRET_KEY = env("DJANGO_SECRET_KEY", "test-only-not-secret-0123456789abcdefghij
 DEBUG = False
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; production uses PBKDF2
 ALLOWED_HOSTS = ["*"]
+
+# Tests register many users from one address; limiter tests set their own tight policies.
+RESILIENCE_RATELIMIT_POLICIES = {"users.register": {"rate": "10000/h"}, "auth.token": {"rate": "1000/m"}}

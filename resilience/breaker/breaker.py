@@ -113,7 +113,8 @@ class CircuitBreaker:
 
     @property
     def degraded(self) -> bool:
-        """True while this breaker uses its in-process fallback because the state Redis is down."""
+        """True while this breaker's state is process-local: its fallback is in use because the state
+        Redis is down (or it was built pinned to a MemoryStorage)."""
         return self._storage.local or (self._fallback is not None and outage.down)
 
     def _run(self, op: Callable[[Storage], T]) -> tuple[T, Storage]:

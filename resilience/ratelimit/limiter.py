@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.core.cache import caches
+from django_redis.exceptions import ConnectionInterrupted
 
+from .fixed_window import Unavailable, counter_key, evaluate_fixed
 from .policies import Policy, get_policy
 from .scripts import UNAVAILABLE, outage, script, state_redis
 
@@ -69,11 +72,15 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
 
     `cost` is the number of requests this one counts for; 0 peeks without writing anything.
     `now_ms` overrides the Redis server clock, for deterministic tests and replays only; production
-    passes None so that every process shares the server's TIME.
+    passes None so that every process shares the server's TIME. Raises ValueError for a negative cost.
     """
+    if cost < 0:
+        raise ValueError("cost must be >= 0")
     if outage.active():
         return _degraded(policy)
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
+    if policy.algorithm == "fixed_window":
+        return _evaluate_fixed(policy, key, cost=cost, minute=minute)
     try:
         allowed, limit, remaining, reset, retry_after = script(policy.algorithm)(
             keys=[state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
@@ -89,6 +96,24 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
         return _degraded(policy)
     outage.recovered()
     return Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy)
+
+
+def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Decision:
+    try:
+        allowed, limit, remaining, reset, retry_after = evaluate_fixed(policy, key, cost=min(cost, 1))
+        if not allowed and cost:
+            # django-ratelimit keeps no statistics: record the denial like the Lua scripts do.
+            pipe = state_redis().pipeline(transaction=False)
+            pipe.zincrby(denied_key(minute), 1, f"{policy.name}|{key}")
+            pipe.expire(denied_key(minute), _stats_minutes() * 60)
+            pipe.hincrby(denied_by_policy_key(minute), policy.name, 1)
+            pipe.expire(denied_by_policy_key(minute), _stats_minutes() * 60)
+            pipe.execute()
+    except (*UNAVAILABLE, Unavailable, ConnectionInterrupted) as exc:
+        outage.failed(exc)
+        return _degraded(policy)
+    outage.recovered()
+    return Decision(allowed, limit, remaining, reset, retry_after, policy)
 
 
 def check(policy_name: str, key: str, *, cost: int = 1) -> Decision:
@@ -110,7 +135,10 @@ def reset_key(policy_name: str, key: str) -> bool:
 
     Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
     """
-    return bool(state_redis().delete(state_key(get_policy(policy_name), key)))
+    policy = get_policy(policy_name)
+    if policy.algorithm == "fixed_window":
+        return bool(caches[settings.RATELIMIT_USE_CACHE].delete(counter_key(policy, key)))
+    return bool(state_redis().delete(state_key(policy, key)))
 
 
 def _recent_minutes(minutes: int) -> list[int]:

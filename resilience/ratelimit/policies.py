@@ -63,6 +63,8 @@ def parse_rate(rate: str) -> tuple[int, int]:
 
 def build_policy(name: str, spec: dict[str, Any]) -> Policy:
     """Validate one settings entry; raise ImproperlyConfigured with a hint when it is wrong."""
+    if not name or "|" in name or any(c.isspace() for c in name):
+        raise ImproperlyConfigured(f"rate-limit policy name {name!r} must be non-empty, without '|' or spaces")
     try:
         limit, period = parse_rate(str(spec["rate"]))
     except (KeyError, ValueError) as exc:

@@ -33,14 +33,25 @@ def state_redis_db():
 
 @pytest.fixture
 def state_down(settings):
-    """Stop the real state Redis for the test and start it again afterwards, whatever happens.
+    """Stop the real state Redis for the test; yield a function that starts it again (which also
+    happens afterwards, whatever the test did).
 
     RESILIENCE_STATE_RETRY_SECONDS is shortened so the code under test notices the restart quickly.
     """
     settings.RESILIENCE_STATE_RETRY_SECONDS = 0.2
-    stack("stop", "state")
-    try:
-        yield
-    finally:
+
+    def start() -> None:
         stack("start", "state")
         wait_for(state_redis().ping, timeout=15, message="state Redis to answer again")
+
+    stack("stop", "state")
+    try:
+        yield start
+    finally:
+        start()
+
+
+@pytest.fixture(autouse=True)
+def builtin_policies(settings):
+    """Limiter tests see the built-in policies, not the relaxed ones of the test settings."""
+    del settings.RESILIENCE_RATELIMIT_POLICIES

@@ -7,7 +7,9 @@ import pytest
 from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from project.db.pinning import use_primary
 from users import cache, selectors, services

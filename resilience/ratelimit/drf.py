@@ -1,0 +1,73 @@
+"""Rate limiting for DRF views and plain Django views, answering 429 with the project's error JSON,
+Retry-After and the IETF RateLimit headers on every limited response."""
+
+import functools
+
+from django.conf import settings
+from django.http import JsonResponse
+
+from ..errors import ApiError, error_body
+from .http import headers, request_key
+from .limiter import check
+from .policies import get_policy
+
+READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+class RateLimitedApiMixin:
+    """Mix into an APIView. `rate_limits` maps an HTTP method to a policy name; methods not listed
+    use `api.read` (safe methods) or `api.write`. `rate_limit_username(request)` supplies the
+    username for ip+username policies."""
+
+    rate_limits: dict[str, str] = {}
+
+    def rate_limit_policy(self, request) -> str:
+        return self.rate_limits.get(request.method) or ("api.read" if request.method in READ_METHODS else "api.write")
+
+    def rate_limit_username(self, request) -> str | None:
+        data = request.data
+        value = data.get("username") if isinstance(data, dict) else None
+        return value if isinstance(value, str) else None
+
+    def check_throttles(self, request):
+        super().check_throttles(request)
+        if not settings.RESILIENCE_RATELIMIT_ENABLED:
+            return
+        name = self.rate_limit_policy(request)
+        username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
+        decision = check(name, request_key(name, request, username=username))
+        request.rate_limit_decision = decision
+        if not decision.allowed:
+            raise ApiError(429, "Too many requests; retry after the time in Retry-After.", "rate_limited",
+                           headers=headers(decision))
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        decision = getattr(request, "rate_limit_decision", None)
+        if decision is not None:
+            for name, value in headers(decision).items():
+                response[name] = value
+        return response
+
+
+def rate_limited_view(policy_name: str, *, methods=("POST",)):
+    """Decorate a Django view (e.g. the admin login): requests with `methods` count against the
+    policy; a denied one gets 429 with Retry-After and the RateLimit headers."""
+
+    def decorator(view):
+        @functools.wraps(view)
+        def wrapper(request, *args, **kwargs):
+            if request.method not in methods or not settings.RESILIENCE_RATELIMIT_ENABLED:
+                return view(request, *args, **kwargs)
+            decision = check(policy_name, request_key(policy_name, request))
+            if not decision.allowed:
+                response = JsonResponse(error_body("Too many attempts; retry later.", "rate_limited"), status=429)
+            else:
+                response = view(request, *args, **kwargs)
+            for name, value in headers(decision).items():
+                response[name] = value
+            return response
+
+        return wrapper
+
+    return decorator
