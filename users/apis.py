@@ -176,6 +176,9 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
         except buffer.BufferFull:
             raise ApiError(503, "Too many pending views; retry shortly.", "backpressure",
                            headers={"Retry-After": "2"}) from None
+        except buffer.BufferUncertain:
+            raise ApiError(503, "The view could not be confirmed; retry with the same Idempotency-Key.",
+                           "unconfirmed", headers={"Retry-After": "1"}) from None
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
 
 

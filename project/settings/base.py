@@ -131,6 +131,10 @@ LOGGING = {
 WRITE_BEHIND_INTERVAL = env("WRITE_BEHIND_INTERVAL", 2.0, float)  # seconds between beat flushes
 WRITE_BEHIND_MAX_PENDING = env("WRITE_BEHIND_MAX_PENDING", 100_000, int)  # users with pending views: then 503
 WRITE_BEHIND_RECLAIM_AFTER = env("WRITE_BEHIND_RECLAIM_AFTER", 10.0, float)  # seconds before a batch is re-claimed
+# Crash tests only: SIGKILL the flushing process once at this point (after_claim, before_commit,
+# after_commit, before_ack); the marker file records that it fired. Empty in every real deployment.
+WRITE_BEHIND_FAULT = env("WRITE_BEHIND_FAULT", "")
+WRITE_BEHIND_FAULT_MARKER = env("WRITE_BEHIND_FAULT_MARKER", "")  # if set, the fault fires only once
 
 CELERY_BEAT_SCHEDULE = {
     "writebehind-flush": {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django_redis import get_redis_connection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,19 @@ _recent_touches: dict[int, float] = {}
 
 class BufferFull(Exception):
     """The buffer is above WRITE_BEHIND_MAX_PENDING: shed load (503 + Retry-After)."""
+
+
+class BufferUncertain(Exception):
+    """The state Redis failed after the command may have been applied (a timeout, a reset mid-reply).
+
+    Writing the view to the database as well could count it twice, so it is not acknowledged: the
+    client gets 503 + Retry-After and decides whether to retry."""
+
+
+def _never_sent(exc: RedisError) -> bool:
+    # redis-py reports a failed connect as "Error <errno> connecting to host:port": the command was
+    # never sent, so the fallback cannot double count.
+    return isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
 
 
 def redis_state():
@@ -43,12 +57,16 @@ def _now_ms() -> int:
 
 
 def views_add(*, user_id: int, count: int = 1) -> str:
-    """Add views to the buffer. Return "buffered" or "direct" (state Redis down: written to the
-    database at once). Raise BufferFull under backpressure."""
+    """Add views to the buffer. Return "buffered" or "direct" (state Redis refuses connections: written
+    to the database at once). Raise BufferFull under backpressure, BufferUncertain when the outcome in
+    Redis is unknown."""
     try:
         result = script("ingest")(keys=[VIEWS, SEEN, SINCE],
                                   args=["views", user_id, count, settings.WRITE_BEHIND_MAX_PENDING, _now_ms()])
     except RedisError as exc:
+        if not _never_sent(exc):
+            logger.warning("write-behind buffer failed mid-command (%s): view of %s not acknowledged", exc, user_id)
+            raise BufferUncertain(str(exc)) from exc
         logger.warning("write-behind buffer unreachable (%s): writing %s view(s) of %s directly", exc, count, user_id)
         from users.services import user_record_views_direct
 

@@ -10,6 +10,8 @@ Exactly-once effect, whatever dies when:
 """
 
 import logging
+import os
+import signal
 import time
 import uuid
 from datetime import UTC, datetime
@@ -37,6 +39,20 @@ RETURNING {", ".join("u." + f for f in FIELDS)}
 """
 
 
+def _fault(point: str) -> None:
+    """Fault injection for the crash tests: SIGKILL this process at `point` once, when
+    WRITE_BEHIND_FAULT names it (unset in every real deployment; the marker file makes it fire once)."""
+    if settings.WRITE_BEHIND_FAULT != point:
+        return
+    if not settings.WRITE_BEHIND_FAULT_MARKER:
+        os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        os.close(os.open(settings.WRITE_BEHIND_FAULT_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int | None]]) -> list[dict]:
     """Apply one shard's part of a batch. Return the updated rows ([] if the ledger says it was
     applied before). Raise ShardUnavailable / DatabaseError on failure (nothing committed)."""
@@ -51,6 +67,7 @@ def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int |
             if cursor.rowcount == 0:
                 return []
             cursor.execute(APPLY_SQL, [ids, counts, seen])
+            _fault("before_commit")
             return [as_row(dict(zip(FIELDS, row, strict=True))) for row in cursor.fetchall()]
 
     return write_on(group, apply)
@@ -76,9 +93,11 @@ def _apply_batch(batch_id: str) -> tuple[int, bool]:
             complete = False
             logger.warning("write-behind batch %s: shard %s failed (%s); it stays claimed", batch_id, group, exc)
             continue
+        _fault("after_commit")
         rows += len(updated)
         cache.write_through_many([(cache.user_key(row["id"]), row, row["rev"]) for row in updated])
     if complete:
+        _fault("before_ack")
         pipe = r.pipeline(transaction=True)
         pipe.delete(views_key, seen_key)
         pipe.zrem(BATCHES, batch_id)
@@ -93,6 +112,7 @@ def flush() -> dict:
         keys=[VIEWS, SEEN, SINCE, BATCHES],
         args=[uuid.uuid4().hex, int(time.time() * 1000), int(settings.WRITE_BEHIND_RECLAIM_AFTER * 1000)],
     )
+    _fault("after_claim")
     rows = acknowledged = 0
     for raw in batch_ids:
         applied, done = _apply_batch(raw.decode() if isinstance(raw, bytes) else raw)
