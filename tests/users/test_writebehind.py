@@ -7,12 +7,11 @@ import sys
 import threading
 
 import pytest
-from django.conf import settings
 from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
 
-from users import selectors, services
+from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
 from users.writebehind import buffer, flush
