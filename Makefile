@@ -37,7 +37,9 @@ test: $(VENV)/.installed stack
 	DJANGO_SETTINGS_MODULE=project.settings.test $(VENV)/bin/pytest
 
 bench: $(VENV)/.installed stack
-	DJANGO_SETTINGS_MODULE=project.settings.test $(PY) -m bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } \
+		|| { echo "install wrk (apt-get install wrk) to run the benchmark"; exit 1; }
+	DJANGO_SETTINGS_MODULE=project.settings.bench $(PY) -m bench
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -141,10 +141,17 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
 
     permission_classes = [AllowAny]
 
+    def rate_limit_companions(self, request):
+        # The pending-views read rides along with the limiter's round trip to the state Redis.
+        user_id = selectors.user_id_from_path(self.kwargs["user_id"])
+        return [] if user_id is None else [buffer.pending_views_call(user_id=user_id)]
+
     @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
     def get(self, request, user_id: str):
         row = _existing_user(user_id)
-        body = public_profile(row, pending_views=buffer.pending_views(user_id=row["id"]))
+        companions = getattr(request, "state_companions", None)
+        pending = int(companions[0]) if companions else buffer.pending_views(user_id=row["id"])
+        body = public_profile(row, pending_views=pending)
         etag = _content_etag(body)
         if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
             return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})

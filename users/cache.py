@@ -211,18 +211,15 @@ def replay_invalidations(limit: int = 1000) -> int:
     return len(keys)
 
 
-def write_through_many(entries: list[tuple[str, object, int]], *, ttl: int = USER_TTL) -> None:
-    """write_through for many (key, value, version) entries in one pipelined round trip."""
-    if not entries:
-        return
-    try:
-        def run():
-            pipe = _client().pipeline(transaction=False)
-            for key, value, version in entries:
-                _script("set_if_newer")(keys=[key, ""], args=[version, json.dumps(value, cls=DjangoJSONEncoder),
-                                                              _ttl(ttl)], client=pipe)
-            return pipe.execute()
-        _call(run)
-    except CacheUnavailable:
-        for key, _value, _version in entries:
-            queue_invalidation(key)
+def write_through_many(entries: list[tuple[str, object, int]], *, ttl: int = USER_TTL, chunk: int = 500) -> None:
+    """write_through for many (key, value, version) entries: one script call per `chunk` entries."""
+    for start in range(0, len(entries), chunk):
+        part = entries[start:start + chunk]
+        args = [_ttl(ttl)]
+        for _key, value, version in part:
+            args += [version, json.dumps(value, cls=DjangoJSONEncoder)]
+        try:
+            _call(lambda part=part, args=args: _script("set_many_if_newer")(keys=[k for k, _, _ in part], args=args))
+        except CacheUnavailable:
+            for key, _value, _version in part:
+                queue_invalidation(key)

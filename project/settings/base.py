@@ -128,6 +128,7 @@ LOGGING = {
 }
 
 # --- write-behind (users/writebehind/) ---
+WRITE_BEHIND_ENABLED = env("WRITE_BEHIND_ENABLED", True, bool)  # off = an UPDATE per view (baseline)
 WRITE_BEHIND_INTERVAL = env("WRITE_BEHIND_INTERVAL", 2.0, float)  # seconds between beat flushes
 WRITE_BEHIND_MAX_PENDING = env("WRITE_BEHIND_MAX_PENDING", 100_000, int)  # users with pending views: then 503
 WRITE_BEHIND_RECLAIM_AFTER = env("WRITE_BEHIND_RECLAIM_AFTER", 10.0, float)  # seconds before a batch is re-claimed

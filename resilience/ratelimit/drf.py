@@ -8,7 +8,7 @@ from django.http import JsonResponse
 
 from ..errors import ApiError, error_body
 from .http import headers, request_key
-from .limiter import check
+from .limiter import check, evaluate_with
 from .policies import get_policy
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -29,13 +29,20 @@ class RateLimitedApiMixin:
         value = data.get("username") if isinstance(data, dict) else None
         return value if isinstance(value, str) else None
 
+    def rate_limit_companions(self, request) -> list:
+        """State-Redis script calls (Script, keys, args) the view will need: they ride along with the
+        limiter's round trip; the view finds the results in `request.state_companions`."""
+        return []
+
     def check_throttles(self, request):
         super().check_throttles(request)
         if not settings.RESILIENCE_RATELIMIT_ENABLED:
             return
         name = self.rate_limit_policy(request)
         username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
-        decision = check(name, request_key(name, request, username=username))
+        decision, request.state_companions = evaluate_with(
+            get_policy(name), request_key(name, request, username=username),
+            companions=self.rate_limit_companions(request))
         request.rate_limit_decision = decision
         if not decision.allowed:
             raise ApiError(429, "Too many requests; retry after the time in Retry-After.", "rate_limited",

@@ -60,6 +60,11 @@ def views_add(*, user_id: int, count: int = 1) -> str:
     """Add views to the buffer. Return "buffered" or "direct" (state Redis refuses connections: written
     to the database at once). Raise BufferFull under backpressure, BufferUncertain when the outcome in
     Redis is unknown."""
+    if not settings.WRITE_BEHIND_ENABLED:  # the benchmark's baseline: an UPDATE per request
+        from users.services import user_record_views_direct
+
+        user_record_views_direct(user_id=user_id, count=count)
+        return "direct"
     try:
         result = script("ingest")(keys=[VIEWS, SEEN, SINCE],
                                   args=["views", user_id, count, settings.WRITE_BEHIND_MAX_PENDING, _now_ms()])
@@ -89,6 +94,11 @@ def touch_last_seen(*, user_id: int) -> None:
         script("ingest")(keys=[VIEWS, SEEN, SINCE], args=["seen", user_id, int(now * 1000), 0, _now_ms()])
     except RedisError as exc:
         logger.warning("last_seen of %s dropped: state Redis unreachable (%s)", user_id, exc)
+
+
+def pending_views_call(*, user_id: int) -> tuple:
+    """The pending-views read as a (Script, keys, args) call, to ride along another round trip."""
+    return script("pending"), [VIEWS, BATCHES], [user_id]
 
 
 def pending_views(*, user_id: int) -> int:

@@ -1,0 +1,330 @@
+"""`make bench`: every figure as a ratio against its baseline measured in the same run.
+
+Sections: data layer (routing overhead, replica share), HTTP (gunicorn vs granian; cached, uncached,
+/me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
+per check, breaker overhead), write-behind (buffered vs direct views; flush rows/s vs raw COPY +
+UPDATE). Results are printed and written to artifacts/bench.json. This machine is shared and noisy:
+read the ratios, not the absolute numbers.
+"""
+
+import contextlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.bench")
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connections  # noqa: E402
+from django.test import Client  # noqa: E402
+from django_redis import get_redis_connection  # noqa: E402
+
+from bench import roundtrips  # noqa: E402
+from project.db import pinning, routing  # noqa: E402
+from project.db.replicas import monitor  # noqa: E402
+from users import selectors, services  # noqa: E402
+from users.models import User  # noqa: E402
+from users.sharding.access import group_for_user_id  # noqa: E402
+from users.writebehind import buffer, flush  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
+RESULTS: dict = {}
+
+
+def report(section, name, value, unit="", target=None):
+    RESULTS.setdefault(section, {})[name] = {"value": value, "unit": unit, "target": target}
+    shown = f"{value:,.3f}" if isinstance(value, float) else f"{value}"
+    print(f"  {name:<58} {shown:>14} {unit:<8} {'target ' + target if target else ''}", flush=True)
+
+
+# ---------------------------------------------------------------- data
+def reset_data():
+    from tests.conftest import truncate_everything
+
+    call_command("migrate_all", verbosity=0)
+    truncate_everything()
+
+
+def make_users(n, prefix):
+    return [services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com",
+                                 password="bench-pass-2026") for i in range(n)]
+
+
+def timed(fn, n):
+    started = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - started)
+
+
+def bench_data_layer(users):
+    print("data layer", flush=True)
+    monitor.refresh_now()
+    pinning.reset()
+    user = users[0]
+    uid, group = user["id"], group_for_user_id(user["id"])
+    replica = settings.DATABASE_GROUPS[group]["replicas"][0]
+    fixed = lambda: User.objects.using(replica).filter(id=uid).values(*selectors.FIELDS).first()  # noqa: E731
+    routed = lambda: selectors._row_by_id(uid)  # noqa: E731
+    for fn in (fixed, routed):
+        timed(fn, 300)
+    rounds = [(timed(fixed, 1000), timed(routed, 1000)) for _ in range(3)]
+    fixed_rate = max(r[0] for r in rounds)
+    routed_rate = max(r[1] for r in rounds)
+    report("data", "read by id, fixed connection (reads/s)", fixed_rate, "1/s")
+    report("data", "read by id, through the router (reads/s)", routed_rate, "1/s")
+    report("data", "routing overhead: routed / fixed", routed_rate / fixed_rate, "x", ">= 0.95")
+
+    # A read-heavy mix: 90 % reads, 10 % writes, each request a fresh client context.
+    replica_reads = reads = 0
+    for i in range(2000):
+        pinning.reset()
+        u = users[i % len(users)]
+        if i % 10 == 0:
+            services.user_update(user_id=u["id"], changes={"bio": f"mix {i}"})
+            continue
+        alias = routing.read_alias(group_for_user_id(u["id"]))
+        selectors._row_by_id(u["id"])
+        reads += 1
+        replica_reads += alias != routing.primary_alias(group_for_user_id(u["id"]))
+    report("data", "share of reads served by replicas (90/10 mix)", replica_reads / reads, "", ">= 0.90")
+
+
+# ---------------------------------------------------------------- http
+@contextlib.contextmanager
+def server(kind, port, **env_extra):
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
+    if kind == "gunicorn":
+        cmd = [str(VENV_BIN / "gunicorn"), "project.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2",
+               "-k", "gthread", "--threads", "4", "--log-level", "error"]
+    else:
+        cmd = [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "2", "--blocking-threads", "4", "--log-level", "error", "project.wsgi:application"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2).read()  # noqa: S310
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{kind} did not start") from None
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
+    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx count)."""
+    lines = [f'wrk.method = "{method}"']
+    for name, value in (headers or {}).items():
+        lines.append(f'wrk.headers["{name}"] = "{value}"')
+    if paths:
+        lines.append("local paths = {" + ",".join(f'"{p}"' for p in paths) + "}")
+        lines.append("local i = 0")
+        lines.append("request = function() i = i + 1; return wrk.format(nil, paths[(i % #paths) + 1]) end")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write("\n".join(lines) + "\n")
+    subprocess.run(["wrk", "-t2", "-c4", "-d1s", "-s", script.name, url], capture_output=True, check=True)  # warm-up
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{int(SECONDS)}s", "--latency", "-s", script.name, url],
+                         capture_output=True, text=True, check=True).stdout
+    os.unlink(script.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        value, unit = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out).groups()
+        return float(value) * _UNITS[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, pct(50), pct(99), int(errors.group(1)) if errors else 0
+
+
+def http_row(section, label, result, baseline=None, target=None):
+    rps, p50, p99, errors = result
+    report(section, f"{label}: requests/s", rps, "1/s")
+    report(section, f"{label}: p50 / p99", f"{p50:.2f} / {p99:.2f}", "ms")
+    if errors:
+        report(section, f"{label}: non-2xx responses", errors)
+    if baseline:
+        report(section, f"{label}: ratio to baseline", rps / baseline[0], "x", target)
+
+
+def alternate(baseline, subject, rounds=2):
+    """Run baseline and subject in turns and keep each one's best run: the machine is noisy."""
+    base_runs, subject_runs = [], []
+    for _ in range(rounds):
+        base_runs.append(baseline())
+        subject_runs.append(subject())
+    return max(base_runs, key=lambda r: r[0]), max(subject_runs, key=lambda r: r[0])
+
+
+def bench_http(users, tokens):
+    print("http", flush=True)
+    from django.core.cache import cache
+
+    cache.set("bench:bare", "x", None)
+    uid = users[0]["id"]
+    Client().get(f"/api/v1/users/{uid}/")  # warm the cache
+    results = {}
+    for kind, port in (("gunicorn", 18081), ("granian", 18082)):
+        with server(kind, port) as url:
+            results[kind] = alternate(lambda url=url: wrk(f"{url}/bench/bare"),
+                                      lambda url=url: wrk(f"{url}/api/v1/users/{uid}/"), rounds=1)
+        http_row("http", f"{kind}: bare view (one django-redis GET)", results[kind][0])
+        http_row("http", f"{kind}: cached GET /api/v1/users/{{id}}/", results[kind][1], results[kind][0], ">= 0.6")
+    chosen = max(results, key=lambda k: results[k][1][0])
+    report("http", "faster server (chosen)", chosen)
+    hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
+    with server(chosen, 18083) as url, server(chosen, 18084, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url, \
+            server(chosen, 18085, WRITE_BEHIND_ENABLED="false") as direct_url:
+        bare, cached = alternate(lambda: wrk(f"{url}/bench/bare"), lambda: wrk(f"{url}/api/v1/users/{uid}/"))
+        http_row("http", "bare view", bare)
+        http_row("http", "cached GET /users/{id}/", cached, bare, ">= 0.6")
+        http_row("http", "uncached GET /users/{id}/ (Consistency: strong)",
+                 wrk(f"{url}/api/v1/users/{uid}/", headers={"Consistency": "strong"}), bare)
+        http_row("http", "GET /users/me/ with a token",
+                 wrk(f"{url}/api/v1/users/me/", headers={"Authorization": f"Token {tokens[0]}"}), bare)
+        print("rate limiting", flush=True)
+        unlimited, limited = alternate(lambda: wrk(f"{unlimited_url}/api/v1/users/{uid}/"),
+                                       lambda: wrk(f"{url}/api/v1/users/{uid}/"))
+        http_row("ratelimit", "cached GET, limiting off", unlimited)
+        http_row("ratelimit", "cached GET, limiter on", limited, unlimited, ">= 0.9")
+        print("write-behind", flush=True)
+        direct, buffered = alternate(lambda: wrk(direct_url, method="POST", paths=hot),
+                                     lambda: wrk(url, method="POST", paths=hot))
+        http_row("writebehind", "POST /views/ direct UPDATE per request (5 hot users)", direct)
+        http_row("writebehind", "POST /views/ through the buffer (5 hot users)", buffered, direct, ">= 3")
+    flush.flush()
+
+
+# ---------------------------------------------------------------- round trips, breaker
+def bench_roundtrips(users, tokens):
+    print("redis round trips (in-process, same code as the server)", flush=True)
+    uid = users[1]["id"]
+    client = Client()
+    client.get(f"/api/v1/users/{uid}/")
+    with roundtrips.counting() as counts:
+        for _ in range(100):
+            client.get(f"/api/v1/users/{uid}/")
+    report("http", "Redis round trips per cached GET (cache + state)", counts.total() / 100, "", "<= 2")
+    report("http", "  of which cache Redis", counts.by_port(settings.REDIS_CACHE_URL) / 100)
+    report("http", "  of which state Redis (limiter, pending views)", counts.by_port(settings.REDIS_STATE_URL) / 100)
+    from resilience.ratelimit import check
+
+    with roundtrips.counting() as counts:
+        for i in range(100):
+            check("api.read", f"ip:10.0.0.{i % 50}")
+    report("ratelimit", "Redis round trips per limiter check", counts.total() / 100, "", "== 1")
+
+    from resilience.breaker import get_breaker
+
+    breaker = get_breaker("bench:noop")
+    breaker.reset("bench")
+
+    def bare():
+        return 1
+
+    def wrapped():
+        with breaker.call():
+            return 1
+
+    bare_rate, wrapped_rate = timed(bare, 20000), timed(wrapped, 2000)
+    report("ratelimit", "breaker-wrapped call: calls/s", wrapped_rate, "1/s")
+    report("ratelimit", "breaker overhead per call", (1 / wrapped_rate - 1 / bare_rate) * 1e6, "us")
+    with roundtrips.counting() as counts:
+        for _ in range(100):
+            wrapped()
+    report("ratelimit", "Redis round trips per breaker-wrapped call", counts.total() / 100)
+
+
+# ---------------------------------------------------------------- flush throughput
+def bulk_users(n):
+    """Insert n users per shard with SQL (fast), ids on the shard's own logical shards."""
+    from users.sharding.shardmap import shard_map
+
+    table = shard_map.table()
+    ids = []
+    for group in settings.SHARD_GROUPS:
+        logicals = [ls for ls, g in enumerate(table) if g == group]
+        with connections[group].cursor() as cursor:
+            cursor.execute(
+                """INSERT INTO users_user (id, logical_shard, username, email, password, display_name, bio,
+                       created_at, updated_at, version, rev, view_count)
+                   SELECT users_next_id(ls), ls, 'bulk' || g || %s, 'bulk' || g || %s || '@example.com', '!', '',
+                          '', now(), now(), 1, 1, 0
+                     FROM (SELECT g, (%s::int[])[1 + g %% %s] AS ls FROM generate_series(1, %s) g) s
+                   RETURNING id""", [group, group, logicals, len(logicals), n])
+            ids += [r[0] for r in cursor.fetchall()]
+    return ids
+
+
+def bench_flush():
+    print("flush throughput", flush=True)
+    ids = bulk_users(10_000)
+    state = get_redis_connection("state")
+    ingest = buffer.script("ingest")
+    for start in range(0, len(ids), 1000):
+        pipe = state.pipeline(transaction=False)
+        for uid in ids[start:start + 1000]:
+            ingest(keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE], args=["views", uid, 3, 0, 0], client=pipe)
+        pipe.execute()
+    started = time.perf_counter()
+    result = flush.flush()
+    flush_rate = result["rows"] / (time.perf_counter() - started)
+    report("writebehind", f"flush: {result['rows']} rows, rows/s (claim, SQL, cache, ack)", flush_rate, "1/s")
+
+    by_group = {}
+    for uid in ids:
+        by_group.setdefault(group_for_user_id(uid), []).append(uid)
+    started = time.perf_counter()
+    for group, group_ids in by_group.items():
+        with connections[group].cursor() as cursor, connections[group].connection.transaction():
+            cursor.execute("CREATE TEMP TABLE bench_delta (id bigint, n bigint) ON COMMIT DROP")
+            with cursor.connection.cursor().copy("COPY bench_delta (id, n) FROM STDIN") as copy:
+                for uid in group_ids:
+                    copy.write_row((uid, 3))
+            cursor.execute("UPDATE users_user u SET view_count = u.view_count + d.n FROM bench_delta d "
+                           "WHERE u.id = d.id")
+    raw_rate = len(ids) / (time.perf_counter() - started)
+    report("writebehind", "raw COPY into temp + one UPDATE ... FROM, rows/s", raw_rate, "1/s")
+    report("writebehind", "flush rows/s / raw set-based SQL", flush_rate / raw_rate, "x", ">= 0.5")
+
+
+def main():
+    print(f"Bulwark benchmark: {SECONDS:.0f} s per load run; ratios are against a baseline of the same run\n",
+          flush=True)
+    reset_data()
+    users = make_users(20, "bench")
+    tokens = [services.token_create(username=u["username"], password="bench-pass-2026")[0] for u in users[:2]]
+    bench_data_layer(users)
+    bench_roundtrips(users, tokens)
+    bench_http(users, tokens)
+    bench_flush()
+    out = ROOT / "artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(RESULTS, indent=2, default=str))
+    print(f"\nwritten to {out / 'bench.json'}")
+
+
+if __name__ == "__main__":
+    main()
