@@ -8,3 +8,4 @@ class ResilienceConfig(AppConfig):
     def ready(self):
         from .breaker import checks as breaker_checks  # noqa: F401  (registers system checks)
         from .ratelimit import checks as ratelimit_checks  # noqa: F401
+        from .webhooks import checks as webhook_checks  # noqa: F401

@@ -15,7 +15,8 @@ from .stack import stack
 
 SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_user"]
 DEFAULT_TABLES = ["users_uniqueclaim", "django_admin_log", "django_session", "auth_user_groups",
-                  "auth_user_user_permissions", "auth_user"]
+                  "auth_user_user_permissions", "auth_user",
+                  "resilience_webhookdelivery", "resilience_webhooksubscriber"]
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Pa
     """Run a real Celery worker (prefork) on the test broker; stop it afterwards."""
     log = open(log_path or os.devnull, "w")  # noqa: SIM115
     proc = subprocess.Popen([CELERY, "-A", "project", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
-                             "-Q", "bulwark", "--without-gossip", "--without-mingle"],
+                             "-Q", "bulwark,webhooks", "--without-gossip", "--without-mingle"],
                             cwd=ROOT, env=_env(env or {}), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

@@ -147,7 +147,13 @@ CELERY_BEAT_SCHEDULE = {
     "writebehind-prune-ledger": {"task": "users.writebehind_prune_ledger", "schedule": 3600.0},
     "cache-replay-invalidations": {"task": "users.cache_replay_invalidations", "schedule": 5.0,
                                    "options": {"expires": 25}},
+    "webhooks-dispatch": {"task": "resilience.webhooks_dispatch", "schedule": 1.0, "options": {"expires": 5}},
+    "webhooks-deliver": {"task": "resilience.webhooks_deliver", "schedule": 1.0, "options": {"expires": 5}},
+    "webhooks-prune": {"task": "resilience.webhooks_prune", "schedule": 3600.0},
 }
+# A slow webhook receiver must not delay write-behind flushes: webhooks have their own queue, which
+# the worker of `make run` consumes as well (-Q bulwark,webhooks).
+CELERY_TASK_ROUTES = {"resilience.webhooks_*": {"queue": "webhooks"}}
 
 # --- rate limiting and circuit breakers (resilience/) ---
 # Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.

@@ -1,0 +1,81 @@
+"""Admin for webhook subscribers and deliveries. Writes go through resilience/webhooks/services.py."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Count, Q
+
+from users.outbox import EVENTS
+
+from .breaker import get_breaker
+from .models import WebhookDelivery, WebhookSubscriber
+from .webhooks import services
+from .webhooks.deliver import breaker_name
+from .webhooks.transport import url_host
+
+
+class WebhookSubscriberForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https")
+    events = forms.MultipleChoiceField(choices=[(e, e) for e in EVENTS], widget=forms.CheckboxSelectMultiple)
+
+    class Meta:
+        model = WebhookSubscriber
+        fields = ["name", "url", "events", "active"]
+
+
+@admin.register(WebhookSubscriber)
+class WebhookSubscriberAdmin(admin.ModelAdmin):
+    form = WebhookSubscriberForm
+    list_display = ["__str__", "url", "events", "active", "pending", "dead", "breaker", "created_at"]
+    list_filter = ["active"]
+    search_fields = ["name", "url"]
+    readonly_fields = ["secret", "created_at"]
+    actions = ["rotate_secret"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(
+            pending_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.PENDING)),
+            dead_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.DEAD)),
+        )
+
+    @admin.display(ordering="pending_count")
+    def pending(self, obj):
+        return obj.pending_count
+
+    @admin.display(ordering="dead_count")
+    def dead(self, obj):
+        return obj.dead_count
+
+    @admin.display(description="breaker (host)")
+    def breaker(self, obj):
+        return get_breaker(breaker_name(url_host(obj.url))).state  # local state while Redis is down
+
+    @admin.action(description="Rotate the secret of the selected subscribers", permissions=["change"])
+    def rotate_secret(self, request, queryset):
+        for subscriber_id in queryset.values_list("id", flat=True):
+            services.webhook_subscriber_rotate_secret(subscriber_id=subscriber_id)
+        self.message_user(request, "New secrets are shown on each subscriber's page.", messages.SUCCESS)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    list_display = ["id", "subscriber", "event", "event_id", "status", "attempts", "next_attempt_at",
+                    "last_status_code", "short_error", "delivered_at"]
+    list_filter = ["status", "event", "subscriber"]
+    search_fields = ["=event_id"]
+    list_select_related = ["subscriber"]
+    actions = ["retry_dead"]
+    readonly_fields = [f.name for f in WebhookDelivery._meta.fields]
+
+    def has_add_permission(self, request):
+        return False  # deliveries come from the outbox only
+
+    @admin.display(description="last error")
+    def short_error(self, obj):
+        return obj.last_error[:80]
+
+    @admin.action(description="Retry the selected dead-lettered deliveries", permissions=["change"])
+    def retry_dead(self, request, queryset):
+        ids = list(queryset.values_list("id", flat=True))
+        count = services.webhook_deliveries_retry(delivery_ids=ids)
+        self.message_user(request, f"{count} dead-lettered deliveries queued again "
+                                   f"({len(ids) - count} selected were not dead).", messages.SUCCESS)

@@ -1,0 +1,76 @@
+"""Webhook subscribers and deliveries, in the default database (not sharded)."""
+
+from django.core.exceptions import ValidationError
+from django.core.validators import URLValidator
+from django.db import models
+from django.utils import timezone
+
+from users.outbox import EVENTS
+
+from .webhooks.signing import new_secret
+
+
+class WebhookSubscriber(models.Model):
+    """A URL that receives the events it subscribes to, signed with its own secret."""
+
+    name = models.CharField(max_length=100, blank=True)
+    url = models.URLField(max_length=2000, validators=[URLValidator(schemes=["http", "https"])])
+    # Stored in clear: signing needs it. Shown to staff once so they can give it to the receiver.
+    secret = models.CharField(max_length=100, default=new_secret)
+    events = models.JSONField(default=list, help_text=f"Any of: {', '.join(EVENTS)}")
+    active = models.BooleanField(default=True, help_text="Inactive subscribers keep their pending deliveries "
+                                                         "waiting until they are active again.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self):
+        return self.name or self.url
+
+    def clean(self):
+        if not isinstance(self.events, list) or not self.events or set(self.events) - set(EVENTS):
+            raise ValidationError({"events": f"Choose one or more of {', '.join(EVENTS)}."})
+
+
+class WebhookDelivery(models.Model):
+    """One event for one subscriber. Unique per (subscriber, event_id): creating it twice is a no-op.
+
+    `next_attempt_at` is both the retry time and the claim lease: a worker claims a due delivery by
+    moving it past the lease and setting `claim_token`; only the holder of the token records the
+    outcome, so a worker that outlived its lease cannot overwrite a later attempt's result.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        DEAD = "dead"
+
+    subscriber = models.ForeignKey(WebhookSubscriber, on_delete=models.CASCADE, related_name="deliveries")
+    event_id = models.UUIDField()
+    event = models.CharField(max_length=32)
+    payload = models.JSONField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claim_token = models.UUIDField(null=True, blank=True, editable=False)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["subscriber", "event_id"], name="webhookdelivery_once_per_subscriber"),
+        ]
+        indexes = [
+            # The claim query: due pending deliveries, oldest first.
+            models.Index(fields=["next_attempt_at", "id"], name="webhookdelivery_due",
+                         condition=models.Q(status="pending")),
+            models.Index(fields=["status", "delivered_at"], name="webhookdelivery_status"),
+        ]
+
+    def __str__(self):
+        return f"{self.event} {self.event_id} -> {self.subscriber_id} ({self.status})"

@@ -1,0 +1,81 @@
+"""Webhook settings, read at call time (`WEBHOOK_*`), with their defaults and validation.
+
+    WEBHOOK_MAX_ATTEMPTS         8      attempts before a delivery is dead-lettered
+    WEBHOOK_BACKOFF_BASE         30.0   seconds before the 2nd attempt; doubles per attempt...
+    WEBHOOK_BACKOFF_CAP          3600.0 ...up to this; each delay is jittered to 50-100 %
+    WEBHOOK_CONNECT_TIMEOUT      2.0    seconds to connect (TCP + TLS)
+    WEBHOOK_READ_TIMEOUT         5.0    seconds the receiver may stay silent while answering
+    WEBHOOK_LEASE_SECONDS        None   a claimed delivery is retried after this if its worker died
+                                        (None: connect + read timeout + 30 s)
+    WEBHOOK_DISPATCH_BATCH       500    outbox rows moved per shard per batch
+    WEBHOOK_DELIVER_TIME_BUDGET  10.0   seconds one deliver run keeps claiming deliveries
+    WEBHOOK_RETENTION_DAYS       7.0    delivered deliveries and dispatched outbox rows kept this long
+    WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew verify_signature accepts
+"""
+
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    max_attempts: int = 8
+    backoff_base: float = 30.0
+    backoff_cap: float = 3600.0
+    connect_timeout: float = 2.0
+    read_timeout: float = 5.0
+    lease_seconds: float | None = None
+    dispatch_batch: int = 500
+    deliver_time_budget: float = 10.0
+    retention_days: float = 7.0
+    signature_tolerance: int = 300
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_attempts < 1:
+            problems.append("WEBHOOK_MAX_ATTEMPTS must be >= 1")
+        if not 0 < self.backoff_base <= self.backoff_cap:
+            problems.append("WEBHOOK_BACKOFF_BASE must be > 0 and <= WEBHOOK_BACKOFF_CAP")
+        if self.connect_timeout <= 0 or self.read_timeout <= 0:
+            problems.append("WEBHOOK_CONNECT_TIMEOUT and WEBHOOK_READ_TIMEOUT must be > 0")
+        if self.lease_seconds is not None and self.lease_seconds <= 0:
+            problems.append("WEBHOOK_LEASE_SECONDS must be > 0 (or None)")
+        if self.dispatch_batch < 1 or self.deliver_time_budget <= 0 or self.retention_days <= 0:
+            problems.append("WEBHOOK_DISPATCH_BATCH, WEBHOOK_DELIVER_TIME_BUDGET and WEBHOOK_RETENTION_DAYS "
+                            "must be > 0")
+        if self.signature_tolerance < 1:
+            problems.append("WEBHOOK_SIGNATURE_TOLERANCE must be >= 1")
+        if problems:
+            raise ImproperlyConfigured("; ".join(problems))
+
+    @property
+    def lease(self) -> float:
+        """Seconds a claim lasts: longer than one attempt can take, so a live worker never loses it."""
+        if self.lease_seconds is not None:
+            return self.lease_seconds
+        return self.connect_timeout + self.read_timeout + 30.0
+
+
+_NAMES = {
+    "max_attempts": "WEBHOOK_MAX_ATTEMPTS",
+    "backoff_base": "WEBHOOK_BACKOFF_BASE",
+    "backoff_cap": "WEBHOOK_BACKOFF_CAP",
+    "connect_timeout": "WEBHOOK_CONNECT_TIMEOUT",
+    "read_timeout": "WEBHOOK_READ_TIMEOUT",
+    "lease_seconds": "WEBHOOK_LEASE_SECONDS",
+    "dispatch_batch": "WEBHOOK_DISPATCH_BATCH",
+    "deliver_time_budget": "WEBHOOK_DELIVER_TIME_BUDGET",
+    "retention_days": "WEBHOOK_RETENTION_DAYS",
+    "signature_tolerance": "WEBHOOK_SIGNATURE_TOLERANCE",
+}
+
+
+def webhook_settings() -> WebhookSettings:
+    """Return the current settings; raise ImproperlyConfigured if one is invalid."""
+    values = {field: getattr(settings, name) for field, name in _NAMES.items() if hasattr(settings, name)}
+    try:
+        return WebhookSettings(**values)
+    except TypeError as exc:  # a value of the wrong type compared with a number
+        raise ImproperlyConfigured(f"invalid WEBHOOK_* setting: {exc}") from exc
