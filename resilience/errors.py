@@ -45,7 +45,11 @@ def exception_handler(exc, context):
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body too large (max 64 KiB).", "request_too_large"), status=413)
     from users.services import Conflict, InvalidCredentials, UserNotFound, VersionMismatch
-    from users.sharding.access import ShardUnavailable
+    from users.sharding.access import ShardFrozen, ShardUnavailable
+
+    if isinstance(exc, ShardFrozen):
+        return Response(error_body("This account is being moved between shards; retry in a moment.",
+                                   "shard_moving"), status=503, headers={"Retry-After": "1"})
 
     if isinstance(exc, Conflict):
         fields = {f: [f"This {f} is already taken."] for f in exc.fields}

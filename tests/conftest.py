@@ -9,11 +9,12 @@ from django_redis import get_redis_connection
 
 from project.db import pinning
 from project.db.replicas import monitor
-from users.sharding.shardmap import shard_map
+from users.models import ShardMapEntry
+from users.sharding.shardmap import initial_ranges, shard_map
 
 from .stack import stack
 
-SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_user"]
+SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_frozenlogicalshard", "users_user"]
 DEFAULT_TABLES = ["users_uniqueclaim", "django_admin_log", "django_session", "auth_user_groups",
                   "auth_user_user_permissions", "auth_user",
                   "resilience_webhookdelivery", "resilience_webhooksubscriber"]
@@ -30,6 +31,12 @@ def django_db_setup(django_db_blocker):
 def truncate_everything():
     with connections["default"].cursor() as cursor:
         cursor.execute(f"TRUNCATE {', '.join(DEFAULT_TABLES)} RESTART IDENTITY CASCADE")
+        cursor.execute("TRUNCATE users_shardmove, users_shardmapentry")
+    # Resharding tests move logical shards: every test starts from the initial map.
+    ShardMapEntry.objects.using("default").bulk_create(
+        [ShardMapEntry(logical_shard=ls, group=group) for start, end, group in initial_ranges()
+         for ls in range(start, end + 1)])
+    shard_map.invalidate()
     for group in settings.SHARD_GROUPS:
         with connections[group].cursor() as cursor:
             cursor.execute(f"TRUNCATE {', '.join(SHARD_TABLES)} CASCADE")

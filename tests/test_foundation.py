@@ -65,7 +65,7 @@ def test_ready_is_degraded_but_200_with_the_replica_stopped(client, restore_stac
     body = response.json()
     assert response.status_code == 200
     assert body["status"] == "degraded"
-    assert set(body["degraded"]) == {"default_r0", "shard_0_r0", "shard_1_r0"}
+    assert set(body["degraded"]) == {f"{group}_r0" for group in settings.DATABASE_GROUPS}
     stack("start", "replica")
     wait_for(lambda: client.get("/health/ready").json()["status"] == "ok", timeout=20, message="replica back")
     monitor.refresh_now()
@@ -83,7 +83,7 @@ def test_ready_is_503_naming_every_primary_when_postgres_is_stopped(client, rest
     stack("stop", "primary")
     response = client.get("/health/ready")
     assert response.status_code == 503
-    assert set(response.json()["failed"]) == {"default", "shard_0", "shard_1"}
+    assert set(response.json()["failed"]) == {"default", *settings.SHARD_GROUPS}
 
 
 def test_production_settings_refuse_to_start_without_a_secret_key():

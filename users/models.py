@@ -106,13 +106,54 @@ class OutboxEvent(models.Model):
 
 
 class WriteBehindBatch(models.Model):
-    """Ledger of write-behind batches applied on this shard, written in the same transaction as the
-    batch's UPDATE: a batch is applied at most once per shard, whoever retries it."""
+    """Ledger of write-behind batches applied on this shard, per logical shard, written in the same
+    statement as the batch's UPDATE: a batch is applied at most once per logical shard, whoever
+    retries it — and the ledger rows of a logical shard move with it when it is resharded."""
 
     sharded = True
 
-    batch_id = models.CharField(max_length=32, primary_key=True)
+    batch_id = models.CharField(max_length=32)
+    logical_shard = models.SmallIntegerField()
     applied_at = models.DateTimeField(db_index=True)
 
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["batch_id", "logical_shard"], name="users_wb_batch_ls")]
+
     def __str__(self):
-        return self.batch_id
+        return f"{self.batch_id}/{self.logical_shard}"
+
+
+class FrozenLogicalShard(models.Model):
+    """A logical shard in the final switch of a move, on its source shard: triggers refuse every
+    write to its rows (SQLSTATE BW001 -> 503 + Retry-After), so the last copy misses nothing."""
+
+    sharded = True
+
+    logical_shard = models.SmallIntegerField(primary_key=True)
+    frozen_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        return str(self.logical_shard)
+
+
+class ShardMove(models.Model):
+    """An online move of logical shards between shard groups (default database). Each step is
+    idempotent and recorded, so a killed move is resumed or rolled back by `manage.py reshard`."""
+
+    PLANNED, COPIED, FENCED, VERIFIED, SWITCHED, DONE, ROLLED_BACK = (
+        "planned", "copied", "fenced", "verified", "switched", "done", "rolled_back")
+    STATES = [PLANNED, COPIED, FENCED, VERIFIED, SWITCHED, DONE, ROLLED_BACK]
+
+    logical_shards = models.JSONField()
+    source = models.CharField(max_length=64)
+    target = models.CharField(max_length=64)
+    state = models.CharField(max_length=16, choices=[(s, s) for s in STATES], default=PLANNED)
+    rows_copied = models.BigIntegerField(default=0)
+    longest_fence_ms = models.FloatField(null=True, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self):
+        count = len(self.logical_shards)
+        return f"move {self.pk}: {count} logical shards {self.source} -> {self.target} ({self.state})"

@@ -4,6 +4,10 @@ import os
 
 os.environ.setdefault("DB_NAME_PREFIX", "bulwark_test")
 os.environ.setdefault("REDIS_DB", "1")
+# Three shard databases are configured, the map starts on two: shard_2 is the empty shard the
+# resharding tests move logical shards onto (as an operator adding a shard would).
+os.environ.setdefault("SHARD_COUNT", "3")
+os.environ.setdefault("SHARDING_INITIAL_MAP", "0-511:shard_0 512-1023:shard_1")
 
 from .base import *  # noqa: E402, F403
 from .env import env  # noqa: E402

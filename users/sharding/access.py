@@ -25,6 +25,17 @@ class ShardUnavailable(Exception):
         self.group = group
 
 
+class ShardFrozen(ShardUnavailable):
+    """The user's logical shard is in the final switch of a move: writes are refused for a moment."""
+
+
+FROZEN_SQLSTATE = "BW001"  # raised by the fence triggers (users/sharding/fence_sql.py)
+
+
+def _frozen(exc: Exception) -> bool:
+    return getattr(exc.__cause__, "sqlstate", None) == FROZEN_SQLSTATE
+
+
 def group_for_user_id(user_id: int) -> str:
     return shard_map.group_for_logical(logical_shard_of_id(user_id))
 
@@ -68,3 +79,7 @@ def write_on(group: str, fn):
         if not connections[alias].in_atomic_block:
             _discard(alias)
         raise ShardUnavailable(group, exc) from exc
+    except DatabaseError as exc:
+        if _frozen(exc):
+            raise ShardFrozen(group, exc) from exc
+        raise

@@ -22,19 +22,29 @@ from django.db import DatabaseError, connections, transaction
 from users import cache
 from users.selectors import FIELDS, as_row
 from users.sharding.access import ShardUnavailable, group_for_user_id, write_on
+from users.sharding.ids import logical_shard_of_id
 
 from .buffer import BATCHES, SEEN, SINCE, STATS, VIEWS, redis_state, script
 
 logger = logging.getLogger(__name__)
 
+# One statement: the ledger rows of the logical shards not yet applied for this batch, and the
+# update of exactly those users. A logical shard applied before (by a retry, a redelivered task,
+# an overlapping flush, or on another database before a move) is skipped.
 APPLY_SQL = f"""
+WITH fresh AS (
+  INSERT INTO users_writebehindbatch (batch_id, logical_shard, applied_at)
+  SELECT %s, ls, now() FROM unnest(%s::smallint[]) AS ls
+  ON CONFLICT DO NOTHING
+  RETURNING logical_shard
+)
 UPDATE users_user u
    SET view_count = u.view_count + d.n,
        last_seen_at = CASE WHEN d.seen IS NULL THEN u.last_seen_at
                            ELSE GREATEST(COALESCE(u.last_seen_at, d.seen), d.seen) END,
        rev = u.rev + 1
   FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[]) AS d(id, n, seen)
- WHERE u.id = d.id
+ WHERE u.id = d.id AND u.logical_shard IN (SELECT logical_shard FROM fresh)
 RETURNING {", ".join("u." + f for f in FIELDS)}
 """
 
@@ -54,19 +64,17 @@ def _fault(point: str) -> None:
 
 
 def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int | None]]) -> list[dict]:
-    """Apply one shard's part of a batch. Return the updated rows ([] if the ledger says it was
-    applied before). Raise ShardUnavailable / DatabaseError on failure (nothing committed)."""
+    """Apply one shard's part of a batch. Return the updated rows (none for logical shards the ledger
+    says were applied before). Raise ShardUnavailable / DatabaseError on failure (nothing committed)."""
     ids = list(items)
     counts = [items[i][0] for i in ids]
     seen = [datetime.fromtimestamp(items[i][1] / 1000, tz=UTC) if items[i][1] else None for i in ids]
 
+    logical_shards = sorted({logical_shard_of_id(i) for i in ids})
+
     def apply(alias):
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-            cursor.execute("INSERT INTO users_writebehindbatch (batch_id, applied_at) VALUES (%s, now()) "
-                           "ON CONFLICT DO NOTHING", [batch_id])
-            if cursor.rowcount == 0:
-                return []
-            cursor.execute(APPLY_SQL, [ids, counts, seen])
+            cursor.execute(APPLY_SQL, [batch_id, logical_shards, ids, counts, seen])
             _fault("before_commit")
             return [as_row(dict(zip(FIELDS, row, strict=True))) for row in cursor.fetchall()]
 
