@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test bench lint stack stack-down stack-status migrate bootstrap clean
+.PHONY: run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,13 @@ bench: $(VENV)/.installed stack
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } \
 		|| { echo "install wrk (apt-get install wrk) to run the benchmark"; exit 1; }
 	DJANGO_SETTINGS_MODULE=project.settings.bench $(PY) -m bench
+
+# Add the local stack's third shard database and move about a third of the logical shards onto it,
+# online. Keep SHARD_COUNT=3 exported for later `make run`s.
+add-shard: $(VENV)/.installed stack
+	SHARD_COUNT=3 $(PY) manage.py migrate_all
+	SHARD_COUNT=3 $(PY) manage.py reshard plan --to shard_2 --apply
+	@echo "shard_2 added: export SHARD_COUNT=3 before the next 'make run'"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -70,6 +70,7 @@ READ_YOUR_WRITES_WINDOW = env("READ_YOUR_WRITES_WINDOW", 5.0, float)  # seconds 
 # --- sharding (users/sharding/) ---
 SHARDING_LOGICAL_SHARDS = env("SHARDING_LOGICAL_SHARDS", 1024, int)
 SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 512-1023:shard_1"; empty = even
+RESHARD_FAULT = env("RESHARD_FAULT", "")  # crash tests only: SIGKILL `reshard` after it records this state
 SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
 
 # --- Redis: cache (evictable) and state (noeviction, AOF) ---

@@ -17,6 +17,8 @@ Reads never fail: until cleanup the source still holds every row (frozen, so ide
 """
 
 import logging
+import os
+import signal
 import time
 
 from django.conf import settings
@@ -237,7 +239,14 @@ def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
     order = ShardMove.STATES
     while move.state in STEPS and order.index(move.state) < order.index(until):
         STEPS[move.state](move)
+        _fault(move.state)
     return move
+
+
+def _fault(state: str) -> None:
+    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT)."""
+    if settings.RESHARD_FAULT == state:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def move_rollback(move: ShardMove) -> ShardMove:
