@@ -10,10 +10,12 @@ read the ratios, not the absolute numbers.
 import contextlib
 import json
 import os
+import random
 import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -258,22 +260,22 @@ def bench_roundtrips(users, tokens):
 
 
 # ---------------------------------------------------------------- flush throughput
-def bulk_users(n):
-    """Insert n users per shard with SQL (fast), ids on the shard's own logical shards."""
+def bulk_users(n, prefix="bulk"):
+    """Insert n users per mapped shard with SQL (fast), ids on the shard's own logical shards."""
     from users.sharding.shardmap import shard_map
 
     table = shard_map.table()
     ids = []
-    for group in settings.SHARD_GROUPS:
+    for group in sorted(set(table)):
         logicals = [ls for ls, g in enumerate(table) if g == group]
         with connections[group].cursor() as cursor:
             cursor.execute(
                 """INSERT INTO users_user (id, logical_shard, username, email, password, display_name, bio,
                        created_at, updated_at, version, rev, view_count)
-                   SELECT users_next_id(ls), ls, 'bulk' || g || %s, 'bulk' || g || %s || '@example.com', '!', '',
+                   SELECT users_next_id(ls), ls, %s || g || %s, %s || g || %s || '@example.com', '!', '',
                           '', now(), now(), 1, 1, 0
                      FROM (SELECT g, (%s::int[])[1 + g %% %s] AS ls FROM generate_series(1, %s) g) s
-                   RETURNING id""", [group, group, logicals, len(logicals), n])
+                   RETURNING id""", [prefix, group, prefix, group, logicals, len(logicals), n])
             ids += [r[0] for r in cursor.fetchall()]
     return ids
 
@@ -310,16 +312,55 @@ def bench_flush():
     report("writebehind", "flush rows/s / raw set-based SQL", flush_rate / raw_rate, "x", ">= 0.5")
 
 
+def bench_reshard():
+    """Move about a third of 10,000 users onto the spare shard while a client keeps updating them."""
+    print("resharding", flush=True)
+    from users.sharding import resharding
+    from users.sharding.access import ShardUnavailable
+
+    ids = bulk_users(5_000, prefix="move")
+    stop, refusals, current = False, [], {"since": None}
+
+    def writer():
+        rng = random.Random(3)
+        while not stop:
+            uid = rng.choice(ids)
+            try:
+                services.user_update(user_id=uid, changes={"bio": "w"})
+                if current["since"] is not None:
+                    refusals.append(time.monotonic() - current["since"])
+                    current["since"] = None
+            except ShardUnavailable:
+                current["since"] = current["since"] or time.monotonic()
+                time.sleep(0.02)
+        connections.close_all()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    started, moved = time.perf_counter(), 0
+    for logical, _source in resharding.plan(target="shard_2"):
+        move = resharding.move_run(resharding.move_create(logical_shards=logical, target="shard_2"))
+        moved += move.detail.get("users", 0)
+    elapsed = time.perf_counter() - started
+    stop = True
+    thread.join()
+    report("reshard", "users moved onto the new shard", moved)
+    report("reshard", "users moved per second (whole move incl. map-TTL waits)", moved / elapsed, "1/s")
+    report("reshard", "longest write refusal a client saw", max(refusals, default=0.0) * 1000, "ms")
+
+
 def main():
     print(f"Bulwark benchmark: {SECONDS:.0f} s per load run; ratios are against a baseline of the same run\n",
           flush=True)
     reset_data()
     users = make_users(20, "bench")
     tokens = [services.token_create(username=u["username"], password="bench-pass-2026")[0] for u in users[:2]]
-    bench_data_layer(users)
-    bench_roundtrips(users, tokens)
-    bench_http(users, tokens)
-    bench_flush()
+    only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
+    sections = (("data", lambda: bench_data_layer(users)), ("roundtrips", lambda: bench_roundtrips(users, tokens)),
+                ("http", lambda: bench_http(users, tokens)), ("flush", bench_flush), ("reshard", bench_reshard))
+    for name, section in sections:
+        if not only or name in only:
+            section()
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
     (out / "bench.json").write_text(json.dumps(RESULTS, indent=2, default=str))

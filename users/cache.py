@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 USER_TTL = 300
 NEGATIVE_TTL = 30
 TOMBSTONE_TTL = 600
+FLOOR_TTL = 600  # must outlive any reader still holding a row loaded before the invalidation
 LEASE_MS = 2000
 STAMPEDE_WAIT = 0.25  # the longest a reader waits for a lease holder before loading itself
 TOMBSTONE_VERSION = 1 << 62
@@ -148,7 +149,7 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL):
                 raw = _call(lambda: _client().get(key))
             except CacheUnavailable:
                 break
-            if raw is not None:
+            if raw is not None and not raw.endswith(b":~"):
                 decoded = _decode(raw)
                 return None if decoded is NOT_FOUND else decoded
     loaded = loader()
@@ -189,7 +190,7 @@ def _cached_version_at_least(key: str, version: int) -> bool:
         raw = _call(lambda: _client().get(key))
     except CacheUnavailable:
         return False
-    return raw is not None and int(raw.split(b":", 1)[0]) >= version
+    return raw is not None and not raw.endswith(b":~") and int(raw.split(b":", 1)[0]) >= version
 
 
 def queue_invalidation(key: str) -> None:
@@ -211,15 +212,15 @@ def replay_invalidations(limit: int = 1000) -> int:
     return len(keys)
 
 
-def write_through_many(entries: list[tuple[str, object, int]], *, ttl: int = USER_TTL, chunk: int = 500) -> None:
-    """write_through for many (key, value, version) entries: one script call per `chunk` entries."""
+def invalidate_many(entries: list[tuple[str, int]], *, chunk: int = 1000) -> None:
+    """Invalidate (key, version) entries written elsewhere (write-behind flushes): each becomes a
+    version floor, so the next reader reloads and no reader holding an older row can store it.
+    One script call per `chunk` keys; if the cache cannot take it the keys are queued for deletion."""
     for start in range(0, len(entries), chunk):
         part = entries[start:start + chunk]
-        args = [_ttl(ttl)]
-        for _key, value, version in part:
-            args += [version, json.dumps(value, cls=DjangoJSONEncoder)]
         try:
-            _call(lambda part=part, args=args: _script("set_many_if_newer")(keys=[k for k, _, _ in part], args=args))
+            _call(lambda part=part: _script("floor_many")(keys=[k for k, _ in part],
+                                                          args=[FLOOR_TTL, *[v for _, v in part]]))
         except CacheUnavailable:
-            for key, _value, _version in part:
+            for key, _version in part:
                 queue_invalidation(key)

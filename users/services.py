@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, connections, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from project.db.pinning import use_primary
@@ -224,14 +224,16 @@ def user_delete(*, user_id: int) -> None:
 def user_record_views_direct(*, user_id: int, count: int = 1) -> bool:
     """Add views straight to the database (the write-behind fallback). Return False if no such user."""
     group = group_for_user_id(user_id)
-    updated = write_on(group, lambda alias: User.objects.using(alias).filter(id=user_id)
-                       .update(view_count=F("view_count") + count, rev=F("rev") + 1))
+    def add(alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("UPDATE users_user SET view_count = view_count + %s, rev = rev + 1 WHERE id = %s "
+                           "RETURNING rev", [count, user_id])
+            return cursor.fetchone()
+
+    updated = write_on(group, add)
     if updated:
-        with use_primary():
-            row = selectors._row_by_id(user_id)
-        if row:
-            _cache_row(row)
-    return bool(updated)
+        cache.invalidate_many([(cache.user_key(user_id), updated[0])])
+    return updated is not None
 
 
 # --- tokens ---

@@ -1,6 +1,8 @@
 -- Store a versioned cache entry unless a newer (or equal) version is already cached.
 -- Entries are "<version>:<payload>". This is what makes a slow reader harmless: it can never
--- overwrite a newer version written through by an update, nor a delete's tombstone.
+-- overwrite a newer version written through by an update, nor a delete's tombstone. A floor
+-- ("<version>:~", left by an invalidation) admits that version itself: it is what the next reader
+-- loads from the database.
 -- KEYS[1] entry key   KEYS[2] lease key (deleted, may be "")
 -- ARGV[1] version (integer)   ARGV[2] payload   ARGV[3] ttl seconds
 -- Returns 1 when stored, 0 when refused because the cached version is not older.
@@ -11,7 +13,9 @@ end
 if current then
   local sep = string.find(current, ":", 1, true)
   local cached_version = tonumber(string.sub(current, 1, sep - 1))
-  if cached_version >= tonumber(ARGV[1]) then
+  local is_floor = string.sub(current, sep + 1) == "~"
+  local version = tonumber(ARGV[1])
+  if cached_version > version or (cached_version == version and not is_floor) then
     return 0
   end
 end

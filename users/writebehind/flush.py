@@ -20,7 +20,6 @@ from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 
 from users import cache
-from users.selectors import FIELDS, as_row
 from users.sharding.access import ShardUnavailable, group_for_user_id, write_on
 from users.sharding.ids import logical_shard_of_id
 
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 # One statement: the ledger rows of the logical shards not yet applied for this batch, and the
 # update of exactly those users. A logical shard applied before (by a retry, a redelivered task,
 # an overlapping flush, or on another database before a move) is skipped.
-APPLY_SQL = f"""
+APPLY_SQL = """
 WITH fresh AS (
   INSERT INTO users_writebehindbatch (batch_id, logical_shard, applied_at)
   SELECT %s, ls, now() FROM unnest(%s::smallint[]) AS ls
@@ -45,7 +44,7 @@ UPDATE users_user u
        rev = u.rev + 1
   FROM unnest(%s::bigint[], %s::bigint[], %s::timestamptz[]) AS d(id, n, seen)
  WHERE u.id = d.id AND u.logical_shard IN (SELECT logical_shard FROM fresh)
-RETURNING {", ".join("u." + f for f in FIELDS)}
+RETURNING u.id, u.rev
 """
 
 
@@ -63,9 +62,10 @@ def _fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int | None]]) -> list[dict]:
-    """Apply one shard's part of a batch. Return the updated rows (none for logical shards the ledger
-    says were applied before). Raise ShardUnavailable / DatabaseError on failure (nothing committed)."""
+def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int | None]]) -> list[tuple[int, int]]:
+    """Apply one shard's part of a batch. Return the updated (id, rev) pairs (none for logical shards
+    the ledger says were applied before). Raise ShardUnavailable / DatabaseError on failure (nothing
+    committed)."""
     ids = list(items)
     counts = [items[i][0] for i in ids]
     seen = [datetime.fromtimestamp(items[i][1] / 1000, tz=UTC) if items[i][1] else None for i in ids]
@@ -76,7 +76,7 @@ def _apply_on_shard(group: str, batch_id: str, items: dict[int, tuple[int, int |
         with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
             cursor.execute(APPLY_SQL, [batch_id, logical_shards, ids, counts, seen])
             _fault("before_commit")
-            return [as_row(dict(zip(FIELDS, row, strict=True))) for row in cursor.fetchall()]
+            return cursor.fetchall()
 
     return write_on(group, apply)
 
@@ -103,7 +103,7 @@ def _apply_batch(batch_id: str) -> tuple[int, bool]:
             continue
         _fault("after_commit")
         rows += len(updated)
-        cache.write_through_many([(cache.user_key(row["id"]), row, row["rev"]) for row in updated])
+        cache.invalidate_many([(cache.user_key(uid), rev) for uid, rev in updated])
     if complete:
         _fault("before_ack")
         pipe = r.pipeline(transaction=True)
