@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard
+.PHONY: chromium run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,13 @@ bootstrap: migrate
 run: bootstrap
 	PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
-test: $(VENV)/.installed stack
+# The browser test drives Debian's chromium (never a downloaded browser).
+chromium:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && echo "installing chromium with apt-get" && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
+		|| { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
+
+test: $(VENV)/.installed stack chromium
 	DJANGO_SETTINGS_MODULE=project.settings.test $(VENV)/bin/pytest
 
 bench: $(VENV)/.installed stack

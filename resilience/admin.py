@@ -1,4 +1,5 @@
-"""Admin for webhook subscribers and deliveries. Writes go through resilience/webhooks/services.py."""
+"""Admin for webhook subscribers and deliveries (writes go through resilience/webhooks/services.py), and the
+entry point of the operations dashboards (resilience/dashboard/)."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -7,6 +8,7 @@ from django.db.models import Count, Q
 from users.outbox import EVENTS
 
 from .breaker import get_breaker
+from .dashboard.urls import install as install_dashboards
 from .models import WebhookDelivery, WebhookSubscriber
 from .webhooks import services
 from .webhooks.deliver import breaker_name
@@ -79,3 +81,8 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
         count = services.webhook_deliveries_retry(delivery_ids=ids)
         self.message_user(request, f"{count} dead-lettered deliveries queued again "
                                    f"({len(ids) - count} selected were not dead).", messages.SUCCESS)
+
+
+# The dashboards (system overview, circuit breakers, rate limits) live under /admin/bulwark/ and are
+# linked from the admin index (templates/admin/index.html).
+install_dashboards(admin.site)

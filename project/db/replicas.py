@@ -120,8 +120,9 @@ class ReplicaMonitor:
                 s.error = error or ""
                 s.checked_at = now
                 if was_usable != s.usable:
-                    logger.warning("replica %s %s (lag=%s, error=%s)", s.alias,
-                                   "usable" if s.usable else "skipped", s.lag, s.error)
+                    log = logger.info if s.usable else logger.warning
+                    verdict = "usable" if s.usable else "skipped"
+                    log("replica %s %s (lag=%s, error=%s)", s.alias, verdict, s.lag, s.error)
 
     def _probe(self, server: str, alias: str) -> tuple[float | None, str | None]:
         conn = self._conns.get(server)

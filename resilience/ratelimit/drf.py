@@ -7,6 +7,7 @@ from django.conf import settings
 from django.http import JsonResponse
 
 from ..errors import ApiError, error_body
+from ..metrics import count_decision
 from .http import headers, request_key
 from .limiter import check, evaluate_with
 from .policies import get_policy
@@ -44,6 +45,7 @@ class RateLimitedApiMixin:
             get_policy(name), request_key(name, request, username=username),
             companions=self.rate_limit_companions(request))
         request.rate_limit_decision = decision
+        count_decision(decision)
         if not decision.allowed:
             raise ApiError(429, "Too many requests; retry after the time in Retry-After.", "rate_limited",
                            headers=headers(decision))
@@ -67,6 +69,7 @@ def rate_limited_view(policy_name: str, *, methods=("POST",)):
             if request.method not in methods or not settings.RESILIENCE_RATELIMIT_ENABLED:
                 return view(request, *args, **kwargs)
             decision = check(policy_name, request_key(policy_name, request))
+            count_decision(decision)
             if not decision.allowed:
                 response = JsonResponse(error_body("Too many attempts; retry later.", "rate_limited"), status=429)
             else:

@@ -259,12 +259,17 @@ def test_state_is_shared_between_processes():
 
 
 def _contend(name: str, options: BreakerOptions, barrier, results) -> None:
-    barrier.wait(timeout=30)
     try:
+        import django
+
+        django.setup()  # a spawned child starts from scratch (fork could inherit a held lock from a thread)
+        barrier.wait(timeout=60)
         CircuitBreaker(name, options).allow()  # held, never reported
         results.put("admitted")
     except CircuitOpenError:
         results.put("rejected")
+    except BaseException as exc:  # report, so the parent fails with the reason instead of a timeout
+        results.put(f"error: {exc!r}")
 
 
 def test_half_open_admits_exactly_k_probes_across_processes():
@@ -274,12 +279,12 @@ def test_half_open_admits_exactly_k_probes_across_processes():
     wait_for(lambda: _probe(breaker), timeout=10, message="the open period to elapse").release()
     assert breaker.state == State.HALF_OPEN
     assert breaker.snapshot().half_open_in_flight == 0
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     barrier, results = ctx.Barrier(6), ctx.Queue()
     workers = [ctx.Process(target=_contend, args=("fleet", options, barrier, results)) for _ in range(6)]
     for worker in workers:
         worker.start()
-    outcomes = sorted(results.get(timeout=60) for _ in workers)
+    outcomes = sorted(results.get(timeout=120) for _ in workers)
     for worker in workers:
         worker.join(timeout=30)
     assert outcomes == ["admitted"] * 3 + ["rejected"] * 3

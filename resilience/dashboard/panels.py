@@ -1,0 +1,238 @@
+"""The figures of the system overview, one function per panel.
+
+Every panel is gathered by `collect`, which never raises: a panel whose dependency is down (a
+database, a Redis, the broker) becomes {"ok": False, "error": "<class>: <message>"} and the page
+shows "unavailable: <error>" for it while the other panels still render. Every call here has a short
+timeout of its own (Redis sockets 0.25 s, database connects 2 s, the Celery ping 0.5 s), so a hung
+dependency slows the page by about that much, never indefinitely.
+"""
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+from django.conf import settings
+from django.db import connections
+from django_redis import get_redis_connection
+
+QUEUES = ("bulwark", "webhooks")
+CELERY_PING_TIMEOUT = 0.5
+CELERY_CACHE_SECONDS = 5.0  # a ping waits its whole timeout for replies: don't pay it on every poll
+REDIS_ROLES = ("default", "state")
+
+
+def describe(exc: BaseException) -> str:
+    """Return "<ExceptionClass>: <message>" on one line, at most 300 characters."""
+    message = " ".join(str(exc).split())
+    return f"{exc.__class__.__name__}: {message}"[:300] if message else exc.__class__.__name__
+
+
+def safe(fn: Callable[[], Any]) -> dict:
+    """Call `fn` and return {"ok": True, "data": result}, or {"ok": False, "error": ...} if it raised."""
+    try:
+        return {"ok": True, "data": fn()}
+    except Exception as exc:  # the dashboard reports a failing dependency, it must never fail with it
+        return {"ok": False, "error": describe(exc)}
+
+
+# --- databases ---
+def _ping(alias: str) -> dict:
+    started = time.perf_counter()
+    try:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+    except Exception as exc:  # a dead primary is a finding
+        try:
+            connections[alias].close()
+        except Exception:  # noqa: S110  (the connection is broken either way)
+            pass
+        return {"reachable": False, "error": describe(exc), "latency_ms": None}
+    return {"reachable": True, "error": "", "latency_ms": round((time.perf_counter() - started) * 1000, 1)}
+
+
+def replica_states() -> dict[str, dict]:
+    """Return alias -> the replica monitor's verdict (lag None when unknown)."""
+    from project.db.replicas import monitor
+
+    result = {}
+    for state in monitor.states():
+        result[state.alias] = {
+            "alias": state.alias, "server": state.server,
+            "lag": None if math.isinf(state.lag) else round(state.lag, 3),
+            "reachable": state.reachable, "usable": state.usable,
+            "checked_at": state.checked_at or None, "error": state.error,
+        }
+    return result
+
+
+def databases() -> dict:
+    """Each database group: its primary (reachable, latency), its replicas (lag), users per shard."""
+    from users import selectors
+
+    counts = safe(selectors.user_count_per_shard)
+    replicas = replica_states()
+    groups = []
+    for name, spec in settings.DATABASE_GROUPS.items():
+        shard = name in settings.SHARD_GROUPS
+        entry = {
+            "group": name, "shard": shard,
+            "primary": {"alias": spec["primary"], **_ping(spec["primary"])},
+            "replicas": [replicas.get(alias, {"alias": alias, "server": "", "lag": None, "reachable": False,
+                                              "usable": False, "checked_at": None, "error": "not probed yet"})
+                         for alias in spec["replicas"]],
+            "users": None, "users_error": "",
+        }
+        if shard:
+            if counts["ok"]:
+                entry["users"] = counts["data"].get(name)
+            else:
+                entry["users_error"] = counts["error"]
+        groups.append(entry)
+    return {"groups": groups, "max_replica_lag": settings.MAX_REPLICA_LAG}
+
+
+def shard_map_summary() -> dict:
+    """The shard map as contiguous ranges of logical shards per group."""
+    from users.sharding.shardmap import shard_map
+
+    table = shard_map.table()
+    ranges: list[dict] = []
+    for logical, group in enumerate(table):
+        if ranges and ranges[-1]["group"] == group and ranges[-1]["end"] == logical - 1:
+            ranges[-1]["end"] = logical
+        else:
+            ranges.append({"group": group, "start": logical, "end": logical})
+    per_group: dict[str, dict] = {group: {"group": group, "logical_shards": 0, "ranges": []}
+                                  for group in settings.SHARD_GROUPS}  # a new, still empty group shows too
+    for r in ranges:
+        g = per_group.setdefault(r["group"], {"group": r["group"], "logical_shards": 0, "ranges": []})
+        g["logical_shards"] += r["end"] - r["start"] + 1
+        g["ranges"].append(f"{r['start']}-{r['end']}" if r["end"] != r["start"] else str(r["start"]))
+    return {"logical_shards": len(table), "groups": list(per_group.values())}
+
+
+# --- Redis ---
+def redis_role(alias: str) -> dict:
+    """INFO memory and stats of one Redis role ("default" = cache, "state")."""
+    client = get_redis_connection(alias)
+    info = client.info("memory")
+    info.update(client.info("stats"))
+    hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+    return {
+        "role": "cache" if alias == "default" else alias,
+        "used_memory_human": info.get("used_memory_human"),
+        "maxmemory_policy": info.get("maxmemory_policy"),
+        "keyspace_hits": hits, "keyspace_misses": misses,
+        "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+        "ops_per_sec": int(info.get("instantaneous_ops_per_sec", 0)),
+        "evicted_keys": int(info.get("evicted_keys", 0)),
+    }
+
+
+# --- Celery ---
+_celery_lock = threading.Lock()
+_celery_cache: tuple[float, list[str], str] | None = None  # (monotonic time, workers, error)
+_ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-celery-ping")
+
+
+def _ping_workers() -> list[str]:
+    from project.celery import app
+
+    replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT).ping() or {}
+    return sorted(replies)
+
+
+def celery_workers() -> tuple[list[str], str]:
+    """Return (names of workers that answered a ping, error or ""); cached for a few seconds.
+
+    The ping runs in a helper thread with a hard deadline, so a broker that hangs costs the page at
+    most about a second.
+    """
+    global _celery_cache
+    with _celery_lock:
+        cached = _celery_cache
+        if cached is not None and time.monotonic() - cached[0] < CELERY_CACHE_SECONDS:
+            return cached[1], cached[2]
+        try:
+            workers, error = _ping_pool.submit(_ping_workers).result(timeout=CELERY_PING_TIMEOUT + 1.0), ""
+        except FutureTimeout:
+            workers, error = [], "TimeoutError: no answer from the broker within 1.5 s"
+        except Exception as exc:  # broker down: reported, not raised
+            workers, error = [], describe(exc)
+        _celery_cache = (time.monotonic(), workers, error)
+        return workers, error
+
+
+def celery() -> dict:
+    """Workers alive, queue depths (lists on the state Redis) and the last write-behind flush (beat)."""
+    from users.writebehind import buffer
+
+    state = get_redis_connection("state")
+    pipe = state.pipeline(transaction=False)
+    for queue in QUEUES:
+        pipe.llen(queue)
+    depths = dict(zip(QUEUES, pipe.execute(), strict=True))
+    workers, error = celery_workers()  # only asked once the broker (the state Redis) answered
+    last = safe(lambda: buffer.stats()["last_flush_at"])
+    return {"workers": workers, "workers_error": error, "queues": depths,
+            "last_beat_at": last.get("data"), "last_beat_error": last.get("error", "")}
+
+
+# --- write-behind, breakers, rate limits ---
+def write_behind() -> dict:
+    from users.writebehind import buffer
+
+    return buffer.stats()
+
+
+def breakers(*, only_not_closed: bool = False) -> list[dict]:
+    """A snapshot per known breaker (as dicts), optionally only those not CLOSED."""
+    from dataclasses import asdict
+
+    from resilience.breaker import State, all_breakers, get_breaker
+
+    result = []
+    for name in all_breakers():
+        snap = get_breaker(name).snapshot()
+        if only_not_closed and snap.state == State.CLOSED:
+            continue
+        entry = asdict(snap)
+        entry["state"] = str(snap.state)
+        entry["colour"] = state_colour(snap.state)
+        result.append(entry)
+    return result
+
+
+def state_colour(state) -> str:
+    """green for CLOSED, amber for HALF_OPEN and FORCED_CLOSED, red for OPEN and FORCED_OPEN."""
+    return {"CLOSED": "green", "HALF_OPEN": "amber", "FORCED_CLOSED": "amber"}.get(str(state), "red")
+
+
+def top_limited(*, minutes: int = 5, count: int = 10) -> dict:
+    from resilience.ratelimit import denied_counts, top_denied
+
+    return {"minutes": minutes,
+            "top": [{"policy": p, "key": k, "denials": n} for p, k, n in top_denied(minutes=minutes, count=count)],
+            "by_policy": denied_counts(minutes=minutes)}
+
+
+PANELS: dict[str, Callable[[], Any]] = {
+    "databases": databases,
+    "shard_map": shard_map_summary,
+    "redis_cache": lambda: redis_role("default"),
+    "redis_state": lambda: redis_role("state"),
+    "celery": celery,
+    "write_behind": write_behind,
+    "breakers": lambda: breakers(only_not_closed=True),
+    "rate_limits": top_limited,
+}
+
+
+def collect() -> dict[str, dict]:
+    """Every panel of the overview, each either {"ok": True, "data": ...} or {"ok": False, "error": ...}."""
+    return {name: safe(fn) for name, fn in PANELS.items()}

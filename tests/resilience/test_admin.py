@@ -1,0 +1,470 @@
+"""The staff dashboards in the admin: every page and action through Django's test client, against the
+real databases and Redis (run with DB_NAME_PREFIX/REDIS_DB of your own, see tests/resilience/conftest.py).
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import User as StaffUser
+from django.db import connections
+from django.test import Client
+
+from resilience.breaker import State, get_breaker
+from resilience.dashboard import history, panels
+from resilience.ratelimit import check, peek
+from users import selectors, services
+from users.models import User
+from users.sharding.access import group_for_user_id
+
+from ..stack import ROOT, wait_for
+
+PAGES = [
+    "/admin/bulwark/overview/",
+    "/admin/bulwark/overview.json",
+    "/admin/bulwark/breakers/",
+    "/admin/bulwark/breakers/action/?name=payments&action=force_open",
+    "/admin/bulwark/ratelimits/",
+    "/admin/bulwark/ratelimits/reset/?policy=auth.token&key=ip:10.0.0.1",
+    "/admin/users/user/",
+]
+
+
+def replicas_caught_up() -> bool:
+    """True once every replica has replayed what the primary cluster has written so far (every database
+    of the local stack streams through one WAL), so admin reads routed to a replica see it."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()")
+        lsn = cursor.fetchone()[0]
+    for spec in django_settings.DATABASE_GROUPS.values():
+        for alias in spec["replicas"]:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn])
+                if not cursor.fetchone()[0]:
+                    return False
+    return True
+
+
+def caught_up() -> None:
+    wait_for(replicas_caught_up, timeout=20, interval=0.05, message="replicas to replay the test's writes")
+
+
+@pytest.fixture
+def staff(real_db):
+    return StaffUser.objects.create_superuser("ops", "ops@example.com", "pw-ops-0123456789")
+
+
+@pytest.fixture
+def admin_client(staff):
+    client = Client()
+    client.force_login(staff)
+    caught_up()
+    return client
+
+
+@pytest.fixture
+def daily(settings):
+    """A policy whose window is a day, so no window boundary passes during a test (the built-in
+    per-minute windows can roll over between a check and the page that shows it)."""
+    settings.RESILIENCE_RATELIMIT_POLICIES = {
+        "test.daily": {"rate": "5/d", "key": "ip+username", "algorithm": "sliding_window", "fail": "closed"}}
+    return "test.daily"
+
+
+def failing_breaker(name: str, failures: int = 5):
+    breaker = get_breaker(name)
+    for _ in range(failures):
+        with pytest.raises(ConnectionError), breaker.call():
+            raise ConnectionError("refused by the test")
+    return breaker
+
+
+# --- access ---
+def test_every_page_redirects_anonymous_and_non_staff_users_to_the_login(real_db):
+    member = StaffUser.objects.create_user("member", "member@example.com", "pw-member-0123456789")
+    signed_in = Client()
+    signed_in.force_login(member)
+    caught_up()
+    for client in (Client(), signed_in):
+        for page in PAGES:
+            response = client.get(page)
+            assert response.status_code == 302, page
+            assert response["Location"].startswith("/admin/login/?next="), page
+
+
+def test_admin_index_links_every_dashboard(admin_client):
+    body = admin_client.get("/admin/").content.decode()
+    for url in ("/admin/bulwark/overview/", "/admin/bulwark/breakers/", "/admin/bulwark/ratelimits/",
+                "/admin/users/user/", "/admin/resilience/webhooksubscriber/"):
+        assert f'href="{url}"' in body, url
+
+
+# --- overview ---
+def test_overview_shows_databases_shards_redis_celery_write_behind_breakers_and_limits(admin_client, daily):
+    services.user_create(username="alice", email="alice@example.com", password="pw-alice-0123456789")
+    failing_breaker("payments")
+    for _ in range(6):
+        check(daily, "ip:10.0.0.1|username:alice")
+    caught_up()
+
+    response = admin_client.get("/admin/bulwark/overview/")
+
+    assert response.status_code == 200
+    body = response.content.decode()
+    for text in ("Databases", "Shard map", "Redis", "Celery", "Write-behind", "Open circuits",
+                 "Top rate-limited keys", "Webhook subscribers", 'data-series="replica_lag"'):
+        assert text in body, text
+    for group in django_settings.SHARD_GROUPS:
+        assert group in body
+    for spec in django_settings.DATABASE_GROUPS.values():
+        for alias in spec["replicas"]:
+            assert alias in body
+    assert "payments" in body and "bw-red" in body  # the open breaker, in red
+    assert "ip:10.0.0.1|username:alice" in body
+    assert "unavailable:" not in body
+
+
+def test_overview_json_reports_every_panel_and_keeps_a_short_history(admin_client):
+    services.user_create(username="bob", email="bob@example.com", password="pw-bob-0123456789")
+    caught_up()
+
+    data = admin_client.get("/admin/bulwark/overview.json").json()
+
+    assert set(data["panels"]) == set(panels.PANELS)
+    assert all(panel["ok"] for panel in data["panels"].values()), data["panels"]
+    groups = {g["group"]: g for g in data["panels"]["databases"]["data"]["groups"]}
+    assert sum(groups[g]["users"] for g in django_settings.SHARD_GROUPS) == 1
+    assert all(g["primary"]["reachable"] for g in groups.values())
+    shard_map = data["panels"]["shard_map"]["data"]
+    assert sum(g["logical_shards"] for g in shard_map["groups"]) == django_settings.SHARDING_LOGICAL_SHARDS
+    assert {"hit_ratio", "ops_per_sec", "used_memory_human"} <= set(data["panels"]["redis_state"]["data"])
+    assert set(data["panels"]["celery"]["data"]["queues"]) == {"bulwark", "webhooks"}
+    assert "pending_views_users" in data["panels"]["write_behind"]["data"]
+    assert 'id="panel-databases"' in data["html"]
+    assert len(data["history"]) == 1 and data["history"][0]["open_breakers"] == 0
+
+    # One sample per SAMPLE_EVERY seconds, whoever polls: a second poll soon after adds none...
+    assert len(admin_client.get("/admin/bulwark/overview.json").json()["history"]) <= 2
+    # ...and later polls do, up to the cap.
+    wait_for(lambda: len(admin_client.get("/admin/bulwark/overview.json").json()["history"]) >= 3,
+             timeout=30, interval=0.5, message="more samples")
+    for _ in range(history.HISTORY_LENGTH + 5):
+        history.get_redis_connection("state").delete(history.LOCK_KEY)
+        history.record({"t": 0})
+    assert len(history.read()) == history.HISTORY_LENGTH
+
+
+def test_overview_degrades_panel_by_panel_when_the_cache_redis_is_unreachable(admin_client, settings):
+    caches = json.loads(json.dumps(settings.CACHES))
+    caches["default"]["LOCATION"] = "redis://127.0.0.1:1/0"  # nothing listens there: connection refused
+    settings.CACHES = caches
+
+    page = admin_client.get("/admin/bulwark/overview/")
+    data = admin_client.get("/admin/bulwark/overview.json").json()
+
+    assert page.status_code == 200
+    assert "unavailable: ConnectionError" in page.content.decode()
+    assert data["panels"]["redis_cache"]["ok"] is False
+    assert data["panels"]["redis_cache"]["error"].startswith("ConnectionError")
+    assert data["panels"]["redis_state"]["ok"] and data["panels"]["databases"]["ok"]
+
+
+def test_a_failing_panel_becomes_unavailable_with_its_error():
+    def broken():
+        raise TimeoutError("Timeout reading from 127.0.0.1:56380")
+
+    assert panels.safe(broken) == {"ok": False, "error": "TimeoutError: Timeout reading from 127.0.0.1:56380"}
+    assert panels.safe(lambda: 3) == {"ok": True, "data": 3}
+
+
+# --- circuit breakers ---
+def test_breakers_page_shows_each_breaker_with_state_counts_last_error_and_transitions(admin_client):
+    failing_breaker("payments")
+    get_breaker("search").call(lambda: None)
+
+    body = admin_client.get("/admin/bulwark/breakers/").content.decode()
+
+    assert re.search(r'data-breaker="payments" data-state="OPEN"', body)
+    assert re.search(r'data-breaker="search" data-state="CLOSED"', body)
+    assert "ConnectionError: refused by the test" in body
+    assert "CLOSED → OPEN (5 consecutive failures)" in body
+    assert "bw-red" in body and "bw-green" in body
+
+
+def test_force_open_force_close_and_reset_are_confirmed_posted_and_logged(admin_client, staff):
+    breaker = get_breaker("payments")
+    breaker.call(lambda: None)
+    url = "/admin/bulwark/breakers/action/"
+
+    confirm = admin_client.get(url, {"name": "payments", "action": "force_open"})
+    assert confirm.status_code == 200 and b"Yes, force open" in confirm.content
+    assert breaker.state == State.CLOSED  # the confirmation page changes nothing
+
+    refused = Client(enforce_csrf_checks=True)
+    refused.force_login(staff)
+    caught_up()
+    assert refused.post(url, {"name": "payments", "action": "force_open"}).status_code == 403
+    assert breaker.state == State.CLOSED
+
+    response = admin_client.post(url, {"name": "payments", "action": "force_open", "reason": "maintenance"},
+                                 follow=True)
+    assert response.status_code == 200
+    assert breaker.state == State.FORCED_OPEN
+    assert b'data-breaker="payments" data-state="FORCED_OPEN"' in response.content
+    assert b"Circuit breaker payments: CLOSED -&gt; FORCED_OPEN." in response.content
+    assert breaker.snapshot().transitions[0]["reason"] == "maintenance"
+
+    admin_client.post(url, {"name": "payments", "action": "force_close"})
+    assert breaker.state == State.FORCED_CLOSED
+    admin_client.post(url, {"name": "payments", "action": "reset"})
+    assert breaker.state == State.CLOSED
+
+    entries = list(LogEntry.objects.order_by("id"))
+    assert [e.object_id for e in entries] == ["payments"] * 3
+    assert all(e.user_id == staff.pk and e.content_type.app_label == "resilience"
+               and e.content_type.model == "circuitbreaker" for e in entries)
+    assert [e.change_message for e in entries] == [
+        "Force open: CLOSED -> FORCED_OPEN (maintenance)",
+        "Force close: FORCED_OPEN -> FORCED_CLOSED (force close by ops in the admin)",
+        "Reset: FORCED_CLOSED -> CLOSED (reset by ops in the admin)",
+    ]
+    assert admin_client.get(url, {"name": "payments", "action": "explode"}).status_code == 400
+
+
+# --- rate limits ---
+def test_rate_limits_page_lists_policies_429_counts_and_most_limited_keys(admin_client, daily):
+    key = "ip:10.0.0.1|username:alice"
+    decisions = [check(daily, key) for _ in range(7)]
+    assert [d.allowed for d in decisions].count(False) == 2
+
+    body = admin_client.get("/admin/bulwark/ratelimits/").content.decode()
+
+    for name in ("auth.token", "users.register", "api.read", "api.write", "users.views", "admin.login", daily):
+        assert f"<b>{name}</b>" in body
+    assert "5 per 86400 s" in body and "ip+username" in body and "fail closed" in body
+    row = body[body.index(f"<b>{daily}</b>"):]
+    per_minute = json.loads(re.search(r'data-values="([^"]*)"', row).group(1).replace("&quot;", '"'))
+    assert len(per_minute) == 15 and sum(per_minute) == 2  # 429s per minute, oldest first
+    top = body[body.index('id="top-keys"'):]
+    assert key in top and "5 / 5" in top and "limited" in top
+
+
+def test_lookup_finds_the_keys_of_an_ip_a_user_and_a_username(admin_client):
+    check("api.write", "user:123", cost=100)
+    check("auth.token", "ip:10.0.0.1|username:alice")
+    check("users.register", "ip:2001:db8::/64")
+
+    by_user = admin_client.get("/admin/bulwark/ratelimits/", {"user_id": 123}).content.decode()
+    results = by_user[by_user.index('id="lookup-results"'):]
+    used = re.search(r'data-policy="api.write" data-key="user:123">.*?class="bw-used">(\d+) / 120<', results, re.S)
+    assert used and 0 < int(used.group(1)) <= 100  # a token bucket: it refills while the test runs
+    assert 'data-policy="api.read" data-key="user:123"' in results
+
+    by_ip = admin_client.get("/admin/bulwark/ratelimits/", {"ip": "10.0.0.1", "username": "Alice"}).content.decode()
+    assert 'data-policy="auth.token" data-key="ip:10.0.0.1|username:alice"' in by_ip
+    assert 'data-policy="users.register" data-key="ip:10.0.0.1"' in by_ip
+
+    v6 = admin_client.get("/admin/bulwark/ratelimits/", {"ip": "2001:db8::7"}).content.decode()
+    assert 'data-policy="users.register" data-key="ip:2001:db8::/64"' in v6
+
+    raw = admin_client.get("/admin/bulwark/ratelimits/", {"key": "user:123"}).content.decode()
+    assert 'data-policy="api.write" data-key="user:123"' in raw
+
+
+def test_reset_key_is_confirmed_posted_and_logged(admin_client, staff, daily):
+    key = "ip:10.0.0.1|username:alice"
+    for _ in range(6):
+        check(daily, key)
+    assert not peek(daily, key).allowed
+    url = "/admin/bulwark/ratelimits/reset/"
+
+    confirm = admin_client.get(url, {"policy": daily, "key": key})
+    assert confirm.status_code == 200 and b"Yes, reset" in confirm.content and b"5 of 5 used" in confirm.content
+    assert not peek(daily, key).allowed
+
+    response = admin_client.post(url, {"policy": daily, "key": key}, follow=True)
+
+    assert response.status_code == 200
+    assert peek(daily, key).remaining == 5
+    assert b"Counters of ip:10.0.0.1|username:alice under test.daily reset." in response.content
+    entry = LogEntry.objects.get()
+    assert (entry.user_id, entry.object_id, entry.content_type.model) == (staff.pk, f"{daily}|{key}",
+                                                                        "ratelimitkey")
+    assert entry.change_message == "Reset rate-limit key (had counters)"
+    assert admin_client.post(url, {"policy": "no.such.policy", "key": key}).status_code == 400
+
+
+# --- sharded users ---
+def make_users():
+    return [services.user_create(username=f"user{i}", email=f"user{i}@example.com", password="pw-0123456789abc",
+                                 display_name=f"User {i}") for i in range(6)]
+
+
+def test_user_list_per_shard_and_find_by_id_username_and_email(admin_client):
+    rows = make_users()
+    caught_up()
+    by_shard = {}
+    for row in rows:
+        by_shard.setdefault(group_for_user_id(row["id"]), []).append(row)
+
+    for group in django_settings.SHARD_GROUPS:
+        body = admin_client.get("/admin/users/user/", {"shard": group}).content.decode()
+        listed = body[body.index('id="shard-users"'):] if 'id="shard-users"' in body else ""
+        for row in rows:
+            assert (f">{row['username']}<" in listed) == (row in by_shard.get(group, [])), (group, row["username"])
+    assert admin_client.get("/admin/users/user/", {"shard": "nope"}).status_code == 404
+
+    target = rows[3]
+    for query in (str(target["id"]), "USER3", "User3@Example.com"):
+        body = admin_client.get("/admin/users/user/", {"q": query}).content.decode()
+        found = body[body.index('id="search-results"'):body.index('id="user-list"')]
+        assert f'href="/admin/users/user/{target["id"]}/change/"' in found, query
+        assert "user2" not in found
+    assert "No user matches" in admin_client.get("/admin/users/user/", {"q": "nobody"}).content.decode()
+
+
+def test_user_list_is_paginated(admin_client, monkeypatch):
+    from users import admin as users_admin
+
+    monkeypatch.setattr(users_admin, "PER_PAGE", 1)
+    rows = make_users()
+    caught_up()
+    group = group_for_user_id(rows[0]["id"])
+    on_group = sorted(r["id"] for r in rows if group_for_user_id(r["id"]) == group)
+    seen = []
+    for page in range(1, len(on_group) + 1):
+        body = admin_client.get("/admin/users/user/", {"shard": group, "page": page}).content.decode()
+        seen += [int(m) for m in re.findall(r'href="/admin/users/user/(\d+)/change/"', body)]
+        assert ("next</a>" in body) == (page < len(on_group))
+    assert seen == on_group
+
+
+def test_user_edit_goes_through_the_service_and_shows_a_taken_email_as_a_form_error(admin_client, staff):
+    alice, bob = make_users()[:2]
+    caught_up()
+    url = f"/admin/users/user/{alice['id']}/change/"
+    page = admin_client.get(url)
+    assert page.status_code == 200 and alice["email"].encode() in page.content
+
+    response = admin_client.post(url, {"display_name": "Alice A.", "bio": "hello", "email": "alice@new.example.com",
+                                       "version": alice["version"]}, follow=True)
+
+    assert response.status_code == 200 and b"saved" in response.content
+    row = selectors.user_get_by_id(user_id=alice["id"])
+    assert (row["display_name"], row["bio"], row["email"]) == ("Alice A.", "hello", "alice@new.example.com")
+    assert selectors.user_get_by_email(email="alice@new.example.com")["id"] == alice["id"]
+    assert selectors.user_get_by_email(email=alice["email"]) is None  # the old claim was released
+    entry = LogEntry.objects.get()
+    assert (entry.user_id, entry.object_id, entry.get_admin_url()) == (staff.pk, str(alice["id"]), url)
+    assert entry.change_message == "Changed display_name, bio, email."
+
+    taken = admin_client.post(url, {"display_name": "x", "bio": "", "email": bob["email"], "version": row["version"]})
+    assert taken.status_code == 200 and b"This email is already taken" in taken.content
+    assert selectors.user_get_by_id(user_id=alice["id"])["display_name"] == "Alice A."
+
+    stale = admin_client.post(url, {"display_name": "y", "bio": "", "email": row["email"], "version": 1})
+    assert b"Someone else changed this user" in stale.content
+    assert LogEntry.objects.count() == 1
+    assert admin_client.get("/admin/users/user/123/change/").status_code == 404
+    assert admin_client.get("/admin/users/user/not-an-id/change/").status_code == 404
+
+
+def test_the_user_admin_never_queries_the_unsharded_manager(admin_client):
+    from django.contrib import admin
+
+    assert list(admin.site._registry[User].get_queryset(None)) == []
+
+
+# --- metrics ---
+def metric(body: str, metric_name: str, /, **labels) -> float | None:
+    for line in body.splitlines():
+        if not line.startswith(metric_name + "{") and not line.startswith(metric_name + " "):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_metrics_are_served_to_staff_a_bearer_token_and_allowed_addresses_only(real_db, settings):
+    staff = StaffUser.objects.create_superuser("ops", "ops@example.com", "pw-ops-0123456789")
+    outsider = {"REMOTE_ADDR": "203.0.113.9"}
+
+    assert Client().get("/metrics").status_code == 200  # loopback is allowed by default
+    assert Client().get("/metrics", **outsider).status_code == 403
+    settings.METRICS_TOKEN = "s3cret-token-for-tests"
+    assert Client().get("/metrics", headers={"Authorization": "Bearer s3cret-token-for-tests"},
+                        **outsider).status_code == 200
+    assert Client().get("/metrics", headers={"Authorization": "Bearer wrong"}, **outsider).status_code == 403
+    settings.METRICS_ALLOWED_IPS = ["203.0.113.0/24"]
+    assert Client().get("/metrics", **outsider).status_code == 200
+    settings.METRICS_ALLOWED_IPS = []
+    assert Client().get("/metrics").status_code == 403
+    signed_in = Client()
+    signed_in.force_login(staff)
+    caught_up()
+    assert signed_in.get("/metrics", **outsider).status_code == 200
+
+
+def test_metrics_count_requests_limits_cache_and_expose_breakers_backlog_and_lag(real_db, settings):
+    from resilience import metrics
+
+    metrics.install_listener()  # the tests' conftest clears listeners between tests
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "resilience.metrics.MetricsMiddleware"]
+    failing_breaker("payments")
+    client = Client()
+    before = client.get("/metrics").content.decode()
+    client.get("/health/live")
+    client.post("/admin/login/", {"username": "nobody", "password": "x"})  # counted by admin.login
+    from users import cache
+
+    cache.stats["hits"] += 2  # what users/cache.py does on hits in this process
+
+    body = client.get("/metrics").content.decode()
+
+    def grew(metric_name, /, by=1.0, **labels):
+        return (metric(body, metric_name, **labels) or 0) - (metric(before, metric_name, **labels) or 0) >= by
+
+    assert grew("bulwark_http_requests_total", method="GET", status="200", view="health-live")
+    assert grew("bulwark_ratelimit_decisions_total", policy="admin.login", decision="allowed", degraded="false")
+    assert grew("bulwark_user_cache_events_total", by=2, event="hits")
+    assert metric(body, "bulwark_circuit_breaker_state", name="payments", state="OPEN") == 1
+    assert metric(body, "bulwark_circuit_breaker_state", name="payments", state="CLOSED") == 0
+    assert metric(body, "bulwark_circuit_breaker_transitions_total", name="payments", to_state="OPEN") >= 1
+    assert metric(body, "bulwark_writebehind_pending_views_users") == 0
+    for spec in django_settings.DATABASE_GROUPS.values():
+        for alias in spec["replicas"]:
+            assert metric(body, "bulwark_replica_reachable", alias=alias) == 1
+            assert metric(body, "bulwark_replica_lag_seconds", alias=alias) is not None
+    assert metric(body, "bulwark_metrics_source_up", source="write_behind") == 1
+
+
+def test_metrics_add_up_every_process_in_multiprocess_mode(real_db, tmp_path):
+    """Two processes count; a third one, answering the scrape, reports the sum of both."""
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "project.settings.test"}
+    count = textwrap.dedent("""
+        import sys, django
+        django.setup()
+        from resilience import metrics
+        metrics.RATELIMIT_DECISIONS.labels("api.read", "denied", "false").inc(int(sys.argv[1]))
+    """)
+    scrape = textwrap.dedent("""
+        import django
+        django.setup()
+        from prometheus_client import generate_latest
+        from resilience import metrics
+        print(generate_latest(metrics.registry()).decode())
+    """)
+    for n in ("3", "4"):
+        subprocess.run([sys.executable, "-c", count, n], cwd=ROOT, env=env, check=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", scrape], cwd=ROOT, env=env, check=True, timeout=120,
+                         capture_output=True, text=True).stdout
+
+    assert metric(out, "bulwark_ratelimit_decisions_total", policy="api.read", decision="denied") == 7
+    assert metric(out, "bulwark_writebehind_pending_views_users") == 0  # scrape-time gauges as well
