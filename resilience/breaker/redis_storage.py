@@ -6,16 +6,16 @@ catches them and falls back to its in-process storage (see breaker.py).
 
 import functools
 import logging
-import threading
 import time
 from pathlib import Path
 
-from django.conf import settings
 from django_redis import get_redis_connection
 from redis import Redis
 from redis.commands.core import Script
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from resilience.outage import Outage
 
 from .options import BreakerOptions, State
 from .storage import Acquired, Outcome, Recorded, Snapshot, Transition, build_snapshot
@@ -100,38 +100,4 @@ class RedisStorage:
         return {_text(name) for name in state_redis().smembers(NAMES_KEY)}
 
 
-class Outage:
-    """Process-local memory of a state-Redis failure: while `active`, the breaker does not ask Redis
-    (a hung Redis then costs one socket timeout per `RESILIENCE_STATE_RETRY_SECONDS`, default 1.0,
-    not one per call). `down` stays true until Redis answers again. Logs once per outage."""
-
-    def __init__(self) -> None:
-        self._until = 0.0
-        self.down = False
-        self._lock = threading.Lock()
-
-    def active(self) -> bool:
-        return time.monotonic() < self._until
-
-    def failed(self, exc: BaseException) -> None:
-        backoff = float(getattr(settings, "RESILIENCE_STATE_RETRY_SECONDS", 1.0))
-        with self._lock:
-            self._until = time.monotonic() + backoff
-            first, self.down = not self.down, True
-        if first:
-            logger.warning("circuit breakers: state Redis unavailable (%s: %s); using in-process breakers",
-                           exc.__class__.__name__, exc)
-
-    def recovered(self) -> None:
-        if self.down:
-            with self._lock:
-                was, self.down, self._until = self.down, False, 0.0
-            if was:
-                logger.warning("circuit breakers: state Redis answers again; breakers are shared again")
-
-    def clear(self) -> None:
-        with self._lock:
-            self._until, self.down = 0.0, False
-
-
-outage = Outage()
+outage = Outage("circuit breakers (falling back to in-process breakers)")

@@ -1,6 +1,6 @@
 """Stable placement: the same key maps to the same logical shard in every process, host and restart.
 
-Python's hash() is salted per process, so it never decides placement. blake2b is.
+Python's built-in hash is salted per process, so it never decides placement. blake2b does.
 """
 
 import hashlib
