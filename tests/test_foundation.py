@@ -102,3 +102,12 @@ def test_production_settings_refuse_debug():
                             capture_output=True, text=True, timeout=60)
     assert result.returncode != 0
     assert "DJANGO_DEBUG must be off" in result.stderr
+
+
+def test_check_deploy_is_clean_under_production_settings():
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production", DJANGO_ALLOWED_HOSTS="api.example.com",
+               DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7)  # long and varied enough for security.W009
+    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
