@@ -2,6 +2,9 @@
 
     | 41 bits: ms since EPOCH | 13 bits: logical shard | 10 bits: sequence |
 
+PostgreSQL's bigint is signed, so the top time bit must stay 0: ids are valid for 2**40 ms after
+EPOCH, until 2059 (Instagram's layout has the same bound).
+
 Ids are generated on the shard by the SQL function `users_next_id(shard)` (migration 0002), so no
 central coordinator is needed; id -> logical shard is a bit shift, no lookup.
 """
