@@ -33,11 +33,21 @@ def as_row(values: dict | None) -> dict | None:
     return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in values.items()}
 
 
+def _read_confirming_absence(group: str, fetch):
+    """Run `fetch(alias)` on the routed alias; a "not found" from a replica is confirmed on the primary
+    (the replica may not have replayed the row yet: a fresh account, a logical shard just moved)."""
+    row = read_on(group, fetch)
+    if row is None and not pinning.must_use_primary() and settings.DATABASE_GROUPS[group]["replicas"]:
+        with pinning.use_primary():
+            row = read_on(group, fetch)
+    return row
+
+
 def _row_by_id(user_id: int) -> dict | None:
     if logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
         return None  # no shard can hold it
-    return as_row(read_on(group_for_user_id(user_id),
-                          lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first()))
+    return as_row(_read_confirming_absence(
+        group_for_user_id(user_id), lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first()))
 
 
 def user_get_by_id(*, user_id: int) -> dict | None:
@@ -58,9 +68,9 @@ def user_get_by_username(*, username: str) -> dict | None:
     key = normalize(username)
 
     def load_id():
-        row = read_on(group_for_username(key),
-                      lambda alias: User.objects.using(alias).alias(u=Lower("username"))
-                      .filter(u=key).values(*FIELDS).first())
+        row = _read_confirming_absence(group_for_username(key),
+                                       lambda alias: User.objects.using(alias).alias(u=Lower("username"))
+                                       .filter(u=key).values(*FIELDS).first())
         if row is None:
             return None
         row = as_row(row)
