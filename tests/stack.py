@@ -27,3 +27,30 @@ def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, messag
             last_error = exc
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_error})")
+
+
+def run_together(fn, n: int) -> None:
+    """Run `fn()` in `n` threads released at the same moment by a barrier; each thread closes its own
+    database connections. Exceptions in a thread are re-raised here."""
+    import threading
+
+    from django.db import connections
+
+    barrier, errors = threading.Barrier(n), []
+
+    def target():
+        barrier.wait()
+        try:
+            fn()
+        except BaseException as exc:  # surfaced to the test below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

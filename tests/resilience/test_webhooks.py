@@ -12,7 +12,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User as StaffUser
-from django.db import connections
 
 from resilience.breaker import State, get_breaker
 from resilience.models import WebhookDelivery, WebhookSubscriber
@@ -30,7 +29,7 @@ from users.outbox import EVENTS
 from users.services import user_create, user_delete, user_update
 
 from ..processes import celery_beat, celery_worker
-from ..stack import ROOT, wait_for
+from ..stack import ROOT, run_together, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -308,17 +307,7 @@ def test_a_crash_between_creating_deliveries_and_marking_the_outbox_duplicates_n
     # Redelivered dispatch tasks running at once: SKIP LOCKED splits the rows, the unique key catches the rest.
     make_users(20, prefix="more")
 
-    def run():
-        try:
-            dispatch.webhook_outbox_dispatch()
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    run_together(dispatch.webhook_outbox_dispatch, 4)
     assert deliveries().count() == 46
     assert all(e.dispatched_at is not None for e in outbox())
 

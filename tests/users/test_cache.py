@@ -4,7 +4,6 @@ the cache dies or hangs."""
 import threading
 
 import pytest
-from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
 from hypothesis import HealthCheck, given
@@ -14,7 +13,7 @@ from hypothesis import strategies as st
 from project.db.pinning import use_primary
 from users import cache, selectors, services
 
-from ..stack import stack, wait_for
+from ..stack import run_together, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -47,20 +46,8 @@ def test_fifty_concurrent_cold_reads_cause_at_most_two_database_queries(monkeypa
         return real_loader(user_id)
 
     monkeypatch.setattr(selectors, "_row_by_id", counting_loader)
-    barrier, results = threading.Barrier(50), []
-
-    def read():
-        barrier.wait()
-        try:
-            results.append(selectors.user_get_by_id(user_id=user["id"])["id"])
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=read) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = []
+    run_together(lambda: results.append(selectors.user_get_by_id(user_id=user["id"])["id"]), 50)
     assert results == [user["id"]] * 50
     assert len(calls) <= 2, len(calls)
 

@@ -17,7 +17,7 @@ from users.sharding.access import group_for_user_id
 from users.writebehind import buffer, flush
 
 from ..processes import celery_beat, celery_worker
-from ..stack import ROOT, stack, wait_for
+from ..stack import ROOT, run_together, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -103,20 +103,7 @@ def test_overlapping_and_duplicate_flushes_apply_a_batch_once(settings):
     buffer.script("claim")(keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE, buffer.BATCHES],
                            args=["abandoned0000000000000000000000", 0, 10**12])
     settings.WRITE_BEHIND_RECLAIM_AFTER = 0
-    barrier = threading.Barrier(4)
-
-    def race():
-        barrier.wait()
-        try:
-            flush.flush()
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=race) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_together(flush.flush, 4)
     flush.flush()
     assert db_views(expected) == expected
 

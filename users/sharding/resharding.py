@@ -213,20 +213,26 @@ def _switch(move: ShardMove) -> None:
     _save(move, ShardMove.SWITCHED, switched_at=time.time())
 
 
+def _delete_logical_shards(alias: str, lss: list[int], *, unfreeze: bool = False) -> None:
+    """Delete every row of the logical shards from one database (the source after a move, the
+    target after a rollback), in one transaction that passes the fence."""
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        _mover(cursor)
+        cursor.execute(f"DELETE FROM users_outboxevent WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
+        cursor.execute(f"DELETE FROM users_token WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
+        cursor.execute("DELETE FROM users_user WHERE logical_shard = ANY(%s)", [lss])
+        cursor.execute("DELETE FROM users_writebehindbatch WHERE logical_shard = ANY(%s)", [lss])
+        if unfreeze:
+            cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [lss])
+
+
 def _cleanup(move: ShardMove) -> None:
     # Every process reloads the map within SHARDING_MAP_TTL; until then a stale reader still finds
     # the (frozen, identical) source rows, and a stale writer is refused by the fence and retries.
     wait = move.detail.get("switched_at", 0) + settings.SHARDING_MAP_TTL + 1 - time.time()
     if wait > 0:
         time.sleep(wait)
-    lss = move.logical_shards
-    with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
-        _mover(cursor)
-        cursor.execute(f"DELETE FROM users_outboxevent WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
-        cursor.execute(f"DELETE FROM users_token WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
-        cursor.execute("DELETE FROM users_user WHERE logical_shard = ANY(%s)", [lss])
-        cursor.execute("DELETE FROM users_writebehindbatch WHERE logical_shard = ANY(%s)", [lss])
-        cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [lss])
+    _delete_logical_shards(move.source, move.logical_shards, unfreeze=True)
     _save(move, ShardMove.DONE)
 
 
@@ -255,14 +261,8 @@ def move_rollback(move: ShardMove) -> ShardMove:
         raise MoveError(f"{move} has switched the map; move the logical shards back with a new move instead")
     if move.state == ShardMove.ROLLED_BACK:
         return move
-    lss = move.logical_shards
-    with transaction.atomic(using=move.target), connections[move.target].cursor() as cursor:
-        _mover(cursor)
-        cursor.execute(f"DELETE FROM users_outboxevent WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
-        cursor.execute(f"DELETE FROM users_token WHERE {LS_OF_USER_ID} = ANY(%s)", [lss])
-        cursor.execute("DELETE FROM users_user WHERE logical_shard = ANY(%s)", [lss])
-        cursor.execute("DELETE FROM users_writebehindbatch WHERE logical_shard = ANY(%s)", [lss])
+    _delete_logical_shards(move.target, move.logical_shards)
     with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
-        cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [lss])
+        cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [move.logical_shards])
     _save(move, ShardMove.ROLLED_BACK)
     return move
