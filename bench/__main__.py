@@ -44,6 +44,8 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 RESULTS: dict = {}
+# Server processes and threads per process, the same for every server in a run (see docs/operations.md).
+WORKERS, THREADS = os.environ.get("BENCH_WORKERS", "2"), os.environ.get("BENCH_THREADS", "4")
 
 
 def report(section, name, value, unit="", target=None):
@@ -110,11 +112,11 @@ def bench_data_layer(users):
 def server(kind, port, **env_extra):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
     if kind == "gunicorn":
-        cmd = [str(VENV_BIN / "gunicorn"), "project.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", "2",
-               "-k", "gthread", "--threads", "4", "--log-level", "error"]
+        cmd = [str(VENV_BIN / "gunicorn"), "project.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", WORKERS,
+               "-k", "gthread", "--threads", THREADS, "--log-level", "error"]
     else:
         cmd = [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", "2", "--blocking-threads", "4", "--log-level", "error", "project.wsgi:application"]
+               "--workers", WORKERS, "--blocking-threads", THREADS, "--log-level", "error", "project.wsgi:application"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:

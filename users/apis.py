@@ -136,15 +136,15 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
     permission_classes = [AllowAny]
 
     def rate_limit_companions(self, request):
-        # The pending-views read rides along with the limiter's round trip to the state Redis.
-        user_id = selectors.user_id_from_path(self.kwargs["user_id"])
-        return [] if user_id is None else [buffer.pending_views_call(user_id=user_id)]
+        # The pending-views read (state Redis) and the cached row (cache Redis) go out with the
+        # limiter's call: the request waits for Redis once.
+        return _row_companions(self.kwargs["user_id"], pending=True)
 
     @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
     def get(self, request, user_id: str):
-        row = _existing_user(user_id)
-        companions = getattr(request, "state_companions", None)
-        pending = int(companions[0]) if companions else buffer.pending_views(user_id=row["id"])
+        sent = getattr(request, "companion_results", None) or {}
+        row = _existing_user(user_id, probed=sent.get("row"))
+        pending = buffer.pending_views(user_id=row["id"], result=sent.get("pending"))
         body = public_profile(row, pending_views=pending)
         etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
         if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
@@ -152,9 +152,20 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
         return Response(body, headers={"ETag": etag})
 
 
-def _existing_user(raw_id: str) -> dict:
+def _row_companions(raw_id: str, *, pending: bool = False) -> dict:
+    """The Redis reads a view of user `raw_id` needs, to send ahead with the limiter's call."""
     user_id = selectors.user_id_from_path(raw_id)
-    row = None if user_id is None else selectors.user_get_by_id(user_id=user_id)
+    if user_id is None:
+        return {}
+    calls = {"row": selectors.user_cache_probe(user_id=user_id)}
+    if pending:
+        calls["pending"] = buffer.pending_views_call(user_id=user_id)
+    return {name: call for name, call in calls.items() if call is not None}
+
+
+def _existing_user(raw_id: str, *, probed=None) -> dict:
+    user_id = selectors.user_id_from_path(raw_id)
+    row = None if user_id is None else selectors.user_get_by_id(user_id=user_id, probed=probed)
     if row is None:
         raise ApiError(404, "Not found.", "not_found")
     return row
@@ -169,9 +180,12 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
                                             404: ErrorBody, 503: ErrorBody},
                    parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
+    def rate_limit_companions(self, request):
+        return _row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
+
     @idempotent()
     def post(self, request, user_id: str):
-        row = _existing_user(user_id)
+        row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         try:
             how = buffer.views_add(user_id=row["id"])
         except buffer.BufferFull:

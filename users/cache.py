@@ -108,10 +108,17 @@ def _call(fn):
     try:
         result = fn()
     except RedisError as exc:
+        result = exc
+    return _settle(result)
+
+
+def _settle(result):
+    """Return a cache call's result, or count its failure and raise CacheUnavailable."""
+    if isinstance(result, RedisError | OSError):
         _breaker.failure()
         stats["errors"] += 1
-        logger.warning("cache redis error: %s", exc)
-        raise CacheUnavailable(str(exc)) from exc
+        logger.warning("cache redis error: %s", result)
+        raise CacheUnavailable(str(result)) from result
     _breaker.success()
     return result
 
@@ -123,15 +130,32 @@ def _decode(raw: bytes):
     return json.loads(payload)
 
 
-def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL):
+def probe(key: str) -> tuple | None:
+    """A read of `key` as a (client, Script, keys, args) call, so that it can be in flight together
+    with another server's (project/redis_fanout.py); None while the breaker is open. Pass its result
+    to `get_or_load(..., probed=result)`. It only peeks: the lease is taken on a miss by get_or_load,
+    so a request refused after the probe (rate limited, say) leaves no lease behind."""
+    if not _breaker.allow():
+        return None
+    return _client(), _script("get_or_lease"), [key, _lease_key(key)], [0, ""]
+
+
+def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=None):
     """Return the cached value for `key`, or load it with `loader()` and cache it.
 
     `loader` returns the value (a JSON-able dict) or None when it does not exist; `version_of(value)`
-    gives its version. Returns the value or None. Cache failures are invisible to the caller.
+    gives its version. `probed` is the result (or exception) of the `probe(key)` call when it was
+    already made. Returns the value or None. Cache failures are invisible to the caller.
     """
-    token = secrets.token_hex(8)
     try:
-        hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, token]))
+        if probed is None:
+            hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)],
+                                                               args=[LEASE_MS, secrets.token_hex(8)]))
+        else:
+            hit, value = _settle(probed)
+            if not hit:  # the probe only peeked: take the lease (or learn who holds it) now
+                hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)],
+                                                                   args=[LEASE_MS, secrets.token_hex(8)]))
     except CacheUnavailable:
         return loader()
     if hit:

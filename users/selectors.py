@@ -50,17 +50,25 @@ def _row_by_id(user_id: int) -> dict | None:
         group_for_user_id(user_id), lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first()))
 
 
-def user_get_by_id(*, user_id: int) -> dict | None:
+def user_cache_probe(*, user_id: int) -> tuple | None:
+    """The cache read `user_get_by_id` starts with, as a call to send ahead with another server's
+    (users.cache.probe); None when that read will not use the cache (a strong read)."""
+    return None if pinning.strong() else cache.probe(cache.user_key(user_id))
+
+
+def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
     """Return the user's row as a dict (no password), or None if there is no such user.
 
     A strong read (Consistency: strong) skips the cache and reads the primary, then refreshes the cache.
+    `probed` is the result of the `user_cache_probe` call, when it was sent ahead.
     """
     if pinning.strong():
         row = _row_by_id(user_id)
         if row is not None:
             cache.write_through(cache.user_key(user_id), row, version=row["rev"])
         return row
-    return cache.get_or_load(cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"])
+    return cache.get_or_load(cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"],
+                             probed=probed)
 
 
 def user_get_by_username(*, username: str) -> dict | None:

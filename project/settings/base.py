@@ -105,8 +105,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "users.authentication.TokenAuthentication",
-        "rest_framework.authentication.SessionAuthentication",  # staff, through the admin session
+        "project.api.SessionAuthentication",  # staff, through the admin session
     ],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "project.api.JsonContentNegotiation",
     "EXCEPTION_HANDLER": "resilience.errors.exception_handler",
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

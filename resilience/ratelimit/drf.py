@@ -6,6 +6,8 @@ import functools
 from django.conf import settings
 from django.http import JsonResponse
 
+from project.redis_fanout import evalsha_all
+
 from ..errors import ApiError, error_body
 from ..metrics import count_decision
 from .http import headers, request_key
@@ -30,20 +32,23 @@ class RateLimitedApiMixin:
         value = data.get("username") if isinstance(data, dict) else None
         return value if isinstance(value, str) else None
 
-    def rate_limit_companions(self, request) -> list:
-        """State-Redis script calls (Script, keys, args) the view will need: they ride along with the
-        limiter's round trip; the view finds the results in `request.state_companions`."""
-        return []
+    def rate_limit_companions(self, request) -> dict:
+        """Redis script calls the view will need, name -> (client, Script, keys, args): they go out
+        together with the limiter's call (one network wait for all). The view finds name -> result (or
+        the exception the call raised) in `request.companion_results`, or None there when they were
+        not run (the state Redis is out): it then fetches the usual way."""
+        return {}
 
     def check_throttles(self, request):
         super().check_throttles(request)
+        companions = self.rate_limit_companions(request)
         if not settings.RESILIENCE_RATELIMIT_ENABLED:
+            request.companion_results = dict(zip(companions, evalsha_all(list(companions.values())), strict=True))
             return
         name = self.rate_limit_policy(request)
         username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
-        decision, request.state_companions = evaluate_with(
-            get_policy(name), request_key(name, request, username=username),
-            companions=self.rate_limit_companions(request))
+        decision, request.companion_results = evaluate_with(
+            get_policy(name), request_key(name, request, username=username), companions=companions)
         request.rate_limit_decision = decision
         count_decision(decision)
         if not decision.allowed:

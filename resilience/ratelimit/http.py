@@ -30,6 +30,7 @@ def trusted_proxies() -> tuple[IPNetwork, ...]:
     return _networks(tuple(getattr(settings, "RESILIENCE_TRUSTED_PROXIES", ()) or ()))
 
 
+@lru_cache(maxsize=4096)  # addresses repeat; ip_address() is costly next to a request
 def _parse(value: str) -> IPAddress | None:
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.cache import caches
 from django_redis.exceptions import ConnectionInterrupted
-from redis.exceptions import NoScriptError
+
+from project.redis_fanout import evalsha_all
 
 from .fixed_window import Unavailable, counter_key, evaluate_fixed
 from .policies import Policy, get_policy
@@ -79,10 +80,11 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
 
 
 def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None,
-                  companions=()) -> tuple[Decision, list | None]:
-    """Like `evaluate`, and run `companions` — (Script, keys, args) reads a view needs from the state
-    Redis anyway — in the same round trip. Their results come back in order, or None when the state
-    Redis could not be asked (callers then fetch them the usual way)."""
+                  companions: dict | None = None) -> tuple[Decision, dict | None]:
+    """Like `evaluate`, and run `companions` — name -> (client, Script, keys, args), Redis reads the
+    view needs anyway, on any server — with all requests in flight together (project/redis_fanout.py).
+    Returns the Decision and name -> result (or the exception that call raised); None instead when
+    the limiter did not ask Redis (state Redis out, fixed-window policy): callers then fetch the usual way."""
     if cost < 0:
         raise ValueError("cost must be >= 0")
     if outage.active():
@@ -90,12 +92,15 @@ def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
     if policy.algorithm == "fixed_window":
         return _evaluate_fixed(policy, key, cost=cost, minute=minute), None
-    limiter = (script(policy.algorithm),
+    limiter = (state_redis(), script(policy.algorithm),
                [state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
                [policy.limit, policy.period * 1000, cost, f"{policy.name}|{key}", policy.name,
                 _stats_minutes() * 60, "" if now_ms is None else int(now_ms)])
+    companions = companions or {}
+    results = evalsha_all([limiter, *companions.values()])
     try:
-        results = _run_scripts([limiter, *companions])
+        if isinstance(results[0], Exception):
+            raise results[0]
         allowed, limit, remaining, reset, retry_after = results[0]
     except UNAVAILABLE as exc:
         outage.failed(exc)
@@ -104,29 +109,8 @@ def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None
         logger.exception("rate limiter: check of policy %s failed", policy.name)
         return _degraded(policy), None
     outage.recovered()
-    return Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy), results[1:]
-
-
-def _run_scripts(calls) -> list:
-    """EVALSHA every (Script, keys, args) in one pipelined round trip; load missing scripts and retry
-    once (after a Redis restart). redis-py's own pipelined scripts cost an extra SCRIPT EXISTS."""
-    if len(calls) == 1:
-        script_, keys, args = calls[0]
-        return [script_(keys=keys, args=args, client=state_redis())]
-    for attempt in range(2):
-        pipe = state_redis().pipeline(transaction=False)
-        for script_, keys, args in calls:
-            pipe.evalsha(script_.sha, len(keys), *keys, *args)
-        results = pipe.execute(raise_on_error=False)
-        missing = [c for c, r in zip(calls, results, strict=True) if isinstance(r, NoScriptError)]
-        if not missing or attempt:
-            for result in results:
-                if isinstance(result, Exception):
-                    raise result
-            return results
-        for script_, _keys, _args in missing:
-            state_redis().script_load(script_.script)
-    raise AssertionError("unreachable")
+    return (Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy),
+            dict(zip(companions, results[1:], strict=True)))
 
 
 def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Decision:

@@ -97,14 +97,18 @@ def touch_last_seen(*, user_id: int) -> None:
 
 
 def pending_views_call(*, user_id: int) -> tuple:
-    """The pending-views read as a (Script, keys, args) call, to ride along another round trip."""
-    return script("pending"), [VIEWS, BATCHES], [user_id]
+    """The pending-views read as a (client, Script, keys, args) call, to ride along another round trip;
+    `pending_views(user_id=..., result=...)` reads its result."""
+    return redis_state(), script("pending"), [VIEWS, BATCHES], [user_id]
 
 
-def pending_views(*, user_id: int) -> int:
-    """Views of `user_id` not yet acknowledged as flushed; 0 if the state Redis is unreachable."""
+def pending_views(*, user_id: int, result=None) -> int:
+    """Views of `user_id` not yet acknowledged as flushed; 0 if the state Redis is unreachable.
+    `result` is the outcome of a `pending_views_call` already made."""
+    if isinstance(result, Exception):
+        return 0
     try:
-        return int(script("pending")(keys=[VIEWS, BATCHES], args=[user_id]))
+        return int(script("pending")(keys=[VIEWS, BATCHES], args=[user_id]) if result is None else result)
     except RedisError:
         return 0
 

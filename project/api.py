@@ -1,0 +1,28 @@
+"""DRF glue shared by every API view: cheap answers to questions whose answer cannot vary."""
+
+from django.conf import settings
+from rest_framework import authentication
+from rest_framework.negotiation import DefaultContentNegotiation
+
+
+class JsonContentNegotiation(DefaultContentNegotiation):
+    """The API renders JSON only, so an absent, `*/*` or `application/json` Accept header needs no
+    parsing; anything else (and `?format=`) goes through DRF's full negotiation, including its 406."""
+
+    PLAIN = {"", "*/*", "application/json"}
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        if (len(renderers) == 1 and not format_suffix and request.META.get("HTTP_ACCEPT", "") in self.PLAIN
+                and "format=" not in request.META.get("QUERY_STRING", "")):
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """Staff through the admin session. A request without the session cookie cannot have one, so it is
+    passed over without loading the session and the auth user."""
+
+    def authenticate(self, request):
+        if settings.SESSION_COOKIE_NAME not in request._request.COOKIES:
+            return None
+        return super().authenticate(request)

@@ -1,0 +1,68 @@
+"""Run Lua scripts on several Redis servers with every request in flight at once.
+
+A cached profile read needs the state Redis (the rate limiter, the pending views) and the cache Redis
+(the row). Sent one after the other they cost two network waits; here every server's commands are
+written before any reply is read, so the request waits once, for the slowest server. Calls to the
+same server share one pipelined write. redis-py pipelines batch one server; this overlaps servers.
+
+Each call's outcome is its own: a server that is down or hung (the socket timeout applies) turns
+into an exception in that call's slot, never into a failure of the calls on other servers.
+"""
+
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+_PENDING = object()
+
+
+def evalsha_all(calls: list) -> list:
+    """Run every (client, Script, keys, args) in `calls`; return, in order, each script's result or the
+    exception its server raised (a RedisError or OSError). A script the server does not know (it was
+    restarted) is loaded and run again, as redis-py's Script does."""
+    results = [_PENDING] * len(calls)
+    by_client: dict[int, list[int]] = {}
+    for index, (client, _script, _keys, _args) in enumerate(calls):
+        by_client.setdefault(id(client), []).append(index)
+
+    in_flight = []
+    for indexes in by_client.values():
+        pool = calls[indexes[0]][0].connection_pool
+        connection = None
+        try:
+            connection = pool.get_connection()
+            connection.send_packed_command(connection.pack_commands(
+                [("EVALSHA", script.sha, len(keys), *keys, *args) for _c, script, keys, args in map(calls.__getitem__,
+                                                                                                    indexes)]))
+        except (RedisError, OSError) as exc:
+            _fail(results, indexes, exc)
+            if connection is not None:
+                connection.disconnect()
+                pool.release(connection)
+            continue
+        in_flight.append((pool, connection, indexes))
+
+    for pool, connection, indexes in in_flight:
+        try:
+            for index in indexes:
+                try:
+                    results[index] = connection.read_response()
+                except ResponseError as exc:  # a whole error reply: the connection stays in step
+                    results[index] = exc
+        except (RedisError, OSError) as exc:  # a broken or timed-out reply: read_response disconnected
+            _fail(results, indexes, exc)
+        finally:
+            pool.release(connection)
+
+    for index, result in enumerate(results):
+        if isinstance(result, NoScriptError):
+            client, script, keys, args = calls[index]
+            try:
+                results[index] = script(keys=keys, args=args, client=client)
+            except (RedisError, OSError) as exc:
+                results[index] = exc
+    return results
+
+
+def _fail(results: list, indexes: list[int], exc: Exception) -> None:
+    for index in indexes:
+        if results[index] is _PENDING:
+            results[index] = exc
