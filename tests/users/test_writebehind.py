@@ -152,10 +152,15 @@ def test_backpressure_answers_503_with_retry_after(settings):
     assert client.post(f"/api/v1/users/{users[0]['id']}/views/").status_code == 202  # already pending: coalesced
 
 
-def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view_with_appendfsync_always(restore_stack):
+@pytest.mark.parametrize("appendfsync", ["always", "everysec", "no"])
+def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view(restore_stack, appendfsync):
+    """Measured for each AOF fsync mode: 0 lost in all three. Redis write()s the AOF buffer to the file
+    before it sends the replies of that event-loop turn, so an acknowledged view is in the kernel's
+    page cache when the process dies; fsync only matters if the machine itself crashes (then `everysec`
+    can lose about the last second, `no` whatever the kernel had not written back). docs/architecture.md."""
     users = make_users(3, prefix="aof")
     state = get_redis_connection("state")
-    state.config_set("appendfsync", "always")
+    state.config_set("appendfsync", appendfsync)
     acked, uncertain, stop = [], [], threading.Event()
 
     def ingest():
@@ -185,6 +190,7 @@ def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view_with_
         total = sum(db_views([u["id"] for u in users]).values()) + sum(
             buffer.pending_views(user_id=u["id"]) for u in users)
         lost = max(0, len(acked) - total)
+        print(f"appendfsync {appendfsync}: {len(acked)} acknowledged, {lost} lost, {len(uncertain)} unconfirmed")
         assert lost == 0, f"{lost} acknowledged views lost"
         assert total <= len(acked) + len(uncertain)  # nothing counted twice
     finally:

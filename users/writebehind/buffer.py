@@ -12,8 +12,8 @@ from pathlib import Path
 
 from django.conf import settings
 from django_redis import get_redis_connection
+from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,10 @@ class BufferUncertain(Exception):
 
 
 def _never_sent(exc: RedisError) -> bool:
-    # redis-py reports a failed connect as "Error <errno> connecting to host:port": the command was
-    # never sent, so the fallback cannot double count.
-    return isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
+    # redis-py reports a failed connect as "Error <errno> connecting to host:port", and a server still
+    # replaying its AOF refuses every command with LOADING: either way the command was not applied,
+    # so the fallback cannot double count.
+    return isinstance(exc, BusyLoadingError) or (isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
 
 
 def redis_state():
