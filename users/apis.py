@@ -213,15 +213,20 @@ class UserMeApi(RateLimitedApiMixin, APIView):
                 raise serializers.ValidationError({"current_password": ["Required to change the password."]})
             return attrs
 
-    def _me(self, request) -> dict:
-        row = selectors.user_get_by_id(user_id=request.user.id)
+    def rate_limit_companions(self, request):
+        # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
+        probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
+        return {"row": probe} if probe else {}
+
+    def _me(self, request, *, probed=None) -> dict:
+        row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
         if row is None:
             raise ApiError(401, "The account no longer exists.", "not_authenticated")
         return row
 
     @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
     def get(self, request):
-        row = self._me(request)
+        row = self._me(request, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         return Response(private_profile(row), headers={"ETag": _version_etag(row)})
 
     @extend_schema(request=PatchInput, responses={200: PrivateProfile, 400: ErrorBody, 409: ErrorBody,
