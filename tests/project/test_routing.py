@@ -1,6 +1,7 @@
 """Lag-aware replica routing and read-your-writes against the real primary and streaming replica."""
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, transaction
 from django_redis import get_redis_connection
@@ -110,3 +111,26 @@ def test_reads_still_succeed_when_the_replica_process_is_stopped(restore_stack):
         return routing.read_alias("shard_0") == "shard_0_r0"
 
     wait_for(back, timeout=20, message="the restarted replica to be used again")
+
+
+@pytest.mark.parametrize(("attrs", "expect_standby"), [("read-write", False), ("primary", False),
+                                                       ("standby", True)])
+def test_a_multi_host_url_lets_libpq_pick_the_server_by_role(attrs, expect_standby):
+    """After a failover the promoted server is whichever host is writable now: a multi-host URL with
+    target_session_attrs=read-write finds it without a config change. Here the replica is listed
+    first and libpq still lands on the primary (and on the standby when asked for one)."""
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    from project.settings.dburl import parse_database_url
+
+    primary = connections["default"].settings_dict
+    replica = connections[settings.DATABASE_GROUPS["default"]["replicas"][0]].settings_dict
+    url = (f"postgresql://{primary['USER']}@{replica['HOST']}:{replica['PORT']},{primary['HOST']}:{primary['PORT']}"
+           f"/{primary['NAME']}?target_session_attrs={attrs}")
+    wrapper = DatabaseWrapper({**connections["default"].settings_dict, **parse_database_url(url)}, alias="multihost")
+    try:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT pg_is_in_recovery()")
+            assert cursor.fetchone()[0] is expect_standby
+    finally:
+        wrapper.close()
