@@ -18,6 +18,7 @@ from redis.exceptions import RedisError
 from rest_framework.response import Response
 
 from .errors import error_body
+from .ratelimit.http import client_ip
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
@@ -26,8 +27,10 @@ PENDING_TTL = 60
 
 def _scope(request) -> str:
     user = getattr(request, "user", None)
+    # Anonymous callers are scoped by their own address: behind a trusted proxy, REMOTE_ADDR would be
+    # the proxy's, and every anonymous client would share one key space.
     who = f"u{user.id}" if getattr(user, "is_authenticated", False) and hasattr(user, "id") else \
-        f"ip{request.META.get('REMOTE_ADDR', '')}"
+        f"ip{client_ip(request)}"
     return f"{who}:{request.path}"
 
 

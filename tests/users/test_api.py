@@ -226,6 +226,17 @@ def test_idempotency_key_replays_the_first_response_and_creates_nothing_new(api)
     assert sum(selectors.user_count_per_shard().values()) == 1
 
 
+def test_behind_a_trusted_proxy_anonymous_idempotency_keys_are_scoped_by_the_real_client(api, settings):
+    settings.RESILIENCE_TRUSTED_PROXIES = ["127.0.0.1"]  # the test client's REMOTE_ADDR is the proxy
+    body = {"password": PASSWORD}
+    for n, client_address in enumerate(["203.0.113.7", "203.0.113.8"]):
+        headers = {"Idempotency-Key": "same-key", "X-Forwarded-For": client_address}
+        response = api.post(REGISTER, {**body, "username": f"proxied{n}", "email": f"p{n}@example.com"},
+                            headers=headers)
+        assert response.status_code == 201, response.content  # not 422: two clients, two key spaces
+    assert sum(selectors.user_count_per_shard().values()) == 2
+
+
 # --- consistency headers ---
 def test_strong_reads_and_echoed_pins_go_to_the_primary(api):
     from django.db import connections
