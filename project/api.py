@@ -1,6 +1,7 @@
 """DRF glue shared by every API view: cheap answers to questions whose answer cannot vary."""
 
 from django.conf import settings
+from drf_spectacular.authentication import SessionScheme
 from rest_framework import authentication
 from rest_framework.negotiation import DefaultContentNegotiation
 
@@ -26,3 +27,9 @@ class SessionAuthentication(authentication.SessionAuthentication):
         if settings.SESSION_COOKIE_NAME not in request._request.COOKIES:
             return None
         return super().authenticate(request)
+
+
+class SessionAuthenticationScheme(SessionScheme):
+    """The OpenAPI security scheme of the session authentication above: the same as DRF's."""
+
+    target_class = "project.api.SessionAuthentication"

@@ -177,12 +177,12 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     permission_classes = [AllowAny]
     rate_limits = {"POST": "users.views"}
 
-    @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
-                                            404: ErrorBody, 503: ErrorBody},
-                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
     def rate_limit_companions(self, request):
         return _row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
 
+    @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
+                                            404: ErrorBody, 503: ErrorBody},
+                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
     @idempotent()
     def post(self, request, user_id: str):
         row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))

@@ -14,6 +14,7 @@ from django.conf import settings
 from django_redis import get_redis_connection
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.sentinel import MasterNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -36,10 +37,11 @@ class BufferUncertain(Exception):
 
 
 def _never_sent(exc: RedisError) -> bool:
-    # redis-py reports a failed connect as "Error <errno> connecting to host:port", and a server still
-    # replaying its AOF refuses every command with LOADING: either way the command was not applied,
-    # so the fallback cannot double count.
-    return isinstance(exc, BusyLoadingError) or (isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
+    # redis-py reports a failed connect as "Error <errno> connecting to host:port", a server still
+    # replaying its AOF refuses every command with LOADING, and while no Sentinel names a master there
+    # is nowhere to send it: in each case the command was not applied, so the fallback cannot double count.
+    return isinstance(exc, BusyLoadingError | MasterNotFoundError) or (
+        isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
 
 
 def redis_state():
