@@ -47,7 +47,11 @@ def evalsha_all(calls: list) -> list:
                     results[index] = connection.read_response()
                 except ResponseError as exc:  # a whole error reply: the connection stays in step
                     results[index] = exc
-        except (RedisError, OSError) as exc:  # a broken or timed-out reply: read_response disconnected
+        except (RedisError, OSError) as exc:  # a broken or timed-out reply
+            # Drop the connection: its unread replies would answer the next caller's commands. A plain
+            # Connection's read_response disconnects on its own; redis-py's SentinelManagedConnection
+            # does not (its disconnect_on_error defaults to False).
+            connection.disconnect()
             _fail(results, indexes, exc)
         finally:
             pool.release(connection)

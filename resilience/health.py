@@ -7,9 +7,11 @@ must report, so these ~80 lines are our own.
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import psycopg
 import redis
+import redis.sentinel
 from django.conf import settings
 from django.http import JsonResponse
 
@@ -36,6 +38,24 @@ def _check_redis(url: str) -> dict:
     return {}
 
 
+def _check_redis_sentinel(sentinels: list, master_name: str) -> dict:
+    # REDIS_STATE_URL names the master, not a host: ask the Sentinels for it, then ping it.
+    sentinel = redis.sentinel.Sentinel(
+        sentinels, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+        sentinel_kwargs={"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry": None})  # no retries
+    try:
+        host, port = sentinel.discover_master(master_name)
+        client = redis.Redis(host=host, port=port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    finally:
+        for s in sentinel.sentinels:
+            s.close()
+    return {"master": f"{host}:{port}"}
+
+
 def _timed(name, kind, required, fn, *args):
     started = time.perf_counter()
     try:
@@ -58,7 +78,12 @@ def dependency_checks():
         for alias in spec["replicas"]:
             checks.append((alias, "postgres-replica", False, _check_postgres, alias))
     checks.append(("redis-cache", "redis", True, _check_redis, settings.REDIS_CACHE_URL))
-    checks.append(("redis-state", "redis", True, _check_redis, settings.REDIS_STATE_URL))
+    sentinels = settings.CACHES.get("state", {}).get("OPTIONS", {}).get("SENTINELS")
+    if sentinels:
+        master_name = urlsplit(settings.REDIS_STATE_URL).hostname
+        checks.append(("redis-state", "redis", True, _check_redis_sentinel, sentinels, master_name))
+    else:
+        checks.append(("redis-state", "redis", True, _check_redis, settings.REDIS_STATE_URL))
     broker = settings.CELERY_BROKER_URL
     if broker.startswith("redis") and broker != settings.REDIS_STATE_URL:
         checks.append(("broker", "redis", True, _check_redis, broker))

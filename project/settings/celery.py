@@ -2,20 +2,35 @@
 
 Late acknowledgement plus reject-on-worker-lost means a SIGKILLed worker's task is redelivered, so
 every task must be idempotent (the write-behind flush is, by its batch ledger).
+
+With REDIS_STATE_SENTINELS the default broker is kombu's sentinel:// transport on those Sentinels
+(`sentinel://h1:p1/db;sentinel://h2:p2/db`), which follows the master through a failover.
 """
 
+from urllib.parse import urlsplit
+
+from .caches import state_sentinels
 from .env import env
 
 
 def build_celery(*, state_url: str) -> dict:
+    sentinels, master_name = state_sentinels()
+    default_broker = state_url
+    if sentinels:
+        db = urlsplit(state_url).path.lstrip("/") or "0"
+        default_broker = ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
+    broker_url = env("CELERY_BROKER_URL", default_broker)
+    # Unacked tasks come back after this; keep it above the longest task, far below the 1 h default.
+    transport_options = {"visibility_timeout": 300}
+    if broker_url.startswith("sentinel://"):
+        transport_options["master_name"] = master_name
     return {
-        "CELERY_BROKER_URL": env("CELERY_BROKER_URL", state_url),
+        "CELERY_BROKER_URL": broker_url,
         "CELERY_RESULT_BACKEND": None,
         "CELERY_TASK_ACKS_LATE": True,
         "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
         "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
-        # Unacked tasks come back after this; keep it above the longest task, far below the 1 h default.
-        "CELERY_BROKER_TRANSPORT_OPTIONS": {"visibility_timeout": 300},
+        "CELERY_BROKER_TRANSPORT_OPTIONS": transport_options,
         "CELERY_TASK_DEFAULT_QUEUE": "bulwark",
         "CELERY_TASK_IGNORE_RESULT": True,
         "CELERY_WORKER_HIJACK_ROOT_LOGGER": False,
