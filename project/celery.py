@@ -4,11 +4,44 @@ import os
 
 from celery import Celery
 from celery.signals import task_prerun
+from celery.worker.consumer import Consumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
 
+
+class BrokerLossConsumer(Consumer):
+    """Celery's consumer, made to survive losing the (Redis) broker while tasks are in flight.
+
+    On a lost broker connection Celery 5.7.0 collects the connection, which detaches its transport
+    (`transport.client = None`), then closes it. The Redis transport's channels still need that
+    client: closing one restores the delivered but unacknowledged messages (acks_late: nearly always
+    one), and a task finishing after the loss acknowledges on its old channel. Both then raise
+    AttributeError, which Celery reports as "Unrecoverable error": the worker exits, and flushes and
+    webhooks stop until someone restarts it (found by `make chaos`, state Redis killed). Keeping the
+    client attached makes them what kombu expects, a redis ConnectionError while the broker is down
+    (handled: the message comes back after the visibility timeout; tasks are idempotent) or a
+    successful restore/ack once it is back.
+    """
+
+    def on_connection_error_after_connected(self, exc):
+        connection = self.connection
+        if connection is not None:
+            transport, close = connection.transport, connection.close
+
+            def close_attached():
+                transport.client = connection  # collect() has just detached it
+                try:
+                    close()
+                finally:
+                    transport.client = connection  # for acks of tasks still running on its channels
+
+            connection.close = close_attached  # this broken connection only: Celery drops it next
+        super().on_connection_error_after_connected(exc)
+
+
 app = Celery("bulwark")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+app.conf.worker_consumer = "project.celery:BrokerLossConsumer"
 app.autodiscover_tasks()
 
 

@@ -1,0 +1,124 @@
+"""The faults, each with how it is caused, how it is healed, and which refusals it may cause.
+
+Locally one PostgreSQL cluster holds the default database and every shard: "a shard primary stopped"
+refuses connections to one shard database (what docs/operations.md describes), "the default primary
+restarted" restarts the cluster, so every primary is down for the hold.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+from django.conf import settings
+
+from project.db.replicas import monitor
+
+from .processes import Process, Receiver, stack, wait_for
+
+FAULT_POINT = "after_commit"  # users/writebehind/flush.py: one shard committed, the batch not acknowledged
+
+
+@dataclass
+class Suite:
+    """The processes a scenario may break and heal."""
+
+    server: Process
+    worker: Process
+    beat: Process
+    receiver: Receiver
+    log_dir: object
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    inject: Callable[[Suite], None]
+    heal: Callable[[Suite], None]
+    guarantee: str
+    refusals: str = ""  # why 503/429 answers are expected; empty: none may occur
+    recovered: Callable[[Suite], bool] = field(default=lambda suite: True)
+
+
+def pg(alias: str, sql: str, params: tuple = ()) -> None:
+    """Run an administrative statement on the server of `alias` (connected to its `postgres` database)."""
+    db = settings.DATABASES[alias]
+    with psycopg.connect(host=db["HOST"], port=db["PORT"], dbname="postgres", user=db["USER"],
+                         password=db["PASSWORD"] or None, autocommit=True, connect_timeout=5) as conn:
+        conn.execute(sql, params)
+
+
+def replica_aliases() -> list[str]:
+    return [alias for spec in settings.DATABASE_GROUPS.values() for alias in spec["replicas"]]
+
+
+def replicas_usable(_suite=None) -> bool:
+    monitor.refresh_now()
+    return monitor.usable(replica_aliases()) == replica_aliases()
+
+
+SHARD_DOWN = "shard_1"
+
+
+def shard_allow(allow: bool) -> None:
+    name = settings.DATABASES[SHARD_DOWN]["NAME"]
+    pg("default", f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+    if not allow:
+        pg("default", "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+
+
+def replay(paused: bool) -> None:
+    pg(replica_aliases()[0], f"SELECT pg_wal_replay_{'pause' if paused else 'resume'}()")
+
+
+def kill_worker_mid_flush(suite: Suite) -> None:
+    """Restart the worker with the flusher's crash point armed; once a flush has committed one shard's
+    part and SIGKILLed its pool process, SIGKILL the whole worker too (a lost node)."""
+    marker = suite.log_dir / "writebehind-fault-fired"
+    marker.unlink(missing_ok=True)
+    suite.worker.stop()
+    suite.worker.start(WRITE_BEHIND_FAULT=FAULT_POINT, WRITE_BEHIND_FAULT_MARKER=marker)
+    wait_for(marker.exists, timeout=60, interval=0.05, message="a flush to be SIGKILLed after its first shard commit")
+    suite.worker.kill()
+
+
+SCENARIOS = [
+    Scenario("cache-kill", "cache Redis killed (SIGKILL), restarted empty",
+             lambda s: stack("kill", "cache"), lambda s: stack("start", "cache"),
+             "every endpoint answers from the databases; lost write-throughs are replayed as invalidations"),
+    Scenario("cache-hang", "cache Redis hung (SIGSTOP), then SIGCONT",
+             lambda s: stack("pause", "cache"), lambda s: stack("resume", "cache"),
+             "each call waits at most the 0.25 s socket timeout, then a local breaker skips the cache"),
+    Scenario("state-kill", "state Redis killed (SIGKILL), restarted from its AOF",
+             lambda s: stack("kill", "state"), lambda s: stack("start", "state"),
+             "views are written straight to the database while connections are refused; none lost or doubled",
+             refusals="a view whose Redis command was in flight when Redis died is answered 503 'unconfirmed' "
+                      "(never acknowledged); users.register fails closed (429) while the limiter has no Redis"),
+    Scenario("replica-stop", "streaming replica stopped, then started",
+             lambda s: stack("stop", "replica"), lambda s: stack("start", "replica"),
+             "reads fail over to the primaries (retried once, skipped after the next probe)",
+             recovered=replicas_usable),
+    Scenario("replica-lag", "replica lagging (WAL replay paused), then resumed",
+             lambda s: replay(True), lambda s: replay(False),
+             "a replica beyond MAX_REPLICA_LAG is skipped; a client always reads its own writes",
+             recovered=replicas_usable),
+    Scenario("shard-down", f"{SHARD_DOWN} primary down (connections refused, backends terminated)",
+             lambda s: shard_allow(False), lambda s: shard_allow(True),
+             "other shards serve; the shard's batches stay claimed until it returns, then apply once",
+             refusals=f"{SHARD_DOWN}'s writes (updates, registrations hashing to it) answer 503 + Retry-After, "
+                      "and its reads that neither the cache nor a replica can serve (CP per shard)"),
+    Scenario("primary-restart", "PostgreSQL primary (default and every shard) stopped, then started",
+             lambda s: stack("stop", "primary"), lambda s: stack("start", "primary"),
+             "reads from cache and replica, views buffered; writes refused, none half-done",
+             refusals="registrations and updates answer 503 + Retry-After while no primary runs (reads are served "
+                      "by the cache and the replica, views by the buffer)"),
+    Scenario("worker-kill", "Celery worker SIGKILLed during a flush (after one shard committed)",
+             kill_worker_mid_flush, lambda s: s.worker.start(),
+             "the half-applied batch is re-claimed and applied exactly once (the ledger skips the done shard)"),
+    Scenario("beat-stop", "Celery beat stopped, then started",
+             lambda s: s.beat.stop(), lambda s: s.beat.start(),
+             "views accumulate in the buffer (reads include them) and flush when beat returns"),
+    Scenario("webhook-down", "webhook receiver down (connection refused), then back",
+             lambda s: s.receiver.stop(), lambda s: s.receiver.start(),
+             "deliveries wait behind the host's breaker and arrive once it is back; none dropped"),
+]

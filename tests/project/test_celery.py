@@ -1,0 +1,95 @@
+"""The Celery worker against a real broker that dies: the state Redis, SIGKILLed with a task in flight."""
+
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from django_redis import get_redis_connection
+
+from resilience.models import WebhookDelivery, WebhookSubscriber
+from users import services
+from users.models import User
+from users.sharding.access import group_for_user_id
+from users.writebehind import buffer
+
+from ..processes import celery_beat, celery_worker
+from ..stack import ROOT, stack, wait_for
+
+pytestmark = pytest.mark.usefixtures("real_db")
+
+
+class HangingReceiver:
+    """A webhook receiver whose first request blocks until `release` is set; then every one gets 200."""
+
+    def __init__(self):
+        self.hanging, self.release = threading.Event(), threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if not receiver.hanging.is_set():
+                    receiver.hanging.set()
+                    receiver.release.wait(60)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = HangingReceiver()
+    yield made
+    made.stop()
+
+
+def test_the_worker_survives_the_broker_dying_under_a_task_in_flight_and_keeps_flushing(
+        receiver, tmp_path, restore_stack):
+    # Celery 5.7.0 exited ("Unrecoverable error") when the Redis broker went away while a task was
+    # delivered but not acknowledged, and again when that task acknowledged afterwards; see
+    # project/celery.py. Here a webhook POST holds a task in flight across the broker's death.
+    (tmp_path / "broker_loss_settings.py").write_text(
+        "from project.settings.test import *  # noqa\n"
+        "WRITE_BEHIND_INTERVAL = 0.5\n"
+        "CELERY_BEAT_SCHEDULE = {\n"
+        "    'writebehind-flush': {'task': 'users.writebehind_flush', 'schedule': 0.5, 'options': {'expires': 5}},\n"
+        "    'webhooks-dispatch': {'task': 'resilience.webhooks_dispatch', 'schedule': 1.0,\n"
+        "                          'options': {'expires': 5}},\n"
+        "}\n"
+        "WEBHOOK_READ_TIMEOUT = 60.0\n")
+    env = {"DJANGO_SETTINGS_MODULE": "broker_loss_settings",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    WebhookSubscriber.objects.create(url=receiver.url, events=["user.created"])
+    user = services.user_create(username="survivor", email="survivor@example.com", password="a-long-pass-2026")
+    log = tmp_path / "worker.log"
+
+    with celery_beat(schedule_path=tmp_path / "beat-schedule", env=env), \
+            celery_worker(env=env, concurrency=2, log_path=log) as worker:
+        wait_for(receiver.hanging.is_set, timeout=60, message="a webhook POST in flight")
+        stack("kill", "state")
+        wait_for(lambda: "Connection to broker lost" in log.read_text(), timeout=30, message="the worker to notice")
+        stack("start", "state")
+        wait_for(get_redis_connection("state").ping, timeout=15, message="the state Redis to answer")
+        receiver.release.set()  # the task in flight finishes and acknowledges on its lost channel
+        wait_for(lambda: WebhookDelivery.objects.filter(status="delivered").exists(), timeout=60,
+                 message="the webhook to be delivered")
+        for _ in range(5):
+            assert buffer.views_add(user_id=user["id"]) == "buffered"
+        wait_for(lambda: User.objects.using(group_for_user_id(user["id"])).get(id=user["id"]).view_count == 5,
+                 timeout=30, message="the worker to flush after the broker came back")
+        assert worker.poll() is None
+    assert "Unrecoverable error" not in log.read_text()
