@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: chromium run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard
+.PHONY: chromium run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo chaos
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ bench: $(VENV)/.installed stack
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } \
 		|| { echo "install wrk (apt-get install wrk) to run the benchmark"; exit 1; }
 	DJANGO_SETTINGS_MODULE=project.settings.bench $(PY) -m bench
+
+# Fault injection under a steady mixed load: each scenario's guarantee checked (docs/operations.md,
+# "Chaos suite"). CHAOS_ONLY=name,name picks scenarios, CHAOS_SECONDS how long a fault is held.
+chaos: $(VENV)/.installed stack
+	DJANGO_SETTINGS_MODULE=chaos.settings $(PY) -m chaos
+
+# nginx (deploy/nginx.conf) over two app servers on loopback; one is stopped (SIGTERM, then another
+# SIGKILLed) under a GET load, and no GET may fail. Uses the bench settings and databases.
+lb-demo: $(VENV)/.installed stack
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; } \
+		|| { echo "install nginx (apt-get install nginx-light) to run the load-balancing demo"; exit 1; }
+	deploy/lb-demo
+
+# Redis Sentinel for the state Redis: its own master, replica and three Sentinels under /tmp (never the
+# stack's state Redis), the app on them under load; the master is SIGKILLed, then two SENTINEL FAILOVERs.
+sentinel-demo: $(VENV)/.installed stack
+	$(PY) deploy/sentinel-demo
 
 # Add the local stack's third shard database and move about a third of the logical shards onto it,
 # online. Keep SHARD_COUNT=3 exported for later `make run`s.
