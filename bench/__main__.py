@@ -63,8 +63,10 @@ def reset_data():
 
 
 def make_users(n, prefix):
-    return [services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com",
-                                 password="bench-pass-2026") for i in range(n)]
+    return [
+        services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="bench-pass-2026")
+        for i in range(n)
+    ]
 
 
 def timed(fn, n):
@@ -112,13 +114,40 @@ def bench_data_layer(users):
 def server(kind, port, **env_extra):
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
     if kind == "gunicorn":
-        cmd = [str(VENV_BIN / "gunicorn"), "project.wsgi:application", "-b", f"127.0.0.1:{port}", "-w", WORKERS,
-               "-k", "gthread", "--threads", THREADS, "--log-level", "error"]
+        cmd = [
+            str(VENV_BIN / "gunicorn"),
+            "project.wsgi:application",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            WORKERS,
+            "-k",
+            "gthread",
+            "--threads",
+            THREADS,
+            "--log-level",
+            "error",
+        ]
     else:
-        cmd = [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", WORKERS, "--blocking-threads", THREADS, "--log-level", "error", "project.wsgi:application"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+        cmd = [
+            str(VENV_BIN / "granian"),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            WORKERS,
+            "--blocking-threads",
+            THREADS,
+            "--log-level",
+            "error",
+            "project.wsgi:application",
+        ]
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -150,8 +179,12 @@ def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     subprocess.run(["wrk", "-t2", "-c4", "-d1s", "-s", script.name, url], capture_output=True, check=True)  # warm-up
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{int(SECONDS)}s", "--latency", "-s", script.name, url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{int(SECONDS)}s", "--latency", "-s", script.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -192,30 +225,44 @@ def bench_http(users, tokens):
     results = {}
     for kind, port in (("gunicorn", 18081), ("granian", 18082)):
         with server(kind, port) as url:
-            results[kind] = alternate(lambda url=url: wrk(f"{url}/bench/bare"),
-                                      lambda url=url: wrk(f"{url}/api/v1/users/{uid}/"), rounds=1)
+            results[kind] = alternate(
+                lambda url=url: wrk(f"{url}/bench/bare"), lambda url=url: wrk(f"{url}/api/v1/users/{uid}/"), rounds=1
+            )
         http_row("http", f"{kind}: bare view (one django-redis GET)", results[kind][0])
         http_row("http", f"{kind}: cached GET /api/v1/users/{{id}}/", results[kind][1], results[kind][0], ">= 0.6")
     chosen = max(results, key=lambda k: results[k][1][0])
     report("http", "faster server (chosen)", chosen)
     hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
-    with server(chosen, 18083) as url, server(chosen, 18084, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url, \
-            server(chosen, 18085, WRITE_BEHIND_ENABLED="false") as direct_url:
+    with (
+        server(chosen, 18083) as url,
+        server(chosen, 18084, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url,
+        server(chosen, 18085, WRITE_BEHIND_ENABLED="false") as direct_url,
+    ):
         bare, cached = alternate(lambda: wrk(f"{url}/bench/bare"), lambda: wrk(f"{url}/api/v1/users/{uid}/"))
         http_row("http", "bare view", bare)
         http_row("http", "cached GET /users/{id}/", cached, bare, ">= 0.6")
-        http_row("http", "uncached GET /users/{id}/ (Consistency: strong)",
-                 wrk(f"{url}/api/v1/users/{uid}/", headers={"Consistency": "strong"}), bare)
-        http_row("http", "GET /users/me/ with a token",
-                 wrk(f"{url}/api/v1/users/me/", headers={"Authorization": f"Token {tokens[0]}"}), bare)
+        http_row(
+            "http",
+            "uncached GET /users/{id}/ (Consistency: strong)",
+            wrk(f"{url}/api/v1/users/{uid}/", headers={"Consistency": "strong"}),
+            bare,
+        )
+        http_row(
+            "http",
+            "GET /users/me/ with a token",
+            wrk(f"{url}/api/v1/users/me/", headers={"Authorization": f"Token {tokens[0]}"}),
+            bare,
+        )
         print("rate limiting", flush=True)
-        unlimited, limited = alternate(lambda: wrk(f"{unlimited_url}/api/v1/users/{uid}/"),
-                                       lambda: wrk(f"{url}/api/v1/users/{uid}/"))
+        unlimited, limited = alternate(
+            lambda: wrk(f"{unlimited_url}/api/v1/users/{uid}/"), lambda: wrk(f"{url}/api/v1/users/{uid}/")
+        )
         http_row("ratelimit", "cached GET, limiting off", unlimited)
         http_row("ratelimit", "cached GET, limiter on", limited, unlimited, ">= 0.9")
         print("write-behind", flush=True)
-        direct, buffered = alternate(lambda: wrk(direct_url, method="POST", paths=hot),
-                                     lambda: wrk(url, method="POST", paths=hot))
+        direct, buffered = alternate(
+            lambda: wrk(direct_url, method="POST", paths=hot), lambda: wrk(url, method="POST", paths=hot)
+        )
         http_row("writebehind", "POST /views/ direct UPDATE per request (5 hot users)", direct)
         http_row("writebehind", "POST /views/ through the buffer (5 hot users)", buffered, direct, ">= 3")
     flush.flush()
@@ -277,7 +324,9 @@ def bulk_users(n, prefix="bulk"):
                    SELECT users_next_id(ls), ls, %s || g || %s, %s || g || %s || '@example.com', '!', '',
                           '', now(), now(), 1, 1, 0
                      FROM (SELECT g, (%s::int[])[1 + g %% %s] AS ls FROM generate_series(1, %s) g) s
-                   RETURNING id""", [prefix, group, prefix, group, logicals, len(logicals), n])
+                   RETURNING id""",
+                [prefix, group, prefix, group, logicals, len(logicals), n],
+            )
             ids += [r[0] for r in cursor.fetchall()]
     return ids
 
@@ -289,7 +338,7 @@ def bench_flush():
     ingest = buffer.script("ingest")
     for start in range(0, len(ids), 1000):
         pipe = state.pipeline(transaction=False)
-        for uid in ids[start:start + 1000]:
+        for uid in ids[start : start + 1000]:
             ingest(keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE], args=["views", uid, 3, 0, 0], client=pipe)
         pipe.execute()
     started = time.perf_counter()
@@ -307,8 +356,9 @@ def bench_flush():
             with cursor.connection.cursor().copy("COPY bench_delta (id, n) FROM STDIN") as copy:
                 for uid in group_ids:
                     copy.write_row((uid, 3))
-            cursor.execute("UPDATE users_user u SET view_count = u.view_count + d.n FROM bench_delta d "
-                           "WHERE u.id = d.id")
+            cursor.execute(
+                "UPDATE users_user u SET view_count = u.view_count + d.n FROM bench_delta d WHERE u.id = d.id"
+            )
     raw_rate = len(ids) / (time.perf_counter() - started)
     report("writebehind", "raw COPY into temp + one UPDATE ... FROM, rows/s", raw_rate, "1/s")
     report("writebehind", "flush rows/s / raw set-based SQL", flush_rate / raw_rate, "x", ">= 0.5")
@@ -352,14 +402,20 @@ def bench_reshard():
 
 
 def main():
-    print(f"Bulwark benchmark: {SECONDS:.0f} s per load run; ratios are against a baseline of the same run\n",
-          flush=True)
+    print(
+        f"Bulwark benchmark: {SECONDS:.0f} s per load run; ratios are against a baseline of the same run\n", flush=True
+    )
     reset_data()
     users = make_users(20, "bench")
     tokens = [services.token_create(username=u["username"], password="bench-pass-2026")[0] for u in users[:2]]
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
-    sections = (("data", lambda: bench_data_layer(users)), ("roundtrips", lambda: bench_roundtrips(users, tokens)),
-                ("http", lambda: bench_http(users, tokens)), ("flush", bench_flush), ("reshard", bench_reshard))
+    sections = (
+        ("data", lambda: bench_data_layer(users)),
+        ("roundtrips", lambda: bench_roundtrips(users, tokens)),
+        ("http", lambda: bench_http(users, tokens)),
+        ("flush", bench_flush),
+        ("reshard", bench_reshard),
+    )
     for name, section in sections:
         if not only or name in only:
             section()

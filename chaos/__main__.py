@@ -56,8 +56,19 @@ WARM_SECONDS = 3.0
 RECOVER_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 45.0
 USERS_PER_SHARD = 6
-COLUMNS = ("scenario", "requests", "503", "500", "429", "no answer", "lost", "dup", "redelivered", "recover s",
-           "result")
+COLUMNS = (
+    "scenario",
+    "requests",
+    "503",
+    "500",
+    "429",
+    "no answer",
+    "lost",
+    "dup",
+    "redelivered",
+    "recover s",
+    "result",
+)
 
 
 def setup_data() -> None:
@@ -197,25 +208,44 @@ def run(scenario: Scenario, suite: Suite, port: int) -> dict:
         reasons.append(f"unexpected answers: {result['unexpected'][:3]}")
     latencies = sorted(ledger.latencies) or [0.0]
     return {
-        "scenario": scenario.name, "title": scenario.title, "guarantee": scenario.guarantee,
+        "scenario": scenario.name,
+        "title": scenario.title,
+        "guarantee": scenario.guarantee,
         "documented_refusals": scenario.refusals or None,
-        "requests": ledger.requests(), "503": n503, "500": n500, "429": n429, "no answer": silent,
-        "lost": lost, "dup": dup, "redelivered": result["redelivered"],
+        "requests": ledger.requests(),
+        "503": n503,
+        "500": n500,
+        "429": n429,
+        "no answer": silent,
+        "lost": lost,
+        "dup": dup,
+        "redelivered": result["redelivered"],
         "recover s": None if recovered_at is None else round(recovered_at - t_heal, 1),
-        "result": "FAIL" if reasons else "ok", "reasons": reasons,
-        "fault_held_s": round(t_heal - t_inject, 1), "load_s": round(t_stop - ledger.started, 1),
+        "result": "FAIL" if reasons else "ok",
+        "reasons": reasons,
+        "fault_held_s": round(t_heal - t_inject, 1),
+        "load_s": round(t_stop - ledger.started, 1),
         "statuses": {kind: {str(s): n for s, n in c.items()} for kind, c in ledger.statuses.items()},
-        "acknowledged": {"registrations": sum(1 for o in ledger.registered.values() if o.get("acked")),
-                         "updates": sum(ledger.patch_acked_count.values()),
-                         "views": sum(ledger.views_acked.values()), "views_direct": ledger.views_direct,
-                         "views_unconfirmed": sum(ledger.views_unsure.values())},
-        "latency_ms": {"p50": round(latencies[len(latencies) // 2] * 1000, 1),
-                       "p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
-                       "max": round(latencies[-1] * 1000, 1)},
-        "samples_5xx": ledger.samples_500, "verify": result, "backlog_after_drain": drained,
-        "recovery": {"last_failure_s": None if ledger.last_failure() is None else
-                     round(ledger.last_failure() - t_heal, 2),
-                     "backlog_steady_s": None if ok_since is None else round(ok_since - t_heal, 2), "trace": trace},
+        "acknowledged": {
+            "registrations": sum(1 for o in ledger.registered.values() if o.get("acked")),
+            "updates": sum(ledger.patch_acked_count.values()),
+            "views": sum(ledger.views_acked.values()),
+            "views_direct": ledger.views_direct,
+            "views_unconfirmed": sum(ledger.views_unsure.values()),
+        },
+        "latency_ms": {
+            "p50": round(latencies[len(latencies) // 2] * 1000, 1),
+            "p99": round(latencies[int(len(latencies) * 0.99)] * 1000, 1),
+            "max": round(latencies[-1] * 1000, 1),
+        },
+        "samples_5xx": ledger.samples_500,
+        "verify": result,
+        "backlog_after_drain": drained,
+        "recovery": {
+            "last_failure_s": None if ledger.last_failure() is None else round(ledger.last_failure() - t_heal, 2),
+            "backlog_steady_s": None if ok_since is None else round(ok_since - t_heal, 2),
+            "trace": trace,
+        },
     }
 
 
@@ -242,18 +272,25 @@ def main() -> int:
     root_logger.handlers = [logging.FileHandler(log_dir / "runner.log")]
 
     db = settings.DATABASES["default"]
-    print(f"Bulwark chaos suite: {len(selected)} scenario(s), faults held {SECONDS:.0f} s under load; "
-          f"stack on port {db['PORT']} ({db['NAME']}*), logs in {log_dir}\n", flush=True)
+    print(
+        f"Bulwark chaos suite: {len(selected)} scenario(s), faults held {SECONDS:.0f} s under load; "
+        f"stack on port {db['PORT']} ({db['NAME']}*), logs in {log_dir}\n",
+        flush=True,
+    )
     started = time.time()
     stack("up")
     setup_data()
     receiver = Receiver(free_port())
     receiver.start()
-    receiver.secret = WebhookSubscriber.objects.using("default").create(
-        name="chaos receiver", url=receiver.url, events=list(EVENTS)).secret
+    receiver.secret = (
+        WebhookSubscriber.objects.using("default")
+        .create(name="chaos receiver", url=receiver.url, events=list(EVENTS))
+        .secret
+    )
     port = int(os.environ.get("CHAOS_PORT") or free_port())
-    suite = Suite(server=server(port, log_dir), worker=worker(log_dir), beat=beat(log_dir), receiver=receiver,
-                  log_dir=log_dir)
+    suite = Suite(
+        server=server(port, log_dir), worker=worker(log_dir), beat=beat(log_dir), receiver=receiver, log_dir=log_dir
+    )
     rows = []
     try:
         suite.server.start()
@@ -262,9 +299,12 @@ def main() -> int:
             print(f"{scenario.name}: {scenario.title}", flush=True)
             row = run(scenario, suite, port)
             rows.append(row)
-            print(f"  {row['requests']} requests, {row['503']} x 503, {row['500']} x 500, {row['429']} x 429, "
-                  f"lost {row['lost']}, dup {row['dup']}, recovered in {row['recover s']} s: {row['result']}"
-                  + "".join(f"\n    - {r}" for r in row["reasons"]), flush=True)
+            print(
+                f"  {row['requests']} requests, {row['503']} x 503, {row['500']} x 500, {row['429']} x 429, "
+                f"lost {row['lost']}, dup {row['dup']}, recovered in {row['recover s']} s: {row['result']}"
+                + "".join(f"\n    - {r}" for r in row["reasons"]),
+                flush=True,
+            )
     finally:
         for proc in (suite.beat, suite.worker, suite.server):
             proc.stop()
@@ -275,11 +315,16 @@ def main() -> int:
     if refusing:
         print("\nDocumented refusals:" + "".join(f"\n  {r['scenario']}: {r['documented_refusals']}" for r in refusing))
     out = ROOT / "artifacts" / "chaos.json"
-    out.write_text(json.dumps({"seconds": SECONDS, "elapsed_s": round(time.time() - started, 1),
-                               "scenarios": rows}, indent=2, default=str))
+    out.write_text(
+        json.dumps(
+            {"seconds": SECONDS, "elapsed_s": round(time.time() - started, 1), "scenarios": rows}, indent=2, default=str
+        )
+    )
     failed = [r["scenario"] for r in rows if r["result"] != "ok"]
-    print(f"\n{len(rows) - len(failed)}/{len(rows)} scenarios held their guarantees in "
-          f"{time.time() - started:.0f} s; written to {out}")
+    print(
+        f"\n{len(rows) - len(failed)}/{len(rows)} scenarios held their guarantees in "
+        f"{time.time() - started:.0f} s; written to {out}"
+    )
     return 1 if failed else 0
 
 

@@ -54,22 +54,36 @@ def backlog(since: datetime, receiver: Receiver, *, settled: bool = True) -> dic
     stats = buffer.stats()
     invalidations = get_redis_connection("state").scard(cache.PENDING_INVALIDATIONS)
     undelivered = set(outbox_events(since, settled=settled)) - receiver.received()
-    return {"pending_views_users": stats["pending_views_users"], "pending_seen_users": stats["pending_seen_users"],
-            "claimed_batches": stats["claimed_batches"], "oldest_pending_age_s": stats["oldest_pending_age_s"],
-            "invalidations": invalidations, "webhooks_undelivered": len(undelivered)}
+    return {
+        "pending_views_users": stats["pending_views_users"],
+        "pending_seen_users": stats["pending_seen_users"],
+        "claimed_batches": stats["claimed_batches"],
+        "oldest_pending_age_s": stats["oldest_pending_age_s"],
+        "invalidations": invalidations,
+        "webhooks_undelivered": len(undelivered),
+    }
 
 
 def backlog_steady(b: dict) -> bool:
     """The backlog is what steady load leaves: no batch left claimed, nothing pending for longer than
     two flush intervals, no invalidation waiting, every event older than WEBHOOK_SETTLE delivered."""
     oldest = b["oldest_pending_age_s"] or 0.0
-    return (b["claimed_batches"] == 0 and oldest <= 2 * settings.WRITE_BEHIND_INTERVAL + 2
-            and b["invalidations"] == 0 and b["webhooks_undelivered"] == 0)
+    return (
+        b["claimed_batches"] == 0
+        and oldest <= 2 * settings.WRITE_BEHIND_INTERVAL + 2
+        and b["invalidations"] == 0
+        and b["webhooks_undelivered"] == 0
+    )
 
 
 def backlog_empty(b: dict) -> bool:
-    return (b["pending_views_users"] == 0 and b["pending_seen_users"] == 0 and b["claimed_batches"] == 0
-            and b["invalidations"] == 0 and b["webhooks_undelivered"] == 0)
+    return (
+        b["pending_views_users"] == 0
+        and b["pending_seen_users"] == 0
+        and b["claimed_batches"] == 0
+        and b["invalidations"] == 0
+        and b["webhooks_undelivered"] == 0
+    )
 
 
 def _seq(bio: str) -> int:
@@ -83,8 +97,9 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
     # Registrations: every 201 exists, under its id; no username exists twice.
     names = list(ledger.registered)
     found: dict[str, list[int]] = {}
-    for uid, username in _rows("SELECT id, lower(username) FROM users_user WHERE lower(username) = ANY(%s)",
-                               [[n.lower() for n in names]]):
+    for uid, username in _rows(
+        "SELECT id, lower(username) FROM users_user WHERE lower(username) = ANY(%s)", [[n.lower() for n in names]]
+    ):
         found.setdefault(username, []).append(uid)
     unexpected = list(ledger.unexpected)
     for name, outcome in ledger.registered.items():
@@ -101,10 +116,16 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
 
     # Updates and views of the scenario's users, from their shard primaries.
     ids = [u["id"] for u in users]
-    rows = {uid: (bio, views) for uid, bio, views in
-            _rows("SELECT id, bio, view_count FROM users_user WHERE id = ANY(%s)", [ids])}
-    updated_events = Counter(uid for (uid,) in _rows(
-        "SELECT user_id FROM users_outboxevent WHERE event = 'user.updated' AND user_id = ANY(%s)", [ids]))
+    rows = {
+        uid: (bio, views)
+        for uid, bio, views in _rows("SELECT id, bio, view_count FROM users_user WHERE id = ANY(%s)", [ids])
+    }
+    updated_events = Counter(
+        uid
+        for (uid,) in _rows(
+            "SELECT user_id FROM users_outboxevent WHERE event = 'user.updated' AND user_id = ANY(%s)", [ids]
+        )
+    )
     for uid in ids:
         bio, views = rows.get(uid, ("", 0))
         acked_seq = ledger.patch_acked.get(uid)
@@ -116,8 +137,10 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
             examples.append(f"user {uid}: bio {bio!r} was never sent")
         if updated_events[uid] < ledger.patch_acked_count[uid]:
             lost["outbox events"] += ledger.patch_acked_count[uid] - updated_events[uid]
-            examples.append(f"user {uid}: {ledger.patch_acked_count[uid]} updates acknowledged, "
-                            f"{updated_events[uid]} user.updated events")
+            examples.append(
+                f"user {uid}: {ledger.patch_acked_count[uid]} updates acknowledged, "
+                f"{updated_events[uid]} user.updated events"
+            )
         if updated_events[uid] > ledger.patch_sent[uid]:
             dup["outbox events"] += updated_events[uid] - ledger.patch_sent[uid]
         acked, unsure = ledger.views_acked[uid], ledger.views_unsure[uid]
@@ -145,9 +168,17 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
     # Once quiet, what clients read equals the primaries (cache and replicas caught up).
     stale = _stale_reads(port, {uid: rows[uid] for uid in ids if uid in rows})
     examples += [f"user {uid}: API shows {shown}, primary holds {held}" for uid, shown, held in stale[:3]]
-    return {"lost": dict(lost), "duplicates": dict(dup), "redelivered": redelivered, "dead_letters": dead,
-            "ryw_violations": len(ledger.ryw_violations), "stale_reads": len(stale),
-            "bad_signatures": receiver.bad_signatures, "unexpected": unexpected[:10], "examples": examples[:12]}
+    return {
+        "lost": dict(lost),
+        "duplicates": dict(dup),
+        "redelivered": redelivered,
+        "dead_letters": dead,
+        "ryw_violations": len(ledger.ryw_violations),
+        "stale_reads": len(stale),
+        "bad_signatures": receiver.bad_signatures,
+        "unexpected": unexpected[:10],
+        "examples": examples[:12],
+    }
 
 
 def _stale_reads(port: int, held: dict[int, tuple[str, int]], *, attempts: int = 5) -> list:

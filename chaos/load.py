@@ -89,9 +89,16 @@ class Ledger:
             if status is None or status >= 500 or status == 429:
                 self.failures.append((now, kind, status))
                 if (status is None or status >= 500 and status != 503) and len(self.samples_500) < 20:
-                    self.samples_500.append({"kind": kind, "path": path, "status": status, "body": body,
-                                             "at": time.strftime("%H:%M:%S", time.localtime(now)),
-                                             "elapsed_s": round(elapsed, 3)})
+                    self.samples_500.append(
+                        {
+                            "kind": kind,
+                            "path": path,
+                            "status": status,
+                            "body": body,
+                            "at": time.strftime("%H:%M:%S", time.localtime(now)),
+                            "elapsed_s": round(elapsed, 3),
+                        }
+                    )
             elif status < 400:
                 self.last_ok[kind] = now
 
@@ -138,8 +145,12 @@ class Load:
         self._registered_ids: list[str] = []
 
     def start(self) -> None:
-        for name, target in (("read", self._reader), ("update", self._updater), ("register", self._registrar),
-                             ("view", self._viewer)):
+        for name, target in (
+            ("read", self._reader),
+            ("update", self._updater),
+            ("register", self._registrar),
+            ("view", self._viewer),
+        ):
             thread = threading.Thread(target=self._guard(target), name=f"load-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -157,6 +168,7 @@ class Load:
                 with self.ledger.lock:
                     self.ledger.unexpected.append({"kind": "load-bug", "error": repr(exc)})
                 raise
+
         return run
 
     def _send(self, client: Http, kind: str, method: str, path: str, **kwargs):
@@ -191,15 +203,17 @@ class Load:
                 with ledger.lock:
                     ledger.patch_sent[uid] += 1
                     ledger.patch_last_sent[uid] = seq
-                status, response, data = self._send(client, "update", "PATCH", "/api/v1/users/me/",
-                                                    body={"bio": f"s{seq}"}, headers=auth)
+                status, response, data = self._send(
+                    client, "update", "PATCH", "/api/v1/users/me/", body={"bio": f"s{seq}"}, headers=auth
+                )
                 if status == 200:
                     with ledger.lock:
                         ledger.patch_acked[uid] = seq
                         ledger.patch_acked_count[uid] += 1
                     pin = response.getheader("Bulwark-Read-Primary-Until") or ""
-                    status, _, data = self._send(client, "me", "GET", "/api/v1/users/me/",
-                                                 headers={**auth, "Bulwark-Read-Primary-Until": pin})
+                    status, _, data = self._send(
+                        client, "me", "GET", "/api/v1/users/me/", headers={**auth, "Bulwark-Read-Primary-Until": pin}
+                    )
                     if status == 200 and (data or {}).get("bio") != f"s{seq}":
                         with ledger.lock:
                             ledger.ryw_violations.append({"user": uid, "wrote": f"s{seq}", "read": data.get("bio")})
@@ -219,11 +233,13 @@ class Load:
                 due = make_new()
                 queue.append(due)
             due.attempts += 1
-            status, response, data = self._send(client, kind, "POST", due.path, body=due.body,
-                                                headers={"Idempotency-Key": due.key})
+            status, response, data = self._send(
+                client, kind, "POST", due.path, body=due.body, headers={"Idempotency-Key": due.key}
+            )
             code = data.get("code") if isinstance(data, dict) else None
-            retry = status is None or status >= 500 or status == 429 or (
-                status == 409 and code == "idempotency_conflict")
+            retry = (
+                status is None or status >= 500 or status == 429 or (status == 409 and code == "idempotency_conflict")
+            )
             if retry and time.monotonic() - due.first_sent < RETRY_BUDGET[kind]:
                 due.saw_failure = True
                 after = response.getheader("Retry-After") if response is not None else None
@@ -243,9 +259,14 @@ class Load:
             nonlocal n
             n += 1
             name = f"{self.prefix}r{n}"
-            return Pending("register", "/api/v1/users/", {"username": name, "email": f"{name}@example.com",
-                                                          "password": PASSWORD}, uuid.uuid4().hex, name,
-                           time.monotonic())
+            return Pending(
+                "register",
+                "/api/v1/users/",
+                {"username": name, "email": f"{name}@example.com", "password": PASSWORD},
+                uuid.uuid4().hex,
+                name,
+                time.monotonic(),
+            )
 
         def final(p: Pending, status, data, *, gave_up: bool):
             outcome = {"status": status, "attempts": p.attempts, "gave_up": gave_up, "retried": p.saw_failure}

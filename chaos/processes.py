@@ -67,11 +67,13 @@ class Process:
         with open(self.log_path, "a") as log:
             log.write(f"\n===== {time.strftime('%H:%M:%S')} start {' '.join(self.argv)} {env_extra or ''}\n")
             log.flush()
-            self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_log(self, text: str, *, timeout: float) -> None:
         """Wait until this run of the process has logged `text` (e.g. Celery's "ready.")."""
+
         def logged():
             if self.pid is None:
                 raise RuntimeError(f"{self.name} exited (see {self.log_path})")
@@ -107,9 +109,26 @@ class Process:
 
 def server(port: int, log_dir: Path) -> Process:
     """granian as `make bench` runs it: 2 processes, 4 threads each."""
-    return Process("server", [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
-                              "--port", str(port), "--workers", "2", "--blocking-threads", "4",
-                              "--log-level", "warning", "project.wsgi:application"], log_dir)
+    return Process(
+        "server",
+        [
+            str(VENV_BIN / "granian"),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--blocking-threads",
+            "4",
+            "--log-level",
+            "warning",
+            "project.wsgi:application",
+        ],
+        log_dir,
+    )
 
 
 def wait_until_serving(base_url: str, proc: Process, timeout: float = 60) -> None:
@@ -123,14 +142,39 @@ def wait_until_serving(base_url: str, proc: Process, timeout: float = 60) -> Non
 
 def worker(log_dir: Path) -> Process:
     # Two pool processes: a webhook run waiting on a dead receiver never delays a flush.
-    return Process("worker", [str(VENV_BIN / "celery"), "-A", "project", "worker", "--loglevel=INFO",
-                              "--concurrency=2", "-Q", "bulwark,webhooks", "--without-gossip", "--without-mingle",
-                              "--without-heartbeat"], log_dir)
+    return Process(
+        "worker",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "project",
+            "worker",
+            "--loglevel=INFO",
+            "--concurrency=2",
+            "-Q",
+            "bulwark,webhooks",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        log_dir,
+    )
 
 
 def beat(log_dir: Path) -> Process:
-    return Process("beat", [str(VENV_BIN / "celery"), "-A", "project", "beat", "--loglevel=INFO",
-                            f"--schedule={log_dir / 'beat-schedule'}", "--max-interval=1"], log_dir)
+    return Process(
+        "beat",
+        [
+            str(VENV_BIN / "celery"),
+            "-A",
+            "project",
+            "beat",
+            "--loglevel=INFO",
+            f"--schedule={log_dir / 'beat-schedule'}",
+            "--max-interval=1",
+        ],
+        log_dir,
+    )
 
 
 class Receiver:

@@ -43,8 +43,15 @@ class Scenario:
 def pg(alias: str, sql: str, params: tuple = ()) -> None:
     """Run an administrative statement on the server of `alias` (connected to its `postgres` database)."""
     db = settings.DATABASES[alias]
-    with psycopg.connect(host=db["HOST"], port=db["PORT"], dbname="postgres", user=db["USER"],
-                         password=db["PASSWORD"] or None, autocommit=True, connect_timeout=5) as conn:
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        dbname="postgres",
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        autocommit=True,
+        connect_timeout=5,
+    ) as conn:
         conn.execute(sql, params)
 
 
@@ -83,42 +90,82 @@ def kill_worker_mid_flush(suite: Suite) -> None:
 
 
 SCENARIOS = [
-    Scenario("cache-kill", "cache Redis killed (SIGKILL), restarted empty",
-             lambda s: stack("kill", "cache"), lambda s: stack("start", "cache"),
-             "every endpoint answers from the databases; lost write-throughs are replayed as invalidations"),
-    Scenario("cache-hang", "cache Redis hung (SIGSTOP), then SIGCONT",
-             lambda s: stack("pause", "cache"), lambda s: stack("resume", "cache"),
-             "each call waits at most the 0.25 s socket timeout, then a local breaker skips the cache"),
-    Scenario("state-kill", "state Redis killed (SIGKILL), restarted from its AOF",
-             lambda s: stack("kill", "state"), lambda s: stack("start", "state"),
-             "views are written straight to the database while connections are refused; none lost or doubled",
-             refusals="a view whose Redis command was in flight when Redis died is answered 503 'unconfirmed' "
-                      "(never acknowledged); users.register fails closed (429) while the limiter has no Redis"),
-    Scenario("replica-stop", "streaming replica stopped, then started",
-             lambda s: stack("stop", "replica"), lambda s: stack("start", "replica"),
-             "reads fail over to the primaries (retried once, skipped after the next probe)",
-             recovered=replicas_usable),
-    Scenario("replica-lag", "replica lagging (WAL replay paused), then resumed",
-             lambda s: replay(True), lambda s: replay(False),
-             "a replica beyond MAX_REPLICA_LAG is skipped; a client always reads its own writes",
-             recovered=replicas_usable),
-    Scenario("shard-down", f"{SHARD_DOWN} primary down (connections refused, backends terminated)",
-             lambda s: shard_allow(False), lambda s: shard_allow(True),
-             "other shards serve; the shard's batches stay claimed until it returns, then apply once",
-             refusals=f"{SHARD_DOWN}'s writes (updates, registrations hashing to it) answer 503 + Retry-After, "
-                      "and its reads that neither the cache nor a replica can serve (CP per shard)"),
-    Scenario("primary-restart", "PostgreSQL primary (default and every shard) stopped, then started",
-             lambda s: stack("stop", "primary"), lambda s: stack("start", "primary"),
-             "reads from cache and replica, views buffered; writes refused, none half-done",
-             refusals="registrations and updates answer 503 + Retry-After while no primary runs (reads are served "
-                      "by the cache and the replica, views by the buffer)"),
-    Scenario("worker-kill", "Celery worker SIGKILLed during a flush (after one shard committed)",
-             kill_worker_mid_flush, lambda s: s.worker.start(),
-             "the half-applied batch is re-claimed and applied exactly once (the ledger skips the done shard)"),
-    Scenario("beat-stop", "Celery beat stopped, then started",
-             lambda s: s.beat.stop(), lambda s: s.beat.start(),
-             "views accumulate in the buffer (reads include them) and flush when beat returns"),
-    Scenario("webhook-down", "webhook receiver down (connection refused), then back",
-             lambda s: s.receiver.stop(), lambda s: s.receiver.start(),
-             "deliveries wait behind the host's breaker and arrive once it is back; none dropped"),
+    Scenario(
+        "cache-kill",
+        "cache Redis killed (SIGKILL), restarted empty",
+        lambda s: stack("kill", "cache"),
+        lambda s: stack("start", "cache"),
+        "every endpoint answers from the databases; lost write-throughs are replayed as invalidations",
+    ),
+    Scenario(
+        "cache-hang",
+        "cache Redis hung (SIGSTOP), then SIGCONT",
+        lambda s: stack("pause", "cache"),
+        lambda s: stack("resume", "cache"),
+        "each call waits at most the 0.25 s socket timeout, then a local breaker skips the cache",
+    ),
+    Scenario(
+        "state-kill",
+        "state Redis killed (SIGKILL), restarted from its AOF",
+        lambda s: stack("kill", "state"),
+        lambda s: stack("start", "state"),
+        "views are written straight to the database while connections are refused; none lost or doubled",
+        refusals="a view whose Redis command was in flight when Redis died is answered 503 'unconfirmed' "
+        "(never acknowledged); users.register fails closed (429) while the limiter has no Redis",
+    ),
+    Scenario(
+        "replica-stop",
+        "streaming replica stopped, then started",
+        lambda s: stack("stop", "replica"),
+        lambda s: stack("start", "replica"),
+        "reads fail over to the primaries (retried once, skipped after the next probe)",
+        recovered=replicas_usable,
+    ),
+    Scenario(
+        "replica-lag",
+        "replica lagging (WAL replay paused), then resumed",
+        lambda s: replay(True),
+        lambda s: replay(False),
+        "a replica beyond MAX_REPLICA_LAG is skipped; a client always reads its own writes",
+        recovered=replicas_usable,
+    ),
+    Scenario(
+        "shard-down",
+        f"{SHARD_DOWN} primary down (connections refused, backends terminated)",
+        lambda s: shard_allow(False),
+        lambda s: shard_allow(True),
+        "other shards serve; the shard's batches stay claimed until it returns, then apply once",
+        refusals=f"{SHARD_DOWN}'s writes (updates, registrations hashing to it) answer 503 + Retry-After, "
+        "and its reads that neither the cache nor a replica can serve (CP per shard)",
+    ),
+    Scenario(
+        "primary-restart",
+        "PostgreSQL primary (default and every shard) stopped, then started",
+        lambda s: stack("stop", "primary"),
+        lambda s: stack("start", "primary"),
+        "reads from cache and replica, views buffered; writes refused, none half-done",
+        refusals="registrations and updates answer 503 + Retry-After while no primary runs (reads are served "
+        "by the cache and the replica, views by the buffer)",
+    ),
+    Scenario(
+        "worker-kill",
+        "Celery worker SIGKILLed during a flush (after one shard committed)",
+        kill_worker_mid_flush,
+        lambda s: s.worker.start(),
+        "the half-applied batch is re-claimed and applied exactly once (the ledger skips the done shard)",
+    ),
+    Scenario(
+        "beat-stop",
+        "Celery beat stopped, then started",
+        lambda s: s.beat.stop(),
+        lambda s: s.beat.start(),
+        "views accumulate in the buffer (reads include them) and flush when beat returns",
+    ),
+    Scenario(
+        "webhook-down",
+        "webhook receiver down (connection refused), then back",
+        lambda s: s.receiver.stop(),
+        lambda s: s.receiver.start(),
+        "deliveries wait behind the host's breaker and arrive once it is back; none dropped",
+    ),
 ]

@@ -20,8 +20,9 @@ LOGGING = {
 
 # High enough never to deny the load; each policy keeps its built-in fail mode (users.register and
 # auth.token fail closed: 429 while the state Redis is out).
-RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in
-                                 ("api.read", "api.write", "users.views", "users.register", "auth.token")}
+RESILIENCE_RATELIMIT_POLICIES = {
+    name: {"rate": "100000000/m"} for name in ("api.read", "api.write", "users.views", "users.register", "auth.token")
+}
 
 # Production retries a webhook after 30 s doubling to 1 h and opens a host's breaker for 10 s; here
 # seconds, so that "delivered after the receiver returns" is observed within a scenario.
@@ -30,5 +31,13 @@ WEBHOOK_BACKOFF_CAP = 4.0
 WEBHOOK_CONNECT_TIMEOUT = 1.0
 WEBHOOK_READ_TIMEOUT = 2.0
 WEBHOOK_LEASE_SECONDS = 8.0
-RESILIENCE_BREAKERS = {"webhook:*": {"open_seconds": 2.0, "consecutive_failures": 3, "minimum_calls": 3,
-                                     "window_size": 10, "half_open_max_calls": 1, "success_threshold": 1}}
+RESILIENCE_BREAKERS = {
+    "webhook:*": {
+        "open_seconds": 2.0,
+        "consecutive_failures": 3,
+        "minimum_calls": 3,
+        "window_size": 10,
+        "half_open_max_calls": 1,
+        "success_threshold": 1,
+    }
+}

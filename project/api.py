@@ -13,8 +13,12 @@ class JsonContentNegotiation(DefaultContentNegotiation):
     PLAIN = {"", "*/*", "application/json"}
 
     def select_renderer(self, request, renderers, format_suffix=None):
-        if (len(renderers) == 1 and not format_suffix and request.META.get("HTTP_ACCEPT", "") in self.PLAIN
-                and "format=" not in request.META.get("QUERY_STRING", "")):
+        if (
+            len(renderers) == 1
+            and not format_suffix
+            and request.META.get("HTTP_ACCEPT", "") in self.PLAIN
+            and "format=" not in request.META.get("QUERY_STRING", "")
+        ):
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
 

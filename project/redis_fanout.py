@@ -29,9 +29,14 @@ def evalsha_all(calls: list) -> list:
         connection = None
         try:
             connection = pool.get_connection()
-            connection.send_packed_command(connection.pack_commands(
-                [("EVALSHA", script.sha, len(keys), *keys, *args) for _c, script, keys, args in map(calls.__getitem__,
-                                                                                                    indexes)]))
+            connection.send_packed_command(
+                connection.pack_commands(
+                    [
+                        ("EVALSHA", script.sha, len(keys), *keys, *args)
+                        for _c, script, keys, args in map(calls.__getitem__, indexes)
+                    ]
+                )
+            )
         except (RedisError, OSError) as exc:
             _fail(results, indexes, exc)
             if connection is not None:

@@ -34,9 +34,13 @@ class WebhookSubscriberAdmin(admin.ModelAdmin):
     actions = ["rotate_secret"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(
-            pending_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.PENDING)),
-            dead_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.DEAD)),
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                pending_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.PENDING)),
+                dead_count=Count("deliveries", filter=Q(deliveries__status=WebhookDelivery.Status.DEAD)),
+            )
         )
 
     @admin.display(ordering="pending_count")
@@ -60,8 +64,18 @@ class WebhookSubscriberAdmin(admin.ModelAdmin):
 
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(admin.ModelAdmin):
-    list_display = ["id", "subscriber", "event", "event_id", "status", "attempts", "next_attempt_at",
-                    "last_status_code", "short_error", "delivered_at"]
+    list_display = [
+        "id",
+        "subscriber",
+        "event",
+        "event_id",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "last_status_code",
+        "short_error",
+        "delivered_at",
+    ]
     list_filter = ["status", "event", "subscriber"]
     search_fields = ["=event_id"]
     list_select_related = ["subscriber"]
@@ -79,8 +93,11 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     def retry_dead(self, request, queryset):
         ids = list(queryset.values_list("id", flat=True))
         count = services.webhook_deliveries_retry(delivery_ids=ids)
-        self.message_user(request, f"{count} dead-lettered deliveries queued again "
-                                   f"({len(ids) - count} selected were not dead).", messages.SUCCESS)
+        self.message_user(
+            request,
+            f"{count} dead-lettered deliveries queued again ({len(ids) - count} selected were not dead).",
+            messages.SUCCESS,
+        )
 
 
 # The dashboards (system overview, circuit breakers, rate limits) live under /admin/bulwark/ and are

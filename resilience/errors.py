@@ -48,23 +48,30 @@ def exception_handler(exc, context):
     from users.sharding.access import ShardFrozen, ShardUnavailable
 
     if isinstance(exc, ShardFrozen):
-        return Response(error_body("This account is being moved between shards; retry in a moment.",
-                                   "shard_moving"), status=503, headers={"Retry-After": "1"})
+        return Response(
+            error_body("This account is being moved between shards; retry in a moment.", "shard_moving"),
+            status=503,
+            headers={"Retry-After": "1"},
+        )
 
     if isinstance(exc, Conflict):
         fields = {f: [f"This {f} is already taken."] for f in exc.fields}
         return Response(error_body("Already taken.", "conflict", fields), status=409)
     if isinstance(exc, VersionMismatch):
-        return Response(error_body("The resource changed since the version you sent (If-Match).",
-                                   "precondition_failed"), status=412)
+        return Response(
+            error_body("The resource changed since the version you sent (If-Match).", "precondition_failed"), status=412
+        )
     if isinstance(exc, UserNotFound):
         return Response(error_body("Not found.", "not_found"), status=404)
     if isinstance(exc, InvalidCredentials):
         return Response(error_body("Invalid credentials.", "invalid_credentials"), status=400)
     if isinstance(exc, ShardUnavailable):
         logger.warning("%s", exc)
-        return Response(error_body("A storage shard is temporarily unavailable; retry shortly.",
-                                   "shard_unavailable"), status=503, headers={"Retry-After": "5"})
+        return Response(
+            error_body("A storage shard is temporarily unavailable; retry shortly.", "shard_unavailable"),
+            status=503,
+            headers={"Retry-After": "5"},
+        )
 
     response = drf_exception_handler(exc, context)
     if response is None:

@@ -22,9 +22,16 @@ TIMEOUT = 1.5
 
 def _check_postgres(alias: str) -> dict:
     db = settings.DATABASES[alias]
-    with psycopg.connect(host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"],
-                         password=db["PASSWORD"] or None, connect_timeout=1, autocommit=True,
-                         options="-c statement_timeout=1000") as conn:
+    with psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        connect_timeout=1,
+        autocommit=True,
+        options="-c statement_timeout=1000",
+    ) as conn:
         conn.execute("SELECT 1").fetchone()
     return {}
 
@@ -41,8 +48,11 @@ def _check_redis(url: str) -> dict:
 def _check_redis_sentinel(sentinels: list, master_name: str) -> dict:
     # REDIS_STATE_URL names the master, not a host: ask the Sentinels for it, then ping it.
     sentinel = redis.sentinel.Sentinel(
-        sentinels, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
-        sentinel_kwargs={"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry": None})  # no retries
+        sentinels,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        sentinel_kwargs={"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT, "retry": None},
+    )  # no retries
     try:
         host, port = sentinel.discover_master(master_name)
         client = redis.Redis(host=host, port=port, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
@@ -64,8 +74,14 @@ def _timed(name, kind, required, fn, *args):
         error = None
     except Exception as exc:  # any failure of a dependency is a finding, never a 500
         extra, status, error = {}, "down", f"{exc.__class__.__name__}: {str(exc).strip()[:200]}"
-    entry = {"name": name, "kind": kind, "required": required, "status": status,
-             "latency_ms": round((time.perf_counter() - started) * 1000, 2), **extra}
+    entry = {
+        "name": name,
+        "kind": kind,
+        "required": required,
+        "status": status,
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        **extra,
+    }
     if error:
         entry["error"] = error
     return entry

@@ -29,8 +29,9 @@ def _scope(request) -> str:
     user = getattr(request, "user", None)
     # Anonymous callers are scoped by their own address: behind a trusted proxy, REMOTE_ADDR would be
     # the proxy's, and every anonymous client would share one key space.
-    who = f"u{user.id}" if getattr(user, "is_authenticated", False) and hasattr(user, "id") else \
-        f"ip{client_ip(request)}"
+    who = (
+        f"u{user.id}" if getattr(user, "is_authenticated", False) and hasattr(user, "id") else f"ip{client_ip(request)}"
+    )
     return f"{who}:{request.path}"
 
 
@@ -49,19 +50,29 @@ def idempotent(*, store_body: bool = True):
             redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
             try:
                 client = get_redis_connection("state")
-                fresh = client.set(redis_key, json.dumps({"state": "pending", "hash": body_hash}), nx=True,
-                                   ex=PENDING_TTL)
+                fresh = client.set(
+                    redis_key, json.dumps({"state": "pending", "hash": body_hash}), nx=True, ex=PENDING_TTL
+                )
                 if not fresh:
                     record = json.loads(client.get(redis_key) or "{}")
                     if record.get("hash") != body_hash:
-                        return Response(error_body("This Idempotency-Key was used with a different body.",
-                                                   "idempotency_key_reused"), status=422)
+                        return Response(
+                            error_body(
+                                "This Idempotency-Key was used with a different body.", "idempotency_key_reused"
+                            ),
+                            status=422,
+                        )
                     if record.get("state") == "done" and "body" in record:
                         response = Response(record["body"], status=record["status"])
                         response["Idempotent-Replayed"] = "true"
                         return response
-                    return Response(error_body("A request with this Idempotency-Key is in progress or its "
-                                               "response cannot be replayed.", "idempotency_conflict"), status=409)
+                    return Response(
+                        error_body(
+                            "A request with this Idempotency-Key is in progress or its response cannot be replayed.",
+                            "idempotency_conflict",
+                        ),
+                        status=409,
+                    )
             except RedisError as exc:
                 logger.warning("idempotency unavailable (state Redis: %s); running without it", exc)
                 return method(self, request, *args, **kwargs)

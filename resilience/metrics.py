@@ -37,23 +37,31 @@ logger = logging.getLogger(__name__)
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
-REQUESTS = Counter("bulwark_http_requests", "HTTP requests answered, by method, status and view name.",
-                   ["method", "status", "view"])
-CACHE_EVENTS = Counter("bulwark_user_cache_events", "Users cache events (users.cache.stats): hits, misses, "
-                                                    "errors, refused_sets.", ["event"])
-RATELIMIT_DECISIONS = Counter("bulwark_ratelimit_decisions", "Rate-limit checks by policy and outcome; degraded "
-                                                             "means the state Redis was unavailable.",
-                              ["policy", "decision", "degraded"])
-BREAKER_TRANSITIONS = Counter("bulwark_circuit_breaker_transitions", "Circuit breaker state changes caused by "
-                                                                     "this process.", ["name", "to_state"])
+REQUESTS = Counter(
+    "bulwark_http_requests", "HTTP requests answered, by method, status and view name.", ["method", "status", "view"]
+)
+CACHE_EVENTS = Counter(
+    "bulwark_user_cache_events",
+    "Users cache events (users.cache.stats): hits, misses, errors, refused_sets.",
+    ["event"],
+)
+RATELIMIT_DECISIONS = Counter(
+    "bulwark_ratelimit_decisions",
+    "Rate-limit checks by policy and outcome; degraded means the state Redis was unavailable.",
+    ["policy", "decision", "degraded"],
+)
+BREAKER_TRANSITIONS = Counter(
+    "bulwark_circuit_breaker_transitions", "Circuit breaker state changes caused by this process.", ["name", "to_state"]
+)
 
 
 # --- hooks, called where things happen ---
 def count_decision(decision) -> None:
     """Count one rate-limit Decision (allowed or denied). Never raises."""
     try:
-        RATELIMIT_DECISIONS.labels(decision.policy.name, "allowed" if decision.allowed else "denied",
-                                   "true" if decision.degraded else "false").inc()
+        RATELIMIT_DECISIONS.labels(
+            decision.policy.name, "allowed" if decision.allowed else "denied", "true" if decision.degraded else "false"
+        ).inc()
     except Exception:  # metrics must never break the request they observe
         logger.exception("counting a rate-limit decision failed")
 
@@ -116,10 +124,14 @@ class StateCollector:
     """
 
     def collect(self):
-        up = GaugeMetricFamily("bulwark_metrics_source_up", "1 if the source of these gauges answered the scrape.",
-                               labels=["source"])
-        for source, gather in (("breakers", self._breakers), ("write_behind", self._write_behind),
-                               ("replicas", self._replicas)):
+        up = GaugeMetricFamily(
+            "bulwark_metrics_source_up", "1 if the source of these gauges answered the scrape.", labels=["source"]
+        )
+        for source, gather in (
+            ("breakers", self._breakers),
+            ("write_behind", self._write_behind),
+            ("replicas", self._replicas),
+        ):
             try:
                 families = list(gather())
             except Exception as exc:  # a scrape reports a down dependency, it does not fail with it
@@ -133,10 +145,14 @@ class StateCollector:
     def _breakers(self):
         from .breaker import all_breakers, get_breaker
 
-        state = GaugeMetricFamily("bulwark_circuit_breaker_state", "1 for the state each breaker is in.",
-                                  labels=["name", "state"])
-        rate = GaugeMetricFamily("bulwark_circuit_breaker_failure_rate_percent",
-                                 "Bad calls in the breaker's window, percent.", labels=["name"])
+        state = GaugeMetricFamily(
+            "bulwark_circuit_breaker_state", "1 for the state each breaker is in.", labels=["name", "state"]
+        )
+        rate = GaugeMetricFamily(
+            "bulwark_circuit_breaker_failure_rate_percent",
+            "Bad calls in the breaker's window, percent.",
+            labels=["name"],
+        )
         for name in all_breakers():
             snap = get_breaker(name).snapshot()
             for candidate in State:
@@ -150,23 +166,33 @@ class StateCollector:
         from users.writebehind import buffer
 
         stats = buffer.stats()
-        for key, help_text in (("pending_views_users", "Users with views not yet flushed."),
-                               ("pending_seen_users", "Users with last-seen stamps not yet flushed."),
-                               ("claimed_batches", "Batches claimed by a flush and not yet acknowledged.")):
+        for key, help_text in (
+            ("pending_views_users", "Users with views not yet flushed."),
+            ("pending_seen_users", "Users with last-seen stamps not yet flushed."),
+            ("claimed_batches", "Batches claimed by a flush and not yet acknowledged."),
+        ):
             yield GaugeMetricFamily(f"bulwark_writebehind_{key}", help_text, value=stats[key])
-        yield GaugeMetricFamily("bulwark_writebehind_oldest_pending_seconds", "Age of the oldest pending item.",
-                                value=stats["oldest_pending_age_s"] or 0)
+        yield GaugeMetricFamily(
+            "bulwark_writebehind_oldest_pending_seconds",
+            "Age of the oldest pending item.",
+            value=stats["oldest_pending_age_s"] or 0,
+        )
         if stats["last_flush_at"] is not None:
-            yield GaugeMetricFamily("bulwark_writebehind_last_flush_timestamp_seconds", "When the last flush ended.",
-                                    value=stats["last_flush_at"])
+            yield GaugeMetricFamily(
+                "bulwark_writebehind_last_flush_timestamp_seconds",
+                "When the last flush ended.",
+                value=stats["last_flush_at"],
+            )
 
     def _replicas(self):
         from project.db.replicas import monitor
 
-        lag = GaugeMetricFamily("bulwark_replica_lag_seconds", "Replay lag of each replica (NaN when unknown).",
-                                labels=["alias"])
-        reachable = GaugeMetricFamily("bulwark_replica_reachable", "1 if the replica answered its last probe.",
-                                      labels=["alias"])
+        lag = GaugeMetricFamily(
+            "bulwark_replica_lag_seconds", "Replay lag of each replica (NaN when unknown).", labels=["alias"]
+        )
+        reachable = GaugeMetricFamily(
+            "bulwark_replica_reachable", "1 if the replica answered its last probe.", labels=["alias"]
+        )
         for state in monitor.states():
             lag.add_metric([state.alias], math.nan if math.isinf(state.lag) else state.lag)
             reachable.add_metric([state.alias], 1 if state.reachable else 0)
@@ -229,8 +255,9 @@ def allowed(request) -> bool:
 def metrics_view(request):
     """The Prometheus text exposition; 403 for a client that is not allowed."""
     if not allowed(request):
-        return JsonResponse({"detail": "Metrics are for staff, a bearer token or allowed addresses.",
-                             "code": "forbidden"}, status=403)
+        return JsonResponse(
+            {"detail": "Metrics are for staff, a bearer token or allowed addresses.", "code": "forbidden"}, status=403
+        )
     count_cache_events()
     response = HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"

@@ -18,8 +18,10 @@ class WebhookSubscriber(models.Model):
     # Stored in clear: signing needs it. Shown to staff once so they can give it to the receiver.
     secret = models.CharField(max_length=100, default=new_secret)
     events = models.JSONField(default=list, help_text=f"Any of: {', '.join(EVENTS)}")
-    active = models.BooleanField(default=True, help_text="Inactive subscribers keep their pending deliveries "
-                                                         "waiting until they are active again.")
+    active = models.BooleanField(
+        default=True,
+        help_text="Inactive subscribers keep their pending deliveries waiting until they are active again.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -67,8 +69,9 @@ class WebhookDelivery(models.Model):
         ]
         indexes = [
             # The claim query: due pending deliveries, oldest first.
-            models.Index(fields=["next_attempt_at", "id"], name="webhookdelivery_due",
-                         condition=models.Q(status="pending")),
+            models.Index(
+                fields=["next_attempt_at", "id"], name="webhookdelivery_due", condition=models.Q(status="pending")
+            ),
             models.Index(fields=["status", "delivered_at"], name="webhookdelivery_status"),
         ]
 

@@ -31,8 +31,12 @@ class Outage:
             self._until = time.monotonic() + backoff
             first, self.down = not self.down, True
         if first:
-            logger.warning("%s: state Redis unavailable (%s: %s); degraded until it answers again",
-                           self._what, exc.__class__.__name__, exc)
+            logger.warning(
+                "%s: state Redis unavailable (%s: %s); degraded until it answers again",
+                self._what,
+                exc.__class__.__name__,
+                exc,
+            )
 
     def recovered(self) -> None:
         if self.down:

@@ -15,9 +15,16 @@ from users.sharding.shardmap import initial_ranges, shard_map
 from .stack import stack
 
 SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_frozenlogicalshard", "users_user"]
-DEFAULT_TABLES = ["users_uniqueclaim", "django_admin_log", "django_session", "auth_user_groups",
-                  "auth_user_user_permissions", "auth_user",
-                  "resilience_webhookdelivery", "resilience_webhooksubscriber"]
+DEFAULT_TABLES = [
+    "users_uniqueclaim",
+    "django_admin_log",
+    "django_session",
+    "auth_user_groups",
+    "auth_user_user_permissions",
+    "auth_user",
+    "resilience_webhookdelivery",
+    "resilience_webhooksubscriber",
+]
 
 
 @pytest.fixture(scope="session")
@@ -34,8 +41,12 @@ def truncate_everything():
         cursor.execute("TRUNCATE users_shardmove, users_shardmapentry")
     # Resharding tests move logical shards: every test starts from the initial map.
     ShardMapEntry.objects.using("default").bulk_create(
-        [ShardMapEntry(logical_shard=ls, group=group) for start, end, group in initial_ranges()
-         for ls in range(start, end + 1)])
+        [
+            ShardMapEntry(logical_shard=ls, group=group)
+            for start, end, group in initial_ranges()
+            for ls in range(start, end + 1)
+        ]
+    )
     shard_map.invalidate()
     for group in settings.SHARD_GROUPS:
         with connections[group].cursor() as cursor:

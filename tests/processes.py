@@ -23,10 +23,25 @@ def _env(extra: dict) -> dict:
 def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Path | None = None):
     """Run a real Celery worker (prefork) on the test broker; stop it afterwards."""
     log = open(log_path or os.devnull, "w")  # noqa: SIM115
-    proc = subprocess.Popen([CELERY, "-A", "project", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
-                             "-Q", "bulwark,webhooks", "--without-gossip", "--without-mingle"],
-                            cwd=ROOT, env=_env(env or {}), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            CELERY,
+            "-A",
+            "project",
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            "-Q",
+            "bulwark,webhooks",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        cwd=ROOT,
+        env=_env(env or {}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -36,10 +51,14 @@ def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Pa
 
 @contextmanager
 def celery_beat(*, schedule_path: Path, env: dict | None = None):
-    proc = subprocess.Popen([CELERY, "-A", "project", "beat", "--loglevel=INFO", f"--schedule={schedule_path}",
-                             "--max-interval=1"],
-                            cwd=ROOT, env=_env(env or {}), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [CELERY, "-A", "project", "beat", "--loglevel=INFO", f"--schedule={schedule_path}", "--max-interval=1"],
+        cwd=ROOT,
+        env=_env(env or {}),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:

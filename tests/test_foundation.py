@@ -50,8 +50,16 @@ def test_ready_is_200_when_everything_answers(client):
     assert response.status_code == 200, body
     assert body["status"] == "ok"
     names = {c["name"] for c in body["checks"]}
-    assert {"default", "default_r0", "shard_0", "shard_0_r0", "shard_1", "shard_1_r0",
-            "redis-cache", "redis-state"} <= names
+    assert {
+        "default",
+        "default_r0",
+        "shard_0",
+        "shard_0_r0",
+        "shard_1",
+        "shard_1_r0",
+        "redis-cache",
+        "redis-state",
+    } <= names
     assert all(c["status"] == "up" and c["latency_ms"] >= 0 for c in body["checks"])
 
 
@@ -89,25 +97,51 @@ def test_ready_is_503_naming_every_primary_when_postgres_is_stopped(client, rest
 def test_production_settings_refuse_to_start_without_a_secret_key():
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
     env["DJANGO_SETTINGS_MODULE"] = "project.settings.production"
-    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
 def test_production_settings_refuse_debug():
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production", DJANGO_DEBUG="true",
-               DJANGO_SECRET_KEY="x" * 60)
-    result = subprocess.run([sys.executable, "-c", "import django; django.setup()"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.production",
+        DJANGO_DEBUG="true",
+        DJANGO_SECRET_KEY="x" * 60,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0
     assert "DJANGO_DEBUG must be off" in result.stderr
 
 
 def test_check_deploy_is_clean_under_production_settings():
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production", DJANGO_ALLOWED_HOSTS="api.example.com",
-               DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7)  # long and varied enough for security.W009
-    result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"], cwd=ROOT,
-                            env=env, capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.production",
+        DJANGO_ALLOWED_HOSTS="api.example.com",
+        DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7,
+    )  # long and varied enough for security.W009
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "no issues" in result.stdout

@@ -27,13 +27,32 @@ def free_port() -> int:
 def live_server_url():
     port = free_port()
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test")
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("granian")), "--interface", "wsgi", "--host",
-                             "127.0.0.1", "--port", str(port), "--workers", "1", "--log-level", "error",
-                             "project.wsgi:application"], cwd=ROOT, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("granian")),
+            "--interface",
+            "wsgi",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--log-level",
+            "error",
+            "project.wsgi:application",
+        ],
+        cwd=ROOT,
+        env=env,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: urllib.request.urlopen(f"{url}/health/live", timeout=2).status == 200,  # noqa: S310
-                 timeout=60, message="the server")
+        wait_for(
+            lambda: urllib.request.urlopen(f"{url}/health/live", timeout=2).status == 200,  # noqa: S310
+            timeout=60,
+            message="the server",
+        )
         yield url
     finally:
         proc.terminate()
@@ -42,17 +61,39 @@ def live_server_url():
 
 def register(url, username, password):
     body = json.dumps({"username": username, "email": f"{username}@example.com", "password": password}).encode()
-    request = urllib.request.Request(f"{url}/api/v1/users/", data=body,  # noqa: S310
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(  # noqa: S310
+        f"{url}/api/v1/users/",
+        data=body,  # noqa: S310
+        headers={"Content-Type": "application/json"},
+    )
     assert urllib.request.urlopen(request, timeout=10).status == 201  # noqa: S310
 
 
 def schemathesis(url, *extra):
     env = dict(os.environ, LOGIN_USERNAME="fuzzer", LOGIN_PASSWORD="Fuzz-Pass-2026!", NO_COLOR="1")
-    result = subprocess.run([ST, "run", f"{url}/api/schema/", "--checks", "all", "--exclude-checks",
-                             "positive_data_acceptance", "--max-examples", "25", "--workers", "1",
-                             "--seed", "20261128", *extra],
-                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            ST,
+            "run",
+            f"{url}/api/schema/",
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+            "--max-examples",
+            "25",
+            "--workers",
+            "1",
+            "--seed",
+            "20261128",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return result.returncode, result.stdout + result.stderr
 
 

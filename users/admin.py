@@ -51,8 +51,12 @@ def shard_page(group: str, page: int) -> tuple[list[dict], bool]:
     """One page of the users of `group` ordered by id, from a usable replica (or the primary), and
     whether there is a next page. Raise ShardUnavailable when the shard cannot be read."""
     start = (page - 1) * PER_PAGE
-    rows = read_on(group, lambda alias: list(
-        User.objects.using(alias).order_by("id").values(*selectors.FIELDS)[start:start + PER_PAGE + 1]))
+    rows = read_on(
+        group,
+        lambda alias: list(
+            User.objects.using(alias).order_by("id").values(*selectors.FIELDS)[start : start + PER_PAGE + 1]
+        ),
+    )
     return [selectors.as_row(r) for r in rows[:PER_PAGE]], len(rows) > PER_PAGE
 
 
@@ -105,9 +109,22 @@ class ShardedUserAdmin(admin.ModelAdmin):
             rows, has_next = shard_page(group, page)
         except ShardUnavailable as exc:
             error = f"unavailable: {exc}"
-        return TemplateResponse(request, "bulwark/users_list.html", self._context(
-            request, "Sharded users", query=query, results=results, shard=group, shards=settings.SHARD_GROUPS,
-            rows=rows, page=page, has_next=has_next, error=error))
+        return TemplateResponse(
+            request,
+            "bulwark/users_list.html",
+            self._context(
+                request,
+                "Sharded users",
+                query=query,
+                results=results,
+                shard=group,
+                shards=settings.SHARD_GROUPS,
+                rows=rows,
+                page=page,
+                has_next=has_next,
+                error=error,
+            ),
+        )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         user_id = selectors.user_id_from_path(object_id)
@@ -135,8 +152,7 @@ class ShardedUserAdmin(admin.ModelAdmin):
                     messages.info(request, "Nothing changed.")
                     return redirect(request.path)
                 try:
-                    row = services.user_update(user_id=user_id, changes=changes,
-                                               if_match=form.cleaned_data["version"])
+                    row = services.user_update(user_id=user_id, changes=changes, if_match=form.cleaned_data["version"])
                 except services.Conflict:
                     form.add_error("email", "This email is already taken by another user.")
                 except services.VersionMismatch:
@@ -147,12 +163,25 @@ class ShardedUserAdmin(admin.ModelAdmin):
                     form.add_error(None, f"Not saved: unavailable: {exc}")
                 else:
                     LogEntry.objects.create(
-                        user_id=request.user.pk, content_type=ContentType.objects.get_for_model(User),
-                        object_id=str(user_id), object_repr=f"{row['username']} ({user_id})"[:200],
-                        action_flag=CHANGE, change_message=f"Changed {', '.join(changed)}.")
+                        user_id=request.user.pk,
+                        content_type=ContentType.objects.get_for_model(User),
+                        object_id=str(user_id),
+                        object_repr=f"{row['username']} ({user_id})"[:200],
+                        action_flag=CHANGE,
+                        change_message=f"Changed {', '.join(changed)}.",
+                    )
                     messages.success(request, f"User {row['username']}: saved ({', '.join(changed)}).")
                     return redirect(request.path)
-        return TemplateResponse(request, "bulwark/users_change.html", self._context(
-            request, f"User {row['username']}", row=row, form=form, can_change=can_change,
-            group=group_for_user_id(user_id),
-            logical_shard=logical_shard_of_id(user_id)))
+        return TemplateResponse(
+            request,
+            "bulwark/users_change.html",
+            self._context(
+                request,
+                f"User {row['username']}",
+                row=row,
+                form=form,
+                can_change=can_change,
+                group=group_for_user_id(user_id),
+                logical_shard=logical_shard_of_id(user_id),
+            ),
+        )

@@ -3,7 +3,6 @@
 Ids are 64-bit and are rendered as strings (JavaScript numbers lose precision above 2**53).
 """
 
-
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
@@ -39,13 +38,24 @@ class StrictSerializer(serializers.Serializer):
 
 
 def public_profile(row: dict, *, pending_views: int = 0) -> dict:
-    return {"id": str(row["id"]), "username": row["username"], "display_name": row["display_name"],
-            "bio": row["bio"], "created_at": row["created_at"], "view_count": row["view_count"] + pending_views}
+    return {
+        "id": str(row["id"]),
+        "username": row["username"],
+        "display_name": row["display_name"],
+        "bio": row["bio"],
+        "created_at": row["created_at"],
+        "view_count": row["view_count"] + pending_views,
+    }
 
 
 def private_profile(row: dict) -> dict:
-    return {**public_profile(row), "email": row["email"], "version": row["version"],
-            "updated_at": row["updated_at"], "last_seen_at": row["last_seen_at"]}
+    return {
+        **public_profile(row),
+        "email": row["email"],
+        "version": row["version"],
+        "updated_at": row["updated_at"],
+        "last_seen_at": row["last_seen_at"],
+    }
 
 
 def _version_etag(row: dict) -> str:
@@ -68,8 +78,14 @@ class PrivateProfile(PublicProfile):
     last_seen_at = serializers.DateTimeField(allow_null=True)
 
 
-ErrorBody = inline_serializer("Error", {"detail": serializers.CharField(), "code": serializers.CharField(),
-                                        "fields": serializers.DictField(required=False)})
+ErrorBody = inline_serializer(
+    "Error",
+    {
+        "detail": serializers.CharField(),
+        "code": serializers.CharField(),
+        "fields": serializers.DictField(required=False),
+    },
+)
 
 
 def _check_password(password: str, *, username: str = "", email: str = "") -> None:
@@ -99,8 +115,11 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         limit = serializers.IntegerField(min_value=1, required=False, default=50)
         cursor = serializers.RegexField(r"^\d{1,19}\Z", required=False)
 
-    @extend_schema(request=RegisterInput, responses={201: PrivateProfile, 400: ErrorBody, 409: ErrorBody},
-                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
+    @extend_schema(
+        request=RegisterInput,
+        responses={201: PrivateProfile, 400: ErrorBody, 409: ErrorBody},
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
     @idempotent()
     def post(self, request):
         data = self.RegisterInput(data=request.data)
@@ -110,8 +129,16 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         row = services.user_create(**values)
         return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": _version_etag(row)})
 
-    @extend_schema(operation_id="users_list", parameters=[ListInput], responses={200: inline_serializer("UserList", {
-        "results": PublicProfile(many=True), "next": serializers.CharField(allow_null=True)}), 403: ErrorBody})
+    @extend_schema(
+        operation_id="users_list",
+        parameters=[ListInput],
+        responses={
+            200: inline_serializer(
+                "UserList", {"results": PublicProfile(many=True), "next": serializers.CharField(allow_null=True)}
+            ),
+            403: ErrorBody,
+        },
+    )
     def get(self, request):
         params = self.ListInput(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -180,20 +207,31 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     def rate_limit_companions(self, request):
         return _row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
 
-    @extend_schema(request=None, responses={202: inline_serializer("Accepted", {"status": serializers.CharField()}),
-                                            404: ErrorBody, 503: ErrorBody},
-                   parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)])
+    @extend_schema(
+        request=None,
+        responses={
+            202: inline_serializer("Accepted", {"status": serializers.CharField()}),
+            404: ErrorBody,
+            503: ErrorBody,
+        },
+        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+    )
     @idempotent()
     def post(self, request, user_id: str):
         row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         try:
             how = buffer.views_add(user_id=row["id"])
         except buffer.BufferFull:
-            raise ApiError(503, "Too many pending views; retry shortly.", "backpressure",
-                           headers={"Retry-After": "2"}) from None
+            raise ApiError(
+                503, "Too many pending views; retry shortly.", "backpressure", headers={"Retry-After": "2"}
+            ) from None
         except buffer.BufferUncertain:
-            raise ApiError(503, "The view could not be confirmed; retry with the same Idempotency-Key.",
-                           "unconfirmed", headers={"Retry-After": "1"}) from None
+            raise ApiError(
+                503,
+                "The view could not be confirmed; retry with the same Idempotency-Key.",
+                "unconfirmed",
+                headers={"Retry-After": "1"},
+            ) from None
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
 
 
@@ -205,8 +243,7 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         bio = serializers.CharField(max_length=1000, required=False, allow_blank=True)
         email = serializers.EmailField(max_length=254, required=False)
         password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
-        current_password = serializers.CharField(max_length=128, required=False, write_only=True,
-                                                 trim_whitespace=False)
+        current_password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
 
         def validate(self, attrs):
             if "password" in attrs and "current_password" not in attrs:
@@ -229,9 +266,11 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         row = self._me(request, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         return Response(private_profile(row), headers={"ETag": _version_etag(row)})
 
-    @extend_schema(request=PatchInput, responses={200: PrivateProfile, 400: ErrorBody, 409: ErrorBody,
-                                                  412: ErrorBody},
-                   parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)])
+    @extend_schema(
+        request=PatchInput,
+        responses={200: PrivateProfile, 400: ErrorBody, 409: ErrorBody, 412: ErrorBody},
+        parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)],
+    )
     def patch(self, request):
         data = self.PatchInput(data=request.data)
         data.is_valid(raise_exception=True)
@@ -242,8 +281,9 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         if "password" in changes:
             _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
         try:
-            row = services.user_update(user_id=request.user.id, changes=changes, if_match=if_match,
-                                       current_password=current_password)
+            row = services.user_update(
+                user_id=request.user.id, changes=changes, if_match=if_match, current_password=current_password
+            )
         except services.InvalidCredentials:
             raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
         return Response(private_profile(row), headers={"ETag": _version_etag(row)})
@@ -271,8 +311,13 @@ class TokenApi(RateLimitedApiMixin, APIView):
         username = serializers.CharField(max_length=150)
         password = serializers.CharField(max_length=128, trim_whitespace=False)
 
-    @extend_schema(request=TokenInput, responses={200: inline_serializer("Token", {
-        "token": serializers.CharField(), "user_id": serializers.CharField()}), 401: ErrorBody})
+    @extend_schema(
+        request=TokenInput,
+        responses={
+            200: inline_serializer("Token", {"token": serializers.CharField(), "user_id": serializers.CharField()}),
+            401: ErrorBody,
+        },
+    )
     @idempotent(store_body=False)  # never store a token in plaintext
     def post(self, request):
         data = self.TokenInput(data=request.data)

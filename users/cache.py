@@ -149,13 +149,15 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
     """
     try:
         if probed is None:
-            hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)],
-                                                               args=[LEASE_MS, secrets.token_hex(8)]))
+            hit, value = _call(
+                lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
+            )
         else:
             hit, value = _settle(probed)
             if not hit:  # the probe only peeked: take the lease (or learn who holds it) now
-                hit, value = _call(lambda: _script("get_or_lease")(keys=[key, _lease_key(key)],
-                                                                   args=[LEASE_MS, secrets.token_hex(8)]))
+                hit, value = _call(
+                    lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
+                )
     except CacheUnavailable:
         return loader()
     if hit:
@@ -186,8 +188,11 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
 
 def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False) -> bool:
     try:
-        stored = _call(lambda: _script("set_if_newer")(
-            keys=[key, _lease_key(key) if lease else ""], args=[version, payload, _ttl(ttl)]))
+        stored = _call(
+            lambda: _script("set_if_newer")(
+                keys=[key, _lease_key(key) if lease else ""], args=[version, payload, _ttl(ttl)]
+            )
+        )
     except CacheUnavailable:
         return False
     if not stored:
@@ -241,10 +246,13 @@ def invalidate_many(entries: list[tuple[str, int]], *, chunk: int = 1000) -> Non
     version floor, so the next reader reloads and no reader holding an older row can store it.
     One script call per `chunk` keys; if the cache cannot take it the keys are queued for deletion."""
     for start in range(0, len(entries), chunk):
-        part = entries[start:start + chunk]
+        part = entries[start : start + chunk]
         try:
-            _call(lambda part=part: _script("floor_many")(keys=[k for k, _ in part],
-                                                          args=[FLOOR_TTL, *[v for _, v in part]]))
+            _call(
+                lambda part=part: _script("floor_many")(
+                    keys=[k for k, _ in part], args=[FLOOR_TTL, *[v for _, v in part]]
+                )
+            )
         except CacheUnavailable:
             for key, _version in part:
                 queue_invalidation(key)

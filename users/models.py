@@ -141,7 +141,14 @@ class ShardMove(models.Model):
     idempotent and recorded, so a killed move is resumed or rolled back by `manage.py reshard`."""
 
     PLANNED, COPIED, FENCED, VERIFIED, SWITCHED, DONE, ROLLED_BACK = (
-        "planned", "copied", "fenced", "verified", "switched", "done", "rolled_back")
+        "planned",
+        "copied",
+        "fenced",
+        "verified",
+        "switched",
+        "done",
+        "rolled_back",
+    )
     STATES = [PLANNED, COPIED, FENCED, VERIFIED, SWITCHED, DONE, ROLLED_BACK]
 
     logical_shards = models.JSONField()

@@ -21,8 +21,19 @@ from .sharding.access import group_for_user_id, group_for_username, read_on
 from .sharding.hashing import normalize
 from .sharding.ids import logical_shard_of_id, parse_id
 
-FIELDS = ("id", "username", "email", "display_name", "bio", "created_at", "updated_at", "version", "rev",
-          "last_seen_at", "view_count")
+FIELDS = (
+    "id",
+    "username",
+    "email",
+    "display_name",
+    "bio",
+    "created_at",
+    "updated_at",
+    "version",
+    "rev",
+    "last_seen_at",
+    "view_count",
+)
 
 
 def as_row(values: dict | None) -> dict | None:
@@ -46,8 +57,12 @@ def _read_confirming_absence(group: str, fetch):
 def _row_by_id(user_id: int) -> dict | None:
     if logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
         return None  # no shard can hold it
-    return as_row(_read_confirming_absence(
-        group_for_user_id(user_id), lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first()))
+    return as_row(
+        _read_confirming_absence(
+            group_for_user_id(user_id),
+            lambda alias: User.objects.using(alias).filter(id=user_id).values(*FIELDS).first(),
+        )
+    )
 
 
 def user_cache_probe(*, user_id: int) -> tuple | None:
@@ -67,8 +82,9 @@ def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
         if row is not None:
             cache.write_through(cache.user_key(user_id), row, version=row["rev"])
         return row
-    return cache.get_or_load(cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"],
-                             probed=probed)
+    return cache.get_or_load(
+        cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"], probed=probed
+    )
 
 
 def user_get_by_username(*, username: str) -> dict | None:
@@ -76,9 +92,10 @@ def user_get_by_username(*, username: str) -> dict | None:
     key = normalize(username)
 
     def load_id():
-        row = _read_confirming_absence(group_for_username(key),
-                                       lambda alias: User.objects.using(alias).alias(u=Lower("username"))
-                                       .filter(u=key).values(*FIELDS).first())
+        row = _read_confirming_absence(
+            group_for_username(key),
+            lambda alias: User.objects.using(alias).alias(u=Lower("username")).filter(u=key).values(*FIELDS).first(),
+        )
         if row is None:
             return None
         row = as_row(row)
@@ -96,8 +113,12 @@ def user_get_by_username(*, username: str) -> dict | None:
 
 
 def user_get_by_email(*, email: str) -> dict | None:
-    claim = (UniqueClaim.objects.using("default").filter(kind=UniqueClaim.EMAIL, value=normalize(email))
-             .values_list("user_id", flat=True).first())
+    claim = (
+        UniqueClaim.objects.using("default")
+        .filter(kind=UniqueClaim.EMAIL, value=normalize(email))
+        .values_list("user_id", flat=True)
+        .first()
+    )
     if claim is None:
         return None
     row = user_get_by_id(user_id=claim)
@@ -112,18 +133,22 @@ def user_get_credentials(*, username: str) -> tuple[int, str] | None:
 
     key = normalize(username)
     with use_primary():
-        return read_on(group_for_username(key),
-                       lambda alias: User.objects.using(alias).alias(u=Lower("username")).filter(u=key)
-                       .values_list("id", "password").first())
+        return read_on(
+            group_for_username(key),
+            lambda alias: (
+                User.objects.using(alias).alias(u=Lower("username")).filter(u=key).values_list("id", "password").first()
+            ),
+        )
 
 
 def user_password_hash(*, user_id: int) -> str | None:
     from project.db.pinning import use_primary
 
     with use_primary():
-        return read_on(group_for_user_id(user_id),
-                       lambda alias: User.objects.using(alias).filter(id=user_id).values_list("password", flat=True)
-                       .first())
+        return read_on(
+            group_for_user_id(user_id),
+            lambda alias: User.objects.using(alias).filter(id=user_id).values_list("password", flat=True).first(),
+        )
 
 
 def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]:
@@ -133,8 +158,14 @@ def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]
     """
     pages = []
     for group in settings.SHARD_GROUPS:
-        pages.append(read_on(group, lambda alias: list(
-            User.objects.using(alias).filter(id__gt=after_id).order_by("id").values(*FIELDS)[:limit])))
+        pages.append(
+            read_on(
+                group,
+                lambda alias: list(
+                    User.objects.using(alias).filter(id__gt=after_id).order_by("id").values(*FIELDS)[:limit]
+                ),
+            )
+        )
     rows = [as_row(r) for r in heapq.merge(*pages, key=lambda r: r["id"])][:limit]
     next_id = rows[-1]["id"] if len(rows) == limit else None
     return rows, next_id

@@ -66,10 +66,13 @@ def _claims_take(claims: list[tuple[str, str]], *, user_id: int) -> None:
     """Take every (kind, value) claim for `user_id` atomically, or raise Conflict."""
     for attempt in range(2):
         try:
+
             def insert(alias):
                 with transaction.atomic(using=alias):
                     UniqueClaim.objects.using(alias).bulk_create(
-                        [UniqueClaim(kind=kind, value=value, user_id=user_id) for kind, value in claims])
+                        [UniqueClaim(kind=kind, value=value, user_id=user_id) for kind, value in claims]
+                    )
+
             write_on("default", insert)
             return
         except IntegrityError:
@@ -93,8 +96,10 @@ def _claims_release(*, user_id: int, kind: str | None = None, value: str | None 
 
 
 def _claims_confirm(*, user_id: int) -> None:
-    write_on("default", lambda alias: UniqueClaim.objects.using(alias).filter(user_id=user_id, confirmed=False)
-             .update(confirmed=True))
+    write_on(
+        "default",
+        lambda alias: UniqueClaim.objects.using(alias).filter(user_id=user_id, confirmed=False).update(confirmed=True),
+    )
 
 
 def _cache_row(row: dict) -> None:
@@ -120,13 +125,23 @@ def user_create(*, username: str, email: str, password: str, display_name: str =
     user_id = write_on(group, next_id)
     _claims_take([(UniqueClaim.USERNAME, username_n), (UniqueClaim.EMAIL, email_n)], user_id=user_id)
     now = timezone.now()
-    user = User(id=user_id, logical_shard=logical, username=username.strip(), email=email.strip(),
-                password=make_password(password), display_name=display_name, created_at=now, updated_at=now)
+    user = User(
+        id=user_id,
+        logical_shard=logical,
+        username=username.strip(),
+        email=email.strip(),
+        password=make_password(password),
+        display_name=display_name,
+        created_at=now,
+        updated_at=now,
+    )
     try:
+
         def insert(alias):
             with transaction.atomic(using=alias):
                 user.save(using=alias, force_insert=True)
                 outbox_record(alias=alias, event="user.created", user_id=user_id, data=_public(user))
+
         write_on(group, insert)
     except BaseException:
         _claims_release(user_id=user_id)  # compensate; if this fails too the claims are stale and repaired later
@@ -143,8 +158,9 @@ def _public(user: User) -> dict:
     return {"id": user.id, "username": user.username, "display_name": user.display_name}
 
 
-def user_update(*, user_id: int, changes: dict, if_match: int | None = None,
-                current_password: str | None = None) -> dict:
+def user_update(
+    *, user_id: int, changes: dict, if_match: int | None = None, current_password: str | None = None
+) -> dict:
     """Apply profile changes (display_name, bio, email, password). Raise UserNotFound, VersionMismatch,
     InvalidCredentials (password change with a wrong current password), Conflict (email taken)."""
     group = group_for_user_id(user_id)
@@ -180,8 +196,9 @@ def user_update(*, user_id: int, changes: dict, if_match: int | None = None,
             user.version += 1
             user.rev += 1
             user.updated_at = timezone.now()
-            user.save(using=alias, update_fields=["password", "display_name", "bio", "email", "version", "rev",
-                                                  "updated_at"])
+            user.save(
+                using=alias, update_fields=["password", "display_name", "bio", "email", "version", "rev", "updated_at"]
+            )
             outbox_record(alias=alias, event="user.updated", user_id=user_id, data=_public(user))
             return user
 
@@ -224,10 +241,13 @@ def user_delete(*, user_id: int) -> None:
 def user_record_views_direct(*, user_id: int, count: int = 1) -> bool:
     """Add views straight to the database (the write-behind fallback). Return False if no such user."""
     group = group_for_user_id(user_id)
+
     def add(alias):
         with connections[alias].cursor() as cursor:
-            cursor.execute("UPDATE users_user SET view_count = view_count + %s, rev = rev + 1 WHERE id = %s "
-                           "RETURNING rev", [count, user_id])
+            cursor.execute(
+                "UPDATE users_user SET view_count = view_count + %s, rev = rev + 1 WHERE id = %s RETURNING rev",
+                [count, user_id],
+            )
             return cursor.fetchone()
 
     updated = write_on(group, add)
@@ -249,8 +269,9 @@ def token_create(*, username: str, password: str) -> tuple[str, int]:
         raise InvalidCredentials
     token = token_generate(user_id)
     digest = token_digest(token)
-    write_on(group_for_user_id(user_id),
-             lambda alias: Token.objects.using(alias).create(digest=digest, user_id=user_id))
+    write_on(
+        group_for_user_id(user_id), lambda alias: Token.objects.using(alias).create(digest=digest, user_id=user_id)
+    )
     return token, user_id
 
 
@@ -263,8 +284,7 @@ def token_authenticate(*, token: str) -> int | None:
 
     def load():
         with use_primary():  # a token must work at once after issue and fail at once after revocation
-            exists = (Token.objects.using(group_for_user_id(user_id)).filter(digest=digest, user_id=user_id)
-                      .exists())
+            exists = Token.objects.using(group_for_user_id(user_id)).filter(digest=digest, user_id=user_id).exists()
         return user_id if exists else None
 
     return cache.get_or_load(cache.token_key(digest), load, version_of=lambda _: 1)
@@ -275,7 +295,8 @@ def token_revoke(*, token: str) -> None:
     if user_id is None:
         return
     digest = token_digest(token)
-    write_on(group_for_user_id(user_id),
-             lambda alias: Token.objects.using(alias).filter(digest=digest, user_id=user_id).delete())
+    write_on(
+        group_for_user_id(user_id),
+        lambda alias: Token.objects.using(alias).filter(digest=digest, user_id=user_id).delete(),
+    )
     cache.tombstone(cache.token_key(digest))
-

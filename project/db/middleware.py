@@ -36,6 +36,7 @@ class ReadYourWritesMiddleware:
         if pinning.wrote():
             until = pinning.pinned_until()
             response[HEADER] = f"{until:.3f}"
-            response.set_cookie(COOKIE, f"{until:.3f}", max_age=int(settings.READ_YOUR_WRITES_WINDOW) + 1,
-                                httponly=True, samesite="Lax")
+            response.set_cookie(
+                COOKIE, f"{until:.3f}", max_age=int(settings.READ_YOUR_WRITES_WINDOW) + 1, httponly=True, samesite="Lax"
+            )
         return response

@@ -130,8 +130,13 @@ class ReplicaMonitor:
             if conn is None or conn.closed:
                 db = settings.DATABASES[alias]
                 conn = psycopg.connect(
-                    host=db["HOST"], port=db["PORT"], dbname=db["NAME"], user=db["USER"],
-                    password=db["PASSWORD"] or None, connect_timeout=1, autocommit=True,
+                    host=db["HOST"],
+                    port=db["PORT"],
+                    dbname=db["NAME"],
+                    user=db["USER"],
+                    password=db["PASSWORD"] or None,
+                    connect_timeout=1,
+                    autocommit=True,
                     options="-c statement_timeout=1000",
                 )
                 self._conns[server] = conn

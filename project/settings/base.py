@@ -149,8 +149,11 @@ CELERY_BEAT_SCHEDULE = {
         "options": {"expires": WRITE_BEHIND_INTERVAL * 5},
     },
     "writebehind-prune-ledger": {"task": "users.writebehind_prune_ledger", "schedule": 3600.0},
-    "cache-replay-invalidations": {"task": "users.cache_replay_invalidations", "schedule": 5.0,
-                                   "options": {"expires": 25}},
+    "cache-replay-invalidations": {
+        "task": "users.cache_replay_invalidations",
+        "schedule": 5.0,
+        "options": {"expires": 25},
+    },
     "webhooks-dispatch": {"task": "resilience.webhooks_dispatch", "schedule": 1.0, "options": {"expires": 5}},
     "webhooks-deliver": {"task": "resilience.webhooks_deliver", "schedule": 1.0, "options": {"expires": 5}},
     "webhooks-prune": {"task": "resilience.webhooks_prune", "schedule": 3600.0},

@@ -6,5 +6,6 @@ ROOT_URLCONF = "bench.urls"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "ERROR"}}
 # The limiter runs on every request (its cost is measured); the limits are high enough never to deny.
-RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in
-                                 ("api.read", "api.write", "users.views", "users.register", "auth.token")}
+RESILIENCE_RATELIMIT_POLICIES = {
+    name: {"rate": "100000000/m"} for name in ("api.read", "api.write", "users.views", "users.register", "auth.token")
+}

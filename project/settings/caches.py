@@ -62,7 +62,6 @@ def build_caches(*, redis_db: int):
         caches["state"]["OPTIONS"].update(
             CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
             SENTINELS=sentinels,
-            SENTINEL_KWARGS={"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout,
-                             "retry": None},
+            SENTINEL_KWARGS={"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout, "retry": None},
         )
     return caches, cache_url, state_url

@@ -11,8 +11,16 @@ from django.core.exceptions import ImproperlyConfigured
 
 # libpq parameters passed through from the query string into OPTIONS.
 _PASSTHROUGH = {
-    "sslmode", "sslrootcert", "sslcert", "sslkey", "target_session_attrs", "application_name",
-    "connect_timeout", "options", "keepalives", "keepalives_idle",
+    "sslmode",
+    "sslrootcert",
+    "sslcert",
+    "sslkey",
+    "target_session_attrs",
+    "application_name",
+    "connect_timeout",
+    "options",
+    "keepalives",
+    "keepalives_idle",
 }
 
 

@@ -43,8 +43,15 @@ def _emit(transition: Transition | None) -> None:
     if transition is None:
         return
     level = logging.WARNING if transition.to_state in (State.OPEN, State.FORCED_OPEN) else logging.INFO
-    logger.log(level, "circuit %s: %s -> %s (%s)%s", transition.name, transition.from_state,
-               transition.to_state, transition.reason, " [local]" if transition.degraded else "")
+    logger.log(
+        level,
+        "circuit %s: %s -> %s (%s)%s",
+        transition.name,
+        transition.from_state,
+        transition.to_state,
+        transition.reason,
+        " [local]" if transition.degraded else "",
+    )
     for listener in list(listeners):
         try:
             listener(transition)
@@ -66,8 +73,7 @@ class Permit:
 
     __slots__ = ("_breaker", "_storage", "_epoch", "_id", "_done", "state")
 
-    def __init__(self, breaker: "CircuitBreaker", storage: Storage, epoch: int, permit_id: str,
-                 state: State) -> None:
+    def __init__(self, breaker: "CircuitBreaker", storage: Storage, epoch: int, permit_id: str, state: State) -> None:
         self._breaker, self._storage, self._epoch, self._id = breaker, storage, epoch, permit_id
         self._done = False
         self.state = state
@@ -80,8 +86,9 @@ class Permit:
     def failure(self, exc: BaseException | None = None, duration: float | None = None) -> None:
         """Report a failed call; an excluded exception (or a BaseException that is not an Exception,
         such as KeyboardInterrupt) releases the permit without counting."""
-        if exc is not None and (not isinstance(exc, Exception)
-                                or isinstance(exc, self._breaker.options.excluded_exceptions)):
+        if exc is not None and (
+            not isinstance(exc, Exception) or isinstance(exc, self._breaker.options.excluded_exceptions)
+        ):
             self._report("i", "")
             return
         error = "" if exc is None else f"{exc.__class__.__name__}: {exc}"[:500]
@@ -141,8 +148,9 @@ class CircuitBreaker:
 
     def _record(self, storage: Storage, epoch: int, permit_id: str, outcome: Outcome, error: str) -> None:
         try:
-            recorded = storage.record(self.name, self.options, epoch=epoch, permit_id=permit_id,
-                                      outcome=outcome, error=error)
+            recorded = storage.record(
+                self.name, self.options, epoch=epoch, permit_id=permit_id, outcome=outcome, error=error
+            )
         except UNAVAILABLE as exc:
             outage.failed(exc)  # the outcome is lost; an unreported probe permit expires by itself
             return

@@ -13,6 +13,11 @@ def check_breaker_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
         for name in configured_breakers():
             options_for(name)
     except (ImproperlyConfigured, ImportError) as exc:
-        return [Error(str(exc), hint="See resilience/breaker/options.py for the options and their ranges.",
-                      id="resilience.E010")]
+        return [
+            Error(
+                str(exc),
+                hint="See resilience/breaker/options.py for the options and their ranges.",
+                id="resilience.E010",
+            )
+        ]
     return []

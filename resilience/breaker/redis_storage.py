@@ -60,27 +60,47 @@ class RedisStorage:
     def acquire(self, name: str, options: BreakerOptions, permit_id: str) -> Acquired:
         admitted, state, epoch, retry_ms, *transition = _script("acquire")(
             keys=breaker_keys(name),
-            args=[name, permit_id, int(options.open_seconds * 1000), options.half_open_max_calls,
-                  int(options.permit_timeout_seconds * 1000), options.transitions_kept],
+            args=[
+                name,
+                permit_id,
+                int(options.open_seconds * 1000),
+                options.half_open_max_calls,
+                int(options.permit_timeout_seconds * 1000),
+                options.transitions_kept,
+            ],
             client=state_redis(),
         )
-        return Acquired(bool(admitted), State(_text(state)), int(epoch), int(retry_ms) / 1000,
-                        _transition(name, *transition))
+        return Acquired(
+            bool(admitted), State(_text(state)), int(epoch), int(retry_ms) / 1000, _transition(name, *transition)
+        )
 
-    def record(self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome,
-               error: str) -> Recorded:
+    def record(
+        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+    ) -> Recorded:
         state, *transition = _script("record")(
             keys=breaker_keys(name),
-            args=[name, epoch, permit_id, outcome, error, options.window_size, options.minimum_calls,
-                  options.failure_rate_threshold, options.consecutive_failures, options.success_threshold,
-                  int(options.open_seconds * 1000), options.transitions_kept],
+            args=[
+                name,
+                epoch,
+                permit_id,
+                outcome,
+                error,
+                options.window_size,
+                options.minimum_calls,
+                options.failure_rate_threshold,
+                options.consecutive_failures,
+                options.success_threshold,
+                int(options.open_seconds * 1000),
+                options.transitions_kept,
+            ],
             client=state_redis(),
         )
         return Recorded(State(_text(state)), _transition(name, *transition))
 
     def force(self, name: str, options: BreakerOptions, target: State, reason: str) -> Transition:
         from_state, to_state = _script("force")(
-            keys=breaker_keys(name), args=[name, str(target), reason, options.transitions_kept],
+            keys=breaker_keys(name),
+            args=[name, str(target), reason, options.transitions_kept],
             client=state_redis(),
         )
         return Transition(name, State(_text(from_state)), State(_text(to_state)), reason, time.time())
@@ -93,8 +113,7 @@ class RedisStorage:
         pipe.zcount(permits_key, int(time.time() * 1000), "+inf")
         raw, transitions, in_flight = pipe.execute()
         fields = {_text(k): _text(v) for k, v in raw.items()}
-        return build_snapshot(name, options, fields, [_text(t) for t in transitions], int(in_flight),
-                              degraded=False)
+        return build_snapshot(name, options, fields, [_text(t) for t in transitions], int(in_flight), degraded=False)
 
     def names(self) -> set[str]:
         return {_text(name) for name in state_redis().smembers(NAMES_KEY)}

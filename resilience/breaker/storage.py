@@ -78,8 +78,9 @@ class Storage(Protocol):
 
     def acquire(self, name: str, options: BreakerOptions, permit_id: str) -> Acquired: ...
 
-    def record(self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome,
-               error: str) -> Recorded: ...
+    def record(
+        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+    ) -> Recorded: ...
 
     def force(self, name: str, options: BreakerOptions, target: State, reason: str) -> Transition: ...
 
@@ -92,23 +93,38 @@ def _seconds(ms: object) -> float | None:
     return None if ms in (None, "") else int(float(str(ms))) / 1000
 
 
-def build_snapshot(name: str, options: BreakerOptions, fields: dict[str, str], transitions: list[str],
-                   in_flight: int, *, degraded: bool) -> Snapshot:
+def build_snapshot(
+    name: str,
+    options: BreakerOptions,
+    fields: dict[str, str],
+    transitions: list[str],
+    in_flight: int,
+    *,
+    degraded: bool,
+) -> Snapshot:
     """Turn the stored fields (the Redis hash layout, strings) into a Snapshot."""
     window = fields.get("window", "")
     bad = sum(1 for outcome in window if outcome in "fl")
     state = State(fields.get("state", State.CLOSED))
     return Snapshot(
-        name=name, state=state, degraded=degraded, epoch=int(fields.get("epoch", 0)),
-        changed_at=_seconds(fields.get("changed_at")), opened_at=_seconds(fields.get("opened_at")),
+        name=name,
+        state=state,
+        degraded=degraded,
+        epoch=int(fields.get("epoch", 0)),
+        changed_at=_seconds(fields.get("changed_at")),
+        opened_at=_seconds(fields.get("opened_at")),
         next_probe_at=_seconds(fields.get("next_probe_at")) if state == State.OPEN else None,
-        last_error=fields.get("last_error"), last_error_at=_seconds(fields.get("last_error_at")),
-        window_calls=len(window), window_failures=window.count("f"), window_slow=window.count("l"),
+        last_error=fields.get("last_error"),
+        last_error_at=_seconds(fields.get("last_error_at")),
+        window_calls=len(window),
+        window_failures=window.count("f"),
+        window_slow=window.count("l"),
         failure_rate=round(bad * 100 / len(window), 1) if window else None,
         consecutive_failures=int(fields.get("consecutive", 0)),
         half_open_in_flight=in_flight if state == State.HALF_OPEN else 0,
         half_open_successes=int(fields.get("successes", 0)) if state == State.HALF_OPEN else 0,
-        transitions=[json.loads(entry) for entry in transitions], options=options.as_dict(),
+        transitions=[json.loads(entry) for entry in transitions],
+        options=options.as_dict(),
     )
 
 
@@ -148,8 +164,9 @@ class MemoryStorage:
             self._breakers[name] = _Breaker(state=State.CLOSED, created_at=now, changed_at=now)
         return self._breakers[name]
 
-    def _transition(self, name: str, b: _Breaker, to: State, reason: str, now: int, options: BreakerOptions,
-                    *, reset: bool = False) -> Transition:
+    def _transition(
+        self, name: str, b: _Breaker, to: State, reason: str, now: int, options: BreakerOptions, *, reset: bool = False
+    ) -> Transition:
         from_state = b.state
         b.state, b.epoch, b.changed_at, b.successes = to, b.epoch + 1, now, 0
         b.permits.clear()
@@ -185,8 +202,9 @@ class MemoryStorage:
             retry = min(options.open_seconds * 1000, max(1, min(b.permits.values()) - now))
             return Acquired(False, b.state, b.epoch, retry / 1000, transition)
 
-    def record(self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome,
-               error: str) -> Recorded:
+    def record(
+        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+    ) -> Recorded:
         with self._lock:
             now = self._now()
             b = self._breakers.get(name)
@@ -197,7 +215,7 @@ class MemoryStorage:
             if epoch != b.epoch:
                 return Recorded(b.state)
             if b.state == State.CLOSED and outcome != "i":
-                b.window = (b.window + outcome)[-options.window_size:]
+                b.window = (b.window + outcome)[-options.window_size :]
                 b.consecutive = 0 if outcome == "s" else b.consecutive + 1
                 if options.consecutive_failures and b.consecutive >= options.consecutive_failures:
                     reason = f"{b.consecutive} consecutive failures"
@@ -228,8 +246,11 @@ class MemoryStorage:
         with self._lock:
             now = self._now()
             b = self._get(name, now)
-            fields = {key: str(value) for key, value in vars(b).items()
-                      if value is not None and key not in ("permits", "transitions")}
+            fields = {
+                key: str(value)
+                for key, value in vars(b).items()
+                if value is not None and key not in ("permits", "transitions")
+            }
             in_flight = sum(1 for expiry in b.permits.values() if expiry > now)
             transitions = list(b.transitions)
         return build_snapshot(name, options, fields, transitions, in_flight, degraded=True)

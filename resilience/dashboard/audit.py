@@ -22,16 +22,30 @@ def pseudo_content_type(model: str) -> ContentType:
 def log_change(*, user, content_type: ContentType, object_id: str, object_repr: str, message: str) -> LogEntry:
     """Write one CHANGE entry by `user` (a staff auth.User) and return it."""
     return LogEntry.objects.create(
-        user_id=user.pk, content_type=content_type, object_id=str(object_id)[:255],
-        object_repr=object_repr[:200], action_flag=CHANGE, change_message=message,
+        user_id=user.pk,
+        content_type=content_type,
+        object_id=str(object_id)[:255],
+        object_repr=object_repr[:200],
+        action_flag=CHANGE,
+        change_message=message,
     )
 
 
 def log_breaker(*, user, name: str, message: str) -> LogEntry:
-    return log_change(user=user, content_type=pseudo_content_type(BREAKER), object_id=name,
-                      object_repr=f"circuit breaker {name}", message=message)
+    return log_change(
+        user=user,
+        content_type=pseudo_content_type(BREAKER),
+        object_id=name,
+        object_repr=f"circuit breaker {name}",
+        message=message,
+    )
 
 
 def log_ratelimit_key(*, user, policy: str, key: str, message: str) -> LogEntry:
-    return log_change(user=user, content_type=pseudo_content_type(RATELIMIT_KEY), object_id=f"{policy}|{key}",
-                      object_repr=f"rate-limit key {key} ({policy})", message=message)
+    return log_change(
+        user=user,
+        content_type=pseudo_content_type(RATELIMIT_KEY),
+        object_id=f"{policy}|{key}",
+        object_repr=f"rate-limit key {key} ({policy})",
+        message=message,
+    )

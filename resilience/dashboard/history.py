@@ -37,8 +37,11 @@ def sample_from(panels: dict) -> dict:
     """Reduce the collected panels to one sample: numbers, or None where a panel was unavailable."""
     databases, celery = _data(panels, "databases"), _data(panels, "celery")
     lags = [r["lag"] for g in (databases or {}).get("groups", []) for r in g["replicas"] if r["lag"] is not None]
-    write_behind, limits, breakers = _data(panels, "write_behind"), _data(panels, "rate_limits"), _data(panels,
-                                                                                                        "breakers")
+    write_behind, limits, breakers = (
+        _data(panels, "write_behind"),
+        _data(panels, "rate_limits"),
+        _data(panels, "breakers"),
+    )
     cache, state = _data(panels, "redis_cache"), _data(panels, "redis_state")
     return {
         "t": round(time.time(), 3),

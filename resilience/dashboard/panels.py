@@ -62,10 +62,13 @@ def replica_states() -> dict[str, dict]:
     result = {}
     for state in monitor.states():
         result[state.alias] = {
-            "alias": state.alias, "server": state.server,
+            "alias": state.alias,
+            "server": state.server,
             "lag": None if math.isinf(state.lag) else round(state.lag, 3),
-            "reachable": state.reachable, "usable": state.usable,
-            "checked_at": state.checked_at or None, "error": state.error,
+            "reachable": state.reachable,
+            "usable": state.usable,
+            "checked_at": state.checked_at or None,
+            "error": state.error,
         }
     return result
 
@@ -80,12 +83,26 @@ def databases() -> dict:
     for name, spec in settings.DATABASE_GROUPS.items():
         shard = name in settings.SHARD_GROUPS
         entry = {
-            "group": name, "shard": shard,
+            "group": name,
+            "shard": shard,
             "primary": {"alias": spec["primary"], **_ping(spec["primary"])},
-            "replicas": [replicas.get(alias, {"alias": alias, "server": "", "lag": None, "reachable": False,
-                                              "usable": False, "checked_at": None, "error": "not probed yet"})
-                         for alias in spec["replicas"]],
-            "users": None, "users_error": "",
+            "replicas": [
+                replicas.get(
+                    alias,
+                    {
+                        "alias": alias,
+                        "server": "",
+                        "lag": None,
+                        "reachable": False,
+                        "usable": False,
+                        "checked_at": None,
+                        "error": "not probed yet",
+                    },
+                )
+                for alias in spec["replicas"]
+            ],
+            "users": None,
+            "users_error": "",
         }
         if shard:
             if counts["ok"]:
@@ -107,8 +124,9 @@ def shard_map_summary() -> dict:
             ranges[-1]["end"] = logical
         else:
             ranges.append({"group": group, "start": logical, "end": logical})
-    per_group: dict[str, dict] = {group: {"group": group, "logical_shards": 0, "ranges": []}
-                                  for group in settings.SHARD_GROUPS}  # a new, still empty group shows too
+    per_group: dict[str, dict] = {
+        group: {"group": group, "logical_shards": 0, "ranges": []} for group in settings.SHARD_GROUPS
+    }  # a new, still empty group shows too
     for r in ranges:
         g = per_group.setdefault(r["group"], {"group": r["group"], "logical_shards": 0, "ranges": []})
         g["logical_shards"] += r["end"] - r["start"] + 1
@@ -127,7 +145,8 @@ def redis_role(alias: str) -> dict:
         "role": "cache" if alias == "default" else alias,
         "used_memory_human": info.get("used_memory_human"),
         "maxmemory_policy": info.get("maxmemory_policy"),
-        "keyspace_hits": hits, "keyspace_misses": misses,
+        "keyspace_hits": hits,
+        "keyspace_misses": misses,
         "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
         "ops_per_sec": int(info.get("instantaneous_ops_per_sec", 0)),
         "evicted_keys": int(info.get("evicted_keys", 0)),
@@ -179,8 +198,13 @@ def celery() -> dict:
     depths = dict(zip(QUEUES, pipe.execute(), strict=True))
     workers, error = celery_workers()  # only asked once the broker (the state Redis) answered
     last = safe(lambda: buffer.stats()["last_flush_at"])
-    return {"workers": workers, "workers_error": error, "queues": depths,
-            "last_beat_at": last.get("data"), "last_beat_error": last.get("error", "")}
+    return {
+        "workers": workers,
+        "workers_error": error,
+        "queues": depths,
+        "last_beat_at": last.get("data"),
+        "last_beat_error": last.get("error", ""),
+    }
 
 
 # --- write-behind, breakers, rate limits ---
@@ -216,9 +240,11 @@ def state_colour(state) -> str:
 def top_limited(*, minutes: int = 5, count: int = 10) -> dict:
     from resilience.ratelimit import denied_counts, top_denied
 
-    return {"minutes": minutes,
-            "top": [{"policy": p, "key": k, "denials": n} for p, k, n in top_denied(minutes=minutes, count=count)],
-            "by_policy": denied_counts(minutes=minutes)}
+    return {
+        "minutes": minutes,
+        "top": [{"policy": p, "key": k, "denials": n} for p, k, n in top_denied(minutes=minutes, count=count)],
+        "by_policy": denied_counts(minutes=minutes),
+    }
 
 
 PANELS: dict[str, Callable[[], Any]] = {

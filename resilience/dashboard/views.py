@@ -47,23 +47,37 @@ def _overview_data() -> dict:
 
 
 def _panels_html(data: dict, request) -> str:
-    return render_to_string("bulwark/overview_panels.html", {"data": data, "panels": data["panels"],
-                                                               "series": history.SERIES}, request=request)
+    return render_to_string(
+        "bulwark/overview_panels.html",
+        {"data": data, "panels": data["panels"], "series": history.SERIES},
+        request=request,
+    )
 
 
 def overview(request, *, site):
     data = _overview_data()
-    return TemplateResponse(request, "bulwark/overview.html", _context(
-        site, request, "System overview", panels_html=_panels_html(data, request), history=data["history"],
-        poll_ms=POLL_SECONDS * 1000, generated_at=_when(data["generated_at"])))
+    return TemplateResponse(
+        request,
+        "bulwark/overview.html",
+        _context(
+            site,
+            request,
+            "System overview",
+            panels_html=_panels_html(data, request),
+            history=data["history"],
+            poll_ms=POLL_SECONDS * 1000,
+            generated_at=_when(data["generated_at"]),
+        ),
+    )
 
 
 def overview_json(request, *, site):
     """The overview's data as JSON (and the rendered panels, which the page swaps in every poll)."""
     data = _overview_data()
     body = {**data, "html": _panels_html(data, request)}
-    return JsonResponse(body, encoder=DjangoJSONEncoder, json_dumps_params={"allow_nan": False},
-                        headers={"Cache-Control": "no-store"})
+    return JsonResponse(
+        body, encoder=DjangoJSONEncoder, json_dumps_params={"allow_nan": False}, headers={"Cache-Control": "no-store"}
+    )
 
 
 # --- circuit breakers ---
@@ -79,16 +93,21 @@ def _breaker_rows() -> dict:
 
 
 def breakers(request, *, site):
-    return TemplateResponse(request, "bulwark/breakers.html", _context(
-        site, request, "Circuit breakers", breakers=_breaker_rows(), actions=BREAKER_ACTIONS))
+    return TemplateResponse(
+        request,
+        "bulwark/breakers.html",
+        _context(site, request, "Circuit breakers", breakers=_breaker_rows(), actions=BREAKER_ACTIONS),
+    )
 
 
 class BreakerActionForm(forms.Form):
     name = forms.CharField(max_length=200, widget=forms.HiddenInput)
-    action = forms.ChoiceField(choices=[(a, label) for a, (label, _) in BREAKER_ACTIONS.items()],
-                               widget=forms.HiddenInput)
-    reason = forms.CharField(max_length=200, required=False, help_text="Recorded with the transition and in the "
-                                                                      "admin log.")
+    action = forms.ChoiceField(
+        choices=[(a, label) for a, (label, _) in BREAKER_ACTIONS.items()], widget=forms.HiddenInput
+    )
+    reason = forms.CharField(
+        max_length=200, required=False, help_text="Recorded with the transition and in the admin log."
+    )
 
 
 def breaker_action(request, *, site):
@@ -102,19 +121,38 @@ def breaker_action(request, *, site):
         reason = form.cleaned_data["reason"] or f"{label.lower()} by {request.user.get_username()} in the admin"
         breaker = get_breaker(name)
         transition = getattr(breaker, action)(reason)
-        audit.log_breaker(user=request.user, name=name,
-                          message=f"{label}: {transition.from_state} -> {transition.to_state} ({reason})")
+        audit.log_breaker(
+            user=request.user,
+            name=name,
+            message=f"{label}: {transition.from_state} -> {transition.to_state} ({reason})",
+        )
         if transition.degraded:
-            messages.warning(request, f"Circuit breaker {name}: {transition.to_state}, but only in this process: "
-                                      "the state Redis is unavailable, so other processes did not see it.")
+            messages.warning(
+                request,
+                f"Circuit breaker {name}: {transition.to_state}, but only in this process: "
+                "the state Redis is unavailable, so other processes did not see it.",
+            )
         else:
             messages.success(request, f"Circuit breaker {name}: {transition.from_state} -> {transition.to_state}.")
         return redirect(reverse(f"{site.name}:bulwark_breakers"))
     snapshot = panels.safe(lambda: get_breaker(name).snapshot())
-    return TemplateResponse(request, "bulwark/confirm.html", _context(
-        site, request, f"{label} circuit breaker {name}?", form=form, meaning=meaning, label=label,
-        current=f"current state: {snapshot['data'].state}" if snapshot["ok"] else f"unavailable: {snapshot['error']}",
-        back_url=reverse(f"{site.name}:bulwark_breakers"), back_label="Circuit breakers"))
+    return TemplateResponse(
+        request,
+        "bulwark/confirm.html",
+        _context(
+            site,
+            request,
+            f"{label} circuit breaker {name}?",
+            form=form,
+            meaning=meaning,
+            label=label,
+            current=f"current state: {snapshot['data'].state}"
+            if snapshot["ok"]
+            else f"unavailable: {snapshot['error']}",
+            back_url=reverse(f"{site.name}:bulwark_breakers"),
+            back_label="Circuit breakers",
+        ),
+    )
 
 
 # --- rate limits ---
@@ -122,8 +160,12 @@ class LookupForm(forms.Form):
     ip = forms.GenericIPAddressField(required=False, label="IP address")
     user_id = forms.IntegerField(required=False, min_value=1, label="user id")
     username = forms.CharField(required=False, max_length=150, help_text="with the IP, for ip+username policies")
-    key = forms.CharField(required=False, max_length=400, label="raw key",
-                          help_text='as stored, e.g. "ip:1.2.3.4", "user:123", "ip:1.2.3.4|username:alice"')
+    key = forms.CharField(
+        required=False,
+        max_length=400,
+        label="raw key",
+        help_text='as stored, e.g. "ip:1.2.3.4", "user:123", "ip:1.2.3.4|username:alice"',
+    )
 
 
 def _ip_key(ip: str) -> str:
@@ -153,9 +195,17 @@ def keys_for(policy, *, ip: str | None, user_id: int | None, username: str | Non
 def _usage(policy_name: str, key: str) -> dict:
     decision = peek(policy_name, key)
     used = None if decision.remaining is None else decision.limit - decision.remaining
-    return {"policy": policy_name, "key": key, "limit": decision.limit, "remaining": decision.remaining,
-            "used": used, "reset": decision.reset, "allowed": decision.allowed, "degraded": decision.degraded,
-            "reset_url": _reset_url(policy_name, key)}
+    return {
+        "policy": policy_name,
+        "key": key,
+        "limit": decision.limit,
+        "remaining": decision.remaining,
+        "used": used,
+        "reset": decision.reset,
+        "allowed": decision.allowed,
+        "degraded": decision.degraded,
+        "reset_url": _reset_url(policy_name, key),
+    }
 
 
 def _reset_url(policy_name: str, key: str) -> str:
@@ -182,12 +232,17 @@ def ratelimits(request, *, site):
     series = panels.safe(lambda: _denied_series(DENIED_MINUTES))
     rows = []
     for name, policy in policies.items():
-        rows.append({
-            "name": name, "rate": f"{policy.limit} per {policy.period} s", "key_kind": policy.key_kind,
-            "algorithm": policy.algorithm, "fail_mode": policy.fail_mode,
-            "denied_5m": counts["data"].get(name, 0) if counts["ok"] else None,
-            "series": json.dumps(series["data"].get(name, [])) if series["ok"] else "[]",
-        })
+        rows.append(
+            {
+                "name": name,
+                "rate": f"{policy.limit} per {policy.period} s",
+                "key_kind": policy.key_kind,
+                "algorithm": policy.algorithm,
+                "fail_mode": policy.fail_mode,
+                "denied_5m": counts["data"].get(name, 0) if counts["ok"] else None,
+                "series": json.dumps(series["data"].get(name, [])) if series["ok"] else "[]",
+            }
+        )
     top = panels.safe(lambda: [_usage(p, k) | {"denials": n} for p, k, n in top_denied(minutes=5, count=20)])
     form = LookupForm(request.GET or None)
     lookup = None
@@ -195,14 +250,29 @@ def ratelimits(request, *, site):
         data = form.cleaned_data
         wanted = []
         for name, policy in policies.items():
-            wanted += [(name, k) for k in keys_for(policy, ip=data["ip"], user_id=data["user_id"],
-                                                     username=data["username"])]
+            wanted += [
+                (name, k) for k in keys_for(policy, ip=data["ip"], user_id=data["user_id"], username=data["username"])
+            ]
             if data["key"]:
                 wanted.append((name, data["key"].strip()))
         lookup = panels.safe(lambda: [_usage(p, k) for p, k in wanted])
-    return TemplateResponse(request, "bulwark/ratelimits.html", _context(
-        site, request, "Rate limits", policies=rows, counts=counts, series_ok=series["ok"],
-        series_error=series.get("error"), top=top, form=form, lookup=lookup, denied_minutes=DENIED_MINUTES))
+    return TemplateResponse(
+        request,
+        "bulwark/ratelimits.html",
+        _context(
+            site,
+            request,
+            "Rate limits",
+            policies=rows,
+            counts=counts,
+            series_ok=series["ok"],
+            series_error=series.get("error"),
+            top=top,
+            form=form,
+            lookup=lookup,
+            denied_minutes=DENIED_MINUTES,
+        ),
+    )
 
 
 class ResetKeyForm(forms.Form):
@@ -227,14 +297,32 @@ def ratelimit_reset(request, *, site):
         except Exception as exc:  # state Redis down: say so, never pretend it worked
             messages.error(request, f"Not reset: unavailable: {panels.describe(exc)}")
             return redirect(back)
-        audit.log_ratelimit_key(user=request.user, policy=policy, key=key,
-                                message=f"Reset rate-limit key ({'had counters' if existed else 'had no counters'})")
+        audit.log_ratelimit_key(
+            user=request.user,
+            policy=policy,
+            key=key,
+            message=f"Reset rate-limit key ({'had counters' if existed else 'had no counters'})",
+        )
         messages.success(request, f"Counters of {key} under {policy} reset.")
         return redirect(back)
     usage = panels.safe(lambda: _usage(policy, key))
-    current = (f"current: {usage['data']['used']} of {usage['data']['limit']} used" if usage["ok"]
-               else f"unavailable: {usage['error']}")
-    return TemplateResponse(request, "bulwark/confirm.html", _context(
-        site, request, f"Reset rate-limit key {key} ({policy})?", form=form, label="Reset",
-        meaning="forgets its counters: the next request starts from a full quota", current=current,
-        back_url=back, back_label="Rate limits"))
+    current = (
+        f"current: {usage['data']['used']} of {usage['data']['limit']} used"
+        if usage["ok"]
+        else f"unavailable: {usage['error']}"
+    )
+    return TemplateResponse(
+        request,
+        "bulwark/confirm.html",
+        _context(
+            site,
+            request,
+            f"Reset rate-limit key {key} ({policy})?",
+            form=form,
+            label="Reset",
+            meaning="forgets its counters: the next request starts from a full quota",
+            current=current,
+            back_url=back,
+            back_label="Rate limits",
+        ),
+    )

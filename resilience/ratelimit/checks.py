@@ -21,11 +21,16 @@ def check_ratelimit_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
     try:
         trusted_proxies()
     except ImproperlyConfigured as exc:
-        errors.append(Error(str(exc), hint="List proxy addresses or networks, e.g. ['10.0.0.0/8'].",
-                            id="resilience.E002"))
+        errors.append(
+            Error(str(exc), hint="List proxy addresses or networks, e.g. ['10.0.0.0/8'].", id="resilience.E002")
+        )
     backend = settings.CACHES.get("state", {}).get("BACKEND", "")
     if backend != "django_redis.cache.RedisCache":
-        errors.append(Error(f"the 'state' cache uses {backend or 'nothing'}; rate limits need the state Redis",
-                            hint="Configure CACHES['state'] with django_redis.cache.RedisCache.",
-                            id="resilience.E003"))
+        errors.append(
+            Error(
+                f"the 'state' cache uses {backend or 'nothing'}; rate limits need the state Redis",
+                hint="Configure CACHES['state'] with django_redis.cache.RedisCache.",
+                id="resilience.E003",
+            )
+        )
     return errors

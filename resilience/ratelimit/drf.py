@@ -48,12 +48,17 @@ class RateLimitedApiMixin:
         name = self.rate_limit_policy(request)
         username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
         decision, request.companion_results = evaluate_with(
-            get_policy(name), request_key(name, request, username=username), companions=companions)
+            get_policy(name), request_key(name, request, username=username), companions=companions
+        )
         request.rate_limit_decision = decision
         count_decision(decision)
         if not decision.allowed:
-            raise ApiError(429, "Too many requests; retry after the time in Retry-After.", "rate_limited",
-                           headers=headers(decision))
+            raise ApiError(
+                429,
+                "Too many requests; retry after the time in Retry-After.",
+                "rate_limited",
+                headers=headers(decision),
+            )
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -23,8 +23,14 @@ def _rate(policy: Policy) -> str:
 
 def evaluate_fixed(policy: Policy, key: str, *, cost: int) -> tuple[bool, int, int, int, int]:
     """Return (allowed, limit, remaining, reset, retry_after); raise Unavailable or a Redis error."""
-    usage = get_usage(_POST, group=policy.name, key=lambda _group, _request: key, rate=_rate(policy),
-                      method=METHODS, increment=cost > 0)
+    usage = get_usage(
+        _POST,
+        group=policy.name,
+        key=lambda _group, _request: key,
+        rate=_rate(policy),
+        method=METHODS,
+        increment=cost > 0,
+    )
     if usage is None or usage["time_left"] == -1:
         raise Unavailable(policy.name)
     count, reset = int(usage["count"]), max(0, int(usage["time_left"]))

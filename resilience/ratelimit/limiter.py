@@ -79,8 +79,9 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
     return evaluate_with(policy, key, cost=cost, now_ms=now_ms)[0]
 
 
-def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None,
-                  companions: dict | None = None) -> tuple[Decision, dict | None]:
+def evaluate_with(
+    policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None, companions: dict | None = None
+) -> tuple[Decision, dict | None]:
     """Like `evaluate`, and run `companions` — name -> (client, Script, keys, args), Redis reads the
     view needs anyway, on any server — with all requests in flight together (project/redis_fanout.py).
     Returns the Decision and name -> result (or the exception that call raised); None instead when
@@ -92,10 +93,20 @@ def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
     if policy.algorithm == "fixed_window":
         return _evaluate_fixed(policy, key, cost=cost, minute=minute), None
-    limiter = (state_redis(), script(policy.algorithm),
-               [state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
-               [policy.limit, policy.period * 1000, cost, f"{policy.name}|{key}", policy.name,
-                _stats_minutes() * 60, "" if now_ms is None else int(now_ms)])
+    limiter = (
+        state_redis(),
+        script(policy.algorithm),
+        [state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
+        [
+            policy.limit,
+            policy.period * 1000,
+            cost,
+            f"{policy.name}|{key}",
+            policy.name,
+            _stats_minutes() * 60,
+            "" if now_ms is None else int(now_ms),
+        ],
+    )
     companions = companions or {}
     results = evalsha_all([limiter, *companions.values()])
     try:
@@ -109,8 +120,10 @@ def evaluate_with(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None
         logger.exception("rate limiter: check of policy %s failed", policy.name)
         return _degraded(policy), None
     outage.recovered()
-    return (Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy),
-            dict(zip(companions, results[1:], strict=True)))
+    return (
+        Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy),
+        dict(zip(companions, results[1:], strict=True)),
+    )
 
 
 def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Decision:

@@ -70,8 +70,11 @@ def build_policy(name: str, spec: dict[str, Any]) -> Policy:
     except (KeyError, ValueError) as exc:
         raise ImproperlyConfigured(f"rate-limit policy {name!r}: {exc}") from exc
     key_kind, algorithm, fail = spec.get("key", "ip"), spec.get("algorithm", "sliding_window"), spec.get("fail", "open")
-    for label, value, allowed in (("key", key_kind, KEY_KINDS), ("algorithm", algorithm, ALGORITHMS),
-                                  ("fail", fail, FAIL_MODES)):
+    for label, value, allowed in (
+        ("key", key_kind, KEY_KINDS),
+        ("algorithm", algorithm, ALGORITHMS),
+        ("fail", fail, FAIL_MODES),
+    ):
         if value not in allowed:
             raise ImproperlyConfigured(f"rate-limit policy {name!r}: {label} {value!r} is not one of {allowed}")
     return Policy(name=name, limit=limit, period=period, key_kind=key_kind, algorithm=algorithm, fail_mode=fail)

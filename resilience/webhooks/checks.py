@@ -12,6 +12,11 @@ def check_webhook_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
     try:
         webhook_settings()
     except ImproperlyConfigured as exc:
-        return [Error(str(exc), hint="See resilience/webhooks/conf.py for the settings and their ranges.",
-                      id="resilience.E020")]
+        return [
+            Error(
+                str(exc),
+                hint="See resilience/webhooks/conf.py for the settings and their ranges.",
+                id="resilience.E020",
+            )
+        ]
     return []

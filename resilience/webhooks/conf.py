@@ -1,16 +1,16 @@
 """Webhook settings, read at call time (`WEBHOOK_*`), with their defaults and validation.
 
-    WEBHOOK_MAX_ATTEMPTS         8      attempts before a delivery is dead-lettered
-    WEBHOOK_BACKOFF_BASE         30.0   seconds before the 2nd attempt; doubles per attempt...
-    WEBHOOK_BACKOFF_CAP          3600.0 ...up to this; each delay is jittered to 50-100 %
-    WEBHOOK_CONNECT_TIMEOUT      2.0    seconds to connect (TCP + TLS)
-    WEBHOOK_READ_TIMEOUT         5.0    seconds the receiver may stay silent while answering
-    WEBHOOK_LEASE_SECONDS        None   a claimed delivery is retried after this if its worker died
-                                        (None: connect + read timeout + 30 s)
-    WEBHOOK_DISPATCH_BATCH       500    outbox rows moved per shard per batch
-    WEBHOOK_DELIVER_TIME_BUDGET  10.0   seconds one deliver run keeps claiming deliveries
-    WEBHOOK_RETENTION_DAYS       7.0    delivered deliveries and dispatched outbox rows kept this long
-    WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew verify_signature accepts
+WEBHOOK_MAX_ATTEMPTS         8      attempts before a delivery is dead-lettered
+WEBHOOK_BACKOFF_BASE         30.0   seconds before the 2nd attempt; doubles per attempt...
+WEBHOOK_BACKOFF_CAP          3600.0 ...up to this; each delay is jittered to 50-100 %
+WEBHOOK_CONNECT_TIMEOUT      2.0    seconds to connect (TCP + TLS)
+WEBHOOK_READ_TIMEOUT         5.0    seconds the receiver may stay silent while answering
+WEBHOOK_LEASE_SECONDS        None   a claimed delivery is retried after this if its worker died
+                                    (None: connect + read timeout + 30 s)
+WEBHOOK_DISPATCH_BATCH       500    outbox rows moved per shard per batch
+WEBHOOK_DELIVER_TIME_BUDGET  10.0   seconds one deliver run keeps claiming deliveries
+WEBHOOK_RETENTION_DAYS       7.0    delivered deliveries and dispatched outbox rows kept this long
+WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew verify_signature accepts
 """
 
 from dataclasses import dataclass
@@ -43,8 +43,9 @@ class WebhookSettings:
         if self.lease_seconds is not None and self.lease_seconds <= 0:
             problems.append("WEBHOOK_LEASE_SECONDS must be > 0 (or None)")
         if self.dispatch_batch < 1 or self.deliver_time_budget <= 0 or self.retention_days <= 0:
-            problems.append("WEBHOOK_DISPATCH_BATCH, WEBHOOK_DELIVER_TIME_BUDGET and WEBHOOK_RETENTION_DAYS "
-                            "must be > 0")
+            problems.append(
+                "WEBHOOK_DISPATCH_BATCH, WEBHOOK_DELIVER_TIME_BUDGET and WEBHOOK_RETENTION_DAYS must be > 0"
+            )
         if self.signature_tolerance < 1:
             problems.append("WEBHOOK_SIGNATURE_TOLERANCE must be >= 1")
         if problems:

@@ -80,10 +80,14 @@ def webhook_delivery_claim() -> WebhookDelivery | None:
     alias = _alias()
     now = timezone.now()
     with transaction.atomic(using=alias):
-        delivery = (WebhookDelivery.objects.using(alias).select_for_update(skip_locked=True, of=("self",))
-                    .select_related("subscriber")
-                    .filter(status=Status.PENDING, next_attempt_at__lte=now, subscriber__active=True)
-                    .order_by("next_attempt_at", "id").first())
+        delivery = (
+            WebhookDelivery.objects.using(alias)
+            .select_for_update(skip_locked=True, of=("self",))
+            .select_related("subscriber")
+            .filter(status=Status.PENDING, next_attempt_at__lte=now, subscriber__active=True)
+            .order_by("next_attempt_at", "id")
+            .first()
+        )
         if delivery is None:
             return None
         delivery.claim_token = uuid.uuid4()
@@ -96,18 +100,26 @@ def webhook_delivery_claim() -> WebhookDelivery | None:
 
 def _mine(delivery: WebhookDelivery):
     return WebhookDelivery.objects.using(_alias()).filter(
-        id=delivery.id, claim_token=delivery.claim_token, status=Status.PENDING)
+        id=delivery.id, claim_token=delivery.claim_token, status=Status.PENDING
+    )
 
 
 def _record_delivered(delivery: WebhookDelivery, status_code: int) -> str:
     now = timezone.now()
-    updated = _mine(delivery).update(status=Status.DELIVERED, delivered_at=now, claim_token=None,
-                                     last_status_code=status_code, last_error="")
+    updated = _mine(delivery).update(
+        status=Status.DELIVERED, delivered_at=now, claim_token=None, last_status_code=status_code, last_error=""
+    )
     return DELIVERED if updated else STALE
 
 
-def _record_failure(delivery: WebhookDelivery, conf: WebhookSettings, *, status_code: int | None, error: str,
-                    retry_after: float | None = None) -> str:
+def _record_failure(
+    delivery: WebhookDelivery,
+    conf: WebhookSettings,
+    *,
+    status_code: int | None,
+    error: str,
+    retry_after: float | None = None,
+) -> str:
     fields = {"claim_token": None, "last_status_code": status_code, "last_error": error[:2000]}
     if delivery.attempts >= conf.max_attempts:
         fields["status"] = Status.DEAD
@@ -122,8 +134,14 @@ def _record_failure(delivery: WebhookDelivery, conf: WebhookSettings, *, status_
     if not updated:
         return STALE
     if outcome == DEAD:
-        logger.warning("webhook %s %s to %s dead-lettered after %d attempts: %s", delivery.event, delivery.event_id,
-                       delivery.subscriber.url, delivery.attempts, error)
+        logger.warning(
+            "webhook %s %s to %s dead-lettered after %d attempts: %s",
+            delivery.event,
+            delivery.event_id,
+            delivery.subscriber.url,
+            delivery.attempts,
+            error,
+        )
     return outcome
 
 
@@ -131,11 +149,14 @@ def _wait_for_breaker(delivery: WebhookDelivery, host: str, retry_after: float) 
     """Give the attempt back and make this host's due deliveries wait until the breaker's retry time."""
     retry_at = timezone.now() + timedelta(seconds=retry_after + random.uniform(0, min(1.0, retry_after / 4)))
     updated = _mine(delivery).update(attempts=F("attempts") - 1, claim_token=None, next_attempt_at=retry_at)
-    same_host = [s.id for s in WebhookSubscriber.objects.using(_alias()).only("id", "url")
-                 if transport.url_host(s.url) == host]
+    same_host = [
+        s.id for s in WebhookSubscriber.objects.using(_alias()).only("id", "url") if transport.url_host(s.url) == host
+    ]
     # Claimed rows are a lease ahead, so this never touches an attempt in flight.
     WebhookDelivery.objects.using(_alias()).filter(
-        subscriber_id__in=same_host, status=Status.PENDING, next_attempt_at__lte=timezone.now(),
+        subscriber_id__in=same_host,
+        status=Status.PENDING,
+        next_attempt_at__lte=timezone.now(),
     ).update(next_attempt_at=retry_at)
     return WAITING if updated else STALE
 
@@ -155,12 +176,18 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
         return _wait_for_breaker(delivery, host, exc.retry_after)
 
     body = webhook_body(delivery.payload)
-    headers = webhook_headers(secret=subscriber.secret, event=delivery.event, event_id=str(delivery.event_id),
-                              body=body, attempt=delivery.attempts)
+    headers = webhook_headers(
+        secret=subscriber.secret,
+        event=delivery.event,
+        event_id=str(delivery.event_id),
+        body=body,
+        attempt=delivery.attempts,
+    )
     started = time.perf_counter()
     try:
-        response = transport.post(subscriber.url, body, headers, connect_timeout=conf.connect_timeout,
-                                  read_timeout=conf.read_timeout)
+        response = transport.post(
+            subscriber.url, body, headers, connect_timeout=conf.connect_timeout, read_timeout=conf.read_timeout
+        )
     except (OSError, HTTPException) as exc:
         permit.failure(exc, time.perf_counter() - started)
         return _record_failure(delivery, conf, status_code=None, error=f"{exc.__class__.__name__}: {exc}")

@@ -29,8 +29,12 @@ MAX_BATCHES_PER_RUN = 10
 
 def webhook_payload(event: OutboxEvent) -> dict:
     """Return the JSON body of `event` as receivers see it."""
-    return {"id": str(event.event_id), "event": event.event, "created_at": event.created_at.isoformat(),
-            "data": event.data}
+    return {
+        "id": str(event.event_id),
+        "event": event.event,
+        "created_at": event.created_at.isoformat(),
+        "data": event.data,
+    }
 
 
 def webhook_subscribers_active() -> list[WebhookSubscriber]:
@@ -38,15 +42,26 @@ def webhook_subscribers_active() -> list[WebhookSubscriber]:
     return list(WebhookSubscriber.objects.using(routing.primary_alias("default")).filter(active=True))
 
 
-def webhook_deliveries_create(*, events: Iterable[OutboxEvent],
-                              subscribers: list[WebhookSubscriber] | None = None) -> int:
+def webhook_deliveries_create(
+    *, events: Iterable[OutboxEvent], subscribers: list[WebhookSubscriber] | None = None
+) -> int:
     """Create a pending delivery for each subscriber listening to each event; return how many were
     asked for. Idempotent: an existing (subscriber, event_id) is left as it is. Raises DatabaseError."""
     subscribers = webhook_subscribers_active() if subscribers is None else subscribers
     now = timezone.now()
-    rows = [WebhookDelivery(subscriber=subscriber, event_id=event.event_id, event=event.event,
-                            payload=webhook_payload(event), next_attempt_at=now, created_at=now)
-            for event in events for subscriber in subscribers if event.event in subscriber.events]
+    rows = [
+        WebhookDelivery(
+            subscriber=subscriber,
+            event_id=event.event_id,
+            event=event.event,
+            payload=webhook_payload(event),
+            next_attempt_at=now,
+            created_at=now,
+        )
+        for event in events
+        for subscriber in subscribers
+        if event.event in subscriber.events
+    ]
     if rows:
         WebhookDelivery.objects.using(routing.primary_alias("default")).bulk_create(rows, ignore_conflicts=True)
     return len(rows)
@@ -59,13 +74,16 @@ def webhook_outbox_dispatch_batch(*, group: str, batch_size: int) -> int:
 
     def dispatch(alias: str) -> int:
         with transaction.atomic(using=alias):
-            events = list(OutboxEvent.objects.using(alias).select_for_update(skip_locked=True)
-                          .filter(dispatched_at__isnull=True).order_by("id")[:batch_size])
+            events = list(
+                OutboxEvent.objects.using(alias)
+                .select_for_update(skip_locked=True)
+                .filter(dispatched_at__isnull=True)
+                .order_by("id")[:batch_size]
+            )
             if not events:
                 return 0
             webhook_deliveries_create(events=events, subscribers=subscribers)
-            OutboxEvent.objects.using(alias).filter(id__in=[e.id for e in events]).update(
-                dispatched_at=timezone.now())
+            OutboxEvent.objects.using(alias).filter(id__in=[e.id for e in events]).update(dispatched_at=timezone.now())
             return len(events)
 
     return write_on(group, dispatch)

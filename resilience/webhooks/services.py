@@ -21,9 +21,14 @@ logger = logging.getLogger("resilience.webhooks")
 def webhook_deliveries_retry(*, delivery_ids: list[int]) -> int:
     """Put the dead-lettered deliveries among `delivery_ids` back to pending, due now, with a fresh
     count of attempts; return how many. Deliveries that are not dead are left alone."""
-    return WebhookDelivery.objects.using(routing.primary_alias("default")).filter(
-        id__in=delivery_ids, status=WebhookDelivery.Status.DEAD,
-    ).update(status=WebhookDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now(), claim_token=None)
+    return (
+        WebhookDelivery.objects.using(routing.primary_alias("default"))
+        .filter(
+            id__in=delivery_ids,
+            status=WebhookDelivery.Status.DEAD,
+        )
+        .update(status=WebhookDelivery.Status.PENDING, attempts=0, next_attempt_at=timezone.now(), claim_token=None)
+    )
 
 
 def webhook_subscriber_rotate_secret(*, subscriber_id: int) -> str:
@@ -37,13 +42,17 @@ def webhook_prune() -> dict[str, int]:
     """Delete delivered deliveries and dispatched outbox rows older than WEBHOOK_RETENTION_DAYS; return
     rows deleted per database. Dead and pending deliveries are kept. A shard that is down is skipped."""
     cutoff = timezone.now() - timedelta(days=webhook_settings().retention_days)
-    deleted, _ = WebhookDelivery.objects.using(routing.primary_alias("default")).filter(
-        status=WebhookDelivery.Status.DELIVERED, delivered_at__lt=cutoff).delete()
+    deleted, _ = (
+        WebhookDelivery.objects.using(routing.primary_alias("default"))
+        .filter(status=WebhookDelivery.Status.DELIVERED, delivered_at__lt=cutoff)
+        .delete()
+    )
     result = {"default": deleted}
     for group in settings.SHARD_GROUPS:
         try:
-            result[group] = write_on(group, lambda alias: OutboxEvent.objects.using(alias).filter(
-                dispatched_at__lt=cutoff).delete()[0])
+            result[group] = write_on(
+                group, lambda alias: OutboxEvent.objects.using(alias).filter(dispatched_at__lt=cutoff).delete()[0]
+            )
         except (ShardUnavailable, DatabaseError) as exc:
             logger.warning("webhook prune: shard %s skipped (%s)", group, exc)
     return result

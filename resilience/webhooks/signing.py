@@ -37,8 +37,15 @@ def webhook_signature(secret: str, timestamp: int | str, body: bytes | str) -> s
     return "sha256=" + hmac.new(_bytes(secret), message, hashlib.sha256).hexdigest()
 
 
-def verify_signature(secret: str, timestamp: int | str | None, body: bytes | str, signature: str | None, *,
-                     tolerance: float = 300, now: float | None = None) -> bool:
+def verify_signature(
+    secret: str,
+    timestamp: int | str | None,
+    body: bytes | str,
+    signature: str | None,
+    *,
+    tolerance: float = 300,
+    now: float | None = None,
+) -> bool:
     """Return True if `signature` signs exactly `body` at `timestamp` with `secret`, and `timestamp` is
     within `tolerance` seconds of `now` (default: the clock). Never raises on malformed input."""
     if not timestamp or not signature:
@@ -52,8 +59,9 @@ def verify_signature(secret: str, timestamp: int | str | None, body: bytes | str
     return hmac.compare_digest(webhook_signature(secret, timestamp, body), signature)
 
 
-def webhook_headers(*, secret: str, event: str, event_id: str, body: bytes, attempt: int,
-                    timestamp: int | None = None) -> dict[str, str]:
+def webhook_headers(
+    *, secret: str, event: str, event_id: str, body: bytes, attempt: int, timestamp: int | None = None
+) -> dict[str, str]:
     """Return the headers of one delivery attempt, signed now (or at `timestamp`)."""
     sent_at = int(time.time()) if timestamp is None else timestamp
     return {

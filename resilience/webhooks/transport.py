@@ -39,7 +39,8 @@ def post(url: str, body: bytes, headers: dict[str, str], *, connect_timeout: flo
         raise ValueError(f"not an http(s) URL: {url!r}")
     if parts.scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=connect_timeout, context=ssl.create_default_context())
+            parts.hostname, parts.port, timeout=connect_timeout, context=ssl.create_default_context()
+        )
     else:
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=connect_timeout)
     try:

@@ -58,7 +58,8 @@ def receiver():
 
 
 def test_the_worker_survives_the_broker_dying_under_a_task_in_flight_and_keeps_flushing(
-        receiver, tmp_path, restore_stack):
+    receiver, tmp_path, restore_stack
+):
     # Celery 5.7.0 exited ("Unrecoverable error") when the Redis broker went away while a task was
     # delivered but not acknowledged, and again when that task acknowledged afterwards; see
     # project/celery.py. Here a webhook POST holds a task in flight across the broker's death.
@@ -70,26 +71,37 @@ def test_the_worker_survives_the_broker_dying_under_a_task_in_flight_and_keeps_f
         "    'webhooks-dispatch': {'task': 'resilience.webhooks_dispatch', 'schedule': 1.0,\n"
         "                          'options': {'expires': 5}},\n"
         "}\n"
-        "WEBHOOK_READ_TIMEOUT = 60.0\n")
-    env = {"DJANGO_SETTINGS_MODULE": "broker_loss_settings",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        "WEBHOOK_READ_TIMEOUT = 60.0\n"
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": "broker_loss_settings",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     WebhookSubscriber.objects.create(url=receiver.url, events=["user.created"])
     user = services.user_create(username="survivor", email="survivor@example.com", password="a-long-pass-2026")
     log = tmp_path / "worker.log"
 
-    with celery_beat(schedule_path=tmp_path / "beat-schedule", env=env), \
-            celery_worker(env=env, concurrency=2, log_path=log) as worker:
+    with (
+        celery_beat(schedule_path=tmp_path / "beat-schedule", env=env),
+        celery_worker(env=env, concurrency=2, log_path=log) as worker,
+    ):
         wait_for(receiver.hanging.is_set, timeout=60, message="a webhook POST in flight")
         stack("kill", "state")
         wait_for(lambda: "Connection to broker lost" in log.read_text(), timeout=30, message="the worker to notice")
         stack("start", "state")
         wait_for(get_redis_connection("state").ping, timeout=15, message="the state Redis to answer")
         receiver.release.set()  # the task in flight finishes and acknowledges on its lost channel
-        wait_for(lambda: WebhookDelivery.objects.filter(status="delivered").exists(), timeout=60,
-                 message="the webhook to be delivered")
+        wait_for(
+            lambda: WebhookDelivery.objects.filter(status="delivered").exists(),
+            timeout=60,
+            message="the webhook to be delivered",
+        )
         for _ in range(5):
             assert buffer.views_add(user_id=user["id"]) == "buffered"
-        wait_for(lambda: User.objects.using(group_for_user_id(user["id"])).get(id=user["id"]).view_count == 5,
-                 timeout=30, message="the worker to flush after the broker came back")
+        wait_for(
+            lambda: User.objects.using(group_for_user_id(user["id"])).get(id=user["id"]).view_count == 5,
+            timeout=30,
+            message="the worker to flush after the broker came back",
+        )
         assert worker.poll() is None
     assert "Unrecoverable error" not in log.read_text()

@@ -93,8 +93,10 @@ def test_a_replica_lagging_beyond_max_lag_is_skipped_until_it_catches_up(setting
 
 
 def test_reads_still_succeed_when_the_replica_process_is_stopped(restore_stack):
-    users = [services.user_create(username=f"rs{i}", email=f"rs{i}@example.com", password="a-long-pass-2026")
-             for i in range(4)]
+    users = [
+        services.user_create(username=f"rs{i}", email=f"rs{i}@example.com", password="a-long-pass-2026")
+        for i in range(4)
+    ]
     monitor.refresh_now()
     stack("stop", "replica")
     get_redis_connection("default").flushdb()
@@ -113,8 +115,7 @@ def test_reads_still_succeed_when_the_replica_process_is_stopped(restore_stack):
     wait_for(back, timeout=20, message="the restarted replica to be used again")
 
 
-@pytest.mark.parametrize(("attrs", "expect_standby"), [("read-write", False), ("primary", False),
-                                                       ("standby", True)])
+@pytest.mark.parametrize(("attrs", "expect_standby"), [("read-write", False), ("primary", False), ("standby", True)])
 def test_a_multi_host_url_lets_libpq_pick_the_server_by_role(attrs, expect_standby):
     """After a failover the promoted server is whichever host is writable now: a multi-host URL with
     target_session_attrs=read-write finds it without a config change. Here the replica is listed
@@ -125,8 +126,10 @@ def test_a_multi_host_url_lets_libpq_pick_the_server_by_role(attrs, expect_stand
 
     primary = connections["default"].settings_dict
     replica = connections[settings.DATABASE_GROUPS["default"]["replicas"][0]].settings_dict
-    url = (f"postgresql://{primary['USER']}@{replica['HOST']}:{replica['PORT']},{primary['HOST']}:{primary['PORT']}"
-           f"/{primary['NAME']}?target_session_attrs={attrs}")
+    url = (
+        f"postgresql://{primary['USER']}@{replica['HOST']}:{replica['PORT']},{primary['HOST']}:{primary['PORT']}"
+        f"/{primary['NAME']}?target_session_attrs={attrs}"
+    )
     wrapper = DatabaseWrapper({**connections["default"].settings_dict, **parse_database_url(url)}, alias="multihost")
     try:
         with wrapper.cursor() as cursor:

@@ -73,7 +73,8 @@ def daily(settings):
     """A policy whose window is a day, so no window boundary passes during a test (the built-in
     per-minute windows can roll over between a check and the page that shows it)."""
     settings.RESILIENCE_RATELIMIT_POLICIES = {
-        "test.daily": {"rate": "5/d", "key": "ip+username", "algorithm": "sliding_window", "fail": "closed"}}
+        "test.daily": {"rate": "5/d", "key": "ip+username", "algorithm": "sliding_window", "fail": "closed"}
+    }
     return "test.daily"
 
 
@@ -100,8 +101,13 @@ def test_every_page_redirects_anonymous_and_non_staff_users_to_the_login(real_db
 
 def test_admin_index_links_every_dashboard(admin_client):
     body = admin_client.get("/admin/").content.decode()
-    for url in ("/admin/bulwark/overview/", "/admin/bulwark/breakers/", "/admin/bulwark/ratelimits/",
-                "/admin/users/user/", "/admin/resilience/webhooksubscriber/"):
+    for url in (
+        "/admin/bulwark/overview/",
+        "/admin/bulwark/breakers/",
+        "/admin/bulwark/ratelimits/",
+        "/admin/users/user/",
+        "/admin/resilience/webhooksubscriber/",
+    ):
         assert f'href="{url}"' in body, url
 
 
@@ -117,8 +123,17 @@ def test_overview_shows_databases_shards_redis_celery_write_behind_breakers_and_
 
     assert response.status_code == 200
     body = response.content.decode()
-    for text in ("Databases", "Shard map", "Redis", "Celery", "Write-behind", "Open circuits",
-                 "Top rate-limited keys", "Webhook subscribers", 'data-series="replica_lag"'):
+    for text in (
+        "Databases",
+        "Shard map",
+        "Redis",
+        "Celery",
+        "Write-behind",
+        "Open circuits",
+        "Top rate-limited keys",
+        "Webhook subscribers",
+        'data-series="replica_lag"',
+    ):
         assert text in body, text
     for group in django_settings.SHARD_GROUPS:
         assert group in body
@@ -152,8 +167,12 @@ def test_overview_json_reports_every_panel_and_keeps_a_short_history(admin_clien
     # One sample per SAMPLE_EVERY seconds, whoever polls: a second poll soon after adds none...
     assert len(admin_client.get("/admin/bulwark/overview.json").json()["history"]) <= 2
     # ...and later polls do, up to the cap.
-    wait_for(lambda: len(admin_client.get("/admin/bulwark/overview.json").json()["history"]) >= 3,
-             timeout=30, interval=0.5, message="more samples")
+    wait_for(
+        lambda: len(admin_client.get("/admin/bulwark/overview.json").json()["history"]) >= 3,
+        timeout=30,
+        interval=0.5,
+        message="more samples",
+    )
     for _ in range(history.HISTORY_LENGTH + 5):
         history.get_redis_connection("state").delete(history.LOCK_KEY)
         history.record({"t": 0})
@@ -212,8 +231,9 @@ def test_force_open_force_close_and_reset_are_confirmed_posted_and_logged(admin_
     assert refused.post(url, {"name": "payments", "action": "force_open"}).status_code == 403
     assert breaker.state == State.CLOSED
 
-    response = admin_client.post(url, {"name": "payments", "action": "force_open", "reason": "maintenance"},
-                                 follow=True)
+    response = admin_client.post(
+        url, {"name": "payments", "action": "force_open", "reason": "maintenance"}, follow=True
+    )
     assert response.status_code == 200
     assert breaker.state == State.FORCED_OPEN
     assert b'data-breaker="payments" data-state="FORCED_OPEN"' in response.content
@@ -227,8 +247,10 @@ def test_force_open_force_close_and_reset_are_confirmed_posted_and_logged(admin_
 
     entries = list(LogEntry.objects.order_by("id"))
     assert [e.object_id for e in entries] == ["payments"] * 3
-    assert all(e.user_id == staff.pk and e.content_type.app_label == "resilience"
-               and e.content_type.model == "circuitbreaker" for e in entries)
+    assert all(
+        e.user_id == staff.pk and e.content_type.app_label == "resilience" and e.content_type.model == "circuitbreaker"
+        for e in entries
+    )
     assert [e.change_message for e in entries] == [
         "Force open: CLOSED -> FORCED_OPEN (maintenance)",
         "Force close: FORCED_OPEN -> FORCED_CLOSED (force close by ops in the admin)",
@@ -248,10 +270,10 @@ def test_rate_limits_page_lists_policies_429_counts_and_most_limited_keys(admin_
     for name in ("auth.token", "users.register", "api.read", "api.write", "users.views", "admin.login", daily):
         assert f"<b>{name}</b>" in body
     assert "5 per 86400 s" in body and "ip+username" in body and "fail closed" in body
-    row = body[body.index(f"<b>{daily}</b>"):]
+    row = body[body.index(f"<b>{daily}</b>") :]
     per_minute = json.loads(re.search(r'data-values="([^"]*)"', row).group(1).replace("&quot;", '"'))
     assert len(per_minute) == 15 and sum(per_minute) == 2  # 429s per minute, oldest first
-    top = body[body.index('id="top-keys"'):]
+    top = body[body.index('id="top-keys"') :]
     assert key in top and "5 / 5" in top and "limited" in top
 
 
@@ -261,7 +283,7 @@ def test_lookup_finds_the_keys_of_an_ip_a_user_and_a_username(admin_client):
     check("users.register", "ip:2001:db8::/64")
 
     by_user = admin_client.get("/admin/bulwark/ratelimits/", {"user_id": 123}).content.decode()
-    results = by_user[by_user.index('id="lookup-results"'):]
+    results = by_user[by_user.index('id="lookup-results"') :]
     used = re.search(r'data-policy="api.write" data-key="user:123">.*?class="bw-used">(\d+) / 120<', results, re.S)
     assert used and 0 < int(used.group(1)) <= 100  # a token bucket: it refills while the test runs
     assert 'data-policy="api.read" data-key="user:123"' in results
@@ -294,16 +316,19 @@ def test_reset_key_is_confirmed_posted_and_logged(admin_client, staff, daily):
     assert peek(daily, key).remaining == 5
     assert b"Counters of ip:10.0.0.1|username:alice under test.daily reset." in response.content
     entry = LogEntry.objects.get()
-    assert (entry.user_id, entry.object_id, entry.content_type.model) == (staff.pk, f"{daily}|{key}",
-                                                                        "ratelimitkey")
+    assert (entry.user_id, entry.object_id, entry.content_type.model) == (staff.pk, f"{daily}|{key}", "ratelimitkey")
     assert entry.change_message == "Reset rate-limit key (had counters)"
     assert admin_client.post(url, {"policy": "no.such.policy", "key": key}).status_code == 400
 
 
 # --- sharded users ---
 def make_users():
-    return [services.user_create(username=f"user{i}", email=f"user{i}@example.com", password="pw-0123456789abc",
-                                 display_name=f"User {i}") for i in range(6)]
+    return [
+        services.user_create(
+            username=f"user{i}", email=f"user{i}@example.com", password="pw-0123456789abc", display_name=f"User {i}"
+        )
+        for i in range(6)
+    ]
 
 
 def test_user_list_per_shard_and_find_by_id_username_and_email(admin_client):
@@ -315,7 +340,7 @@ def test_user_list_per_shard_and_find_by_id_username_and_email(admin_client):
 
     for group in django_settings.SHARD_GROUPS:
         body = admin_client.get("/admin/users/user/", {"shard": group}).content.decode()
-        listed = body[body.index('id="shard-users"'):] if 'id="shard-users"' in body else ""
+        listed = body[body.index('id="shard-users"') :] if 'id="shard-users"' in body else ""
         for row in rows:
             assert (f">{row['username']}<" in listed) == (row in by_shard.get(group, [])), (group, row["username"])
     assert admin_client.get("/admin/users/user/", {"shard": "nope"}).status_code == 404
@@ -323,7 +348,7 @@ def test_user_list_per_shard_and_find_by_id_username_and_email(admin_client):
     target = rows[3]
     for query in (str(target["id"]), "USER3", "User3@Example.com"):
         body = admin_client.get("/admin/users/user/", {"q": query}).content.decode()
-        found = body[body.index('id="search-results"'):body.index('id="user-list"')]
+        found = body[body.index('id="search-results"') : body.index('id="user-list"')]
         assert f'href="/admin/users/user/{target["id"]}/change/"' in found, query
         assert "user2" not in found
     assert "No user matches" in admin_client.get("/admin/users/user/", {"q": "nobody"}).content.decode()
@@ -352,8 +377,11 @@ def test_user_edit_goes_through_the_service_and_shows_a_taken_email_as_a_form_er
     page = admin_client.get(url)
     assert page.status_code == 200 and alice["email"].encode() in page.content
 
-    response = admin_client.post(url, {"display_name": "Alice A.", "bio": "hello", "email": "alice@new.example.com",
-                                       "version": alice["version"]}, follow=True)
+    response = admin_client.post(
+        url,
+        {"display_name": "Alice A.", "bio": "hello", "email": "alice@new.example.com", "version": alice["version"]},
+        follow=True,
+    )
 
     assert response.status_code == 200 and b"saved" in response.content
     row = selectors.user_get_by_id(user_id=alice["id"])
@@ -399,8 +427,10 @@ def test_metrics_are_served_to_staff_a_bearer_token_and_allowed_addresses_only(r
     assert Client().get("/metrics").status_code == 200  # loopback is allowed by default
     assert Client().get("/metrics", **outsider).status_code == 403
     settings.METRICS_TOKEN = "s3cret-token-for-tests"
-    assert Client().get("/metrics", headers={"Authorization": "Bearer s3cret-token-for-tests"},
-                        **outsider).status_code == 200
+    assert (
+        Client().get("/metrics", headers={"Authorization": "Bearer s3cret-token-for-tests"}, **outsider).status_code
+        == 200
+    )
     assert Client().get("/metrics", headers={"Authorization": "Bearer wrong"}, **outsider).status_code == 403
     settings.METRICS_ALLOWED_IPS = ["203.0.113.0/24"]
     assert Client().get("/metrics", **outsider).status_code == 200
@@ -463,8 +493,9 @@ def test_metrics_add_up_every_process_in_multiprocess_mode(real_db, tmp_path):
     """)
     for n in ("3", "4"):
         subprocess.run([sys.executable, "-c", count, n], cwd=ROOT, env=env, check=True, timeout=120)
-    out = subprocess.run([sys.executable, "-c", scrape], cwd=ROOT, env=env, check=True, timeout=120,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", scrape], cwd=ROOT, env=env, check=True, timeout=120, capture_output=True, text=True
+    ).stdout
 
     assert metric(out, "bulwark_ratelimit_decisions_total", policy="api.read", decision="denied") == 7
     assert metric(out, "bulwark_writebehind_pending_views_users") == 0  # scrape-time gauges as well

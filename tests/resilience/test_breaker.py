@@ -133,7 +133,10 @@ def test_closes_after_s_successful_probes(make_breaker):
     snapshot = breaker.snapshot()
     assert snapshot.state == State.CLOSED
     assert [(t["from"], t["to"]) for t in snapshot.transitions] == [
-        ("HALF_OPEN", "CLOSED"), ("OPEN", "HALF_OPEN"), ("CLOSED", "OPEN")]
+        ("HALF_OPEN", "CLOSED"),
+        ("OPEN", "HALF_OPEN"),
+        ("CLOSED", "OPEN"),
+    ]
     assert snapshot.window_calls == 0
     third.failure(RuntimeError("late"))  # a probe of a finished half-open period changes nothing
     assert breaker.state == State.CLOSED
@@ -320,7 +323,8 @@ def test_options_come_from_patterns_then_exact_names(settings):
     }
     assert options_for("payments") == BreakerOptions(open_seconds=30)
     assert options_for("webhook:example.com") == BreakerOptions(
-        open_seconds=30, failure_rate_threshold=25, excluded_exceptions=(LookupError,))
+        open_seconds=30, failure_rate_threshold=25, excluded_exceptions=(LookupError,)
+    )
     assert get_breaker("webhook:slow.example").options.open_seconds == 120
     assert all_breakers() == ["webhook:slow.example"]
     assert check_breaker_settings() == []

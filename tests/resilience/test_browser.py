@@ -23,8 +23,15 @@ from ..stack import ROOT, wait_for
 from .test_admin import caught_up
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "pw-ops-0123456789"
 TIMEOUT_MS = 30_000  # the machine is small and busy: generous deadlines, never timings
@@ -46,19 +53,32 @@ def server(real_db):
     """`manage.py runserver` on a free port with this run's databases and Redis DBs; static files are
     served by runserver --insecure (the test settings keep DEBUG off)."""
     port = free_port()
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.test", "DJANGO_DEBUG": "true",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "project.settings.test",
+        "DJANGO_DEBUG": "true",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
     log_path = ROOT / "artifacts" / "browser-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload",
-                                 "--insecure"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_for(lambda: proc.poll() is None and answers(f"{base}/health/live"), timeout=90, interval=0.25,
-                     message=f"the test server (log: {log_path})")
+            wait_for(
+                lambda: proc.poll() is None and answers(f"{base}/health/live"),
+                timeout=90,
+                interval=0.25,
+                message=f"the test server (log: {log_path})",
+            )
             yield base
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -72,13 +92,17 @@ def server(real_db):
 @pytest.fixture
 def browser(monkeypatch):
     if not os.path.exists(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium) "
-                    "to run the browser tests.")
+        pytest.fail(
+            f"{CHROMIUM} is missing: install Debian's chromium package (apt-get install -y chromium) "
+            "to run the browser tests."
+        )
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        pytest.fail("Playwright for Python is missing: pip install -r requirements-dev.txt "
-                    "(never `playwright install`: the tests use /usr/bin/chromium).")
+        pytest.fail(
+            "Playwright for Python is missing: pip install -r requirements-dev.txt "
+            "(never `playwright install`: the tests use /usr/bin/chromium)."
+        )
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # Playwright's sync API runs an event loop in this thread; the test's own database calls are plain
     # synchronous code all the same (pytest-django documents this for Playwright).
@@ -107,11 +131,21 @@ def test_staff_steers_breakers_limits_and_users_in_a_real_browser(server, browse
     page.set_default_timeout(TIMEOUT_MS)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page.on("console", lambda msg: errors.append(msg.text)
-            if msg.type == "error" and not msg.text.startswith("Failed to load resource") else None)
+    page.on(
+        "console",
+        lambda msg: (
+            errors.append(msg.text)
+            if msg.type == "error" and not msg.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     # Every page, script, stylesheet and poll must load (browsers ask for /favicon.ico on their own).
-    page.on("response", lambda r: errors.append(f"{r.status} {r.url}")
-            if r.status >= 400 and not r.url.endswith("/favicon.ico") else None)
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith("/favicon.ico") else None
+        ),
+    )
 
     # log in through the real login form
     page.goto(f"{server}/admin/login/?next=/admin/")
@@ -128,8 +162,10 @@ def test_staff_steers_breakers_limits_and_users_in_a_real_browser(server, browse
     expect(page.locator("#panel-databases")).to_contain_text("shard_0")
     expect(page.locator("#panel-shard-map")).to_contain_text("logical")
     expect(page.locator("#bw-updated")).to_have_attribute("data-generated-at", re.compile(r"^\d"))
-    page.wait_for_function("Number(document.querySelector('svg[data-series=\"queued\"]')"
-                           ".getAttribute('data-points')) >= 2", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "Number(document.querySelector('svg[data-series=\"queued\"]').getAttribute('data-points')) >= 2",
+        timeout=TIMEOUT_MS,
+    )
     expect(page.locator(".bw-panel .bw-unavailable")).to_have_count(0)
     page.screenshot(path=SCREENSHOTS / "overview.png", full_page=True)
 
@@ -164,8 +200,9 @@ def test_staff_steers_breakers_limits_and_users_in_a_real_browser(server, browse
     expect(page.locator("h1")).to_contain_text("Reset rate-limit key user:42 (api.write)?")
     page.click("#confirm")
     expect(page.locator(".messagelist")).to_contain_text("Counters of user:42 under api.write reset.")
-    expect(page.locator('#lookup-results tr[data-policy="api.write"][data-key="user:42"] .bw-used')) \
-        .to_have_text("0 / 120")
+    expect(page.locator('#lookup-results tr[data-policy="api.write"][data-key="user:42"] .bw-used')).to_have_text(
+        "0 / 120"
+    )
     assert peek("api.write", "user:42").remaining == 120
     page.screenshot(path=SCREENSHOTS / "ratelimit-reset.png", full_page=True)
 
@@ -182,4 +219,3 @@ def test_staff_steers_breakers_limits_and_users_in_a_real_browser(server, browse
     page.screenshot(path=SCREENSHOTS / "user-edit.png", full_page=True)
 
     assert errors == []
-

@@ -39,13 +39,21 @@ def test_builtin_policies_apply_when_the_setting_is_absent():
     assert get_policy("users.register") == Policy("users.register", 10, 3600, "ip", "sliding_window", "closed")
     assert get_policy("api.write") == Policy("api.write", 120, 60, "user", "token_bucket", "open")
     assert get_policy("admin.login") == Policy("admin.login", 10, 60, "ip", "fixed_window", "closed")
-    assert set(all_policies()) == {"auth.token", "users.register", "api.read", "api.write", "users.views",
-                                   "admin.login"}
+    assert set(all_policies()) == {
+        "auth.token",
+        "users.register",
+        "api.read",
+        "api.write",
+        "users.views",
+        "admin.login",
+    }
 
 
 def test_settings_override_defaults_field_by_field_and_add_policies(settings):
-    settings.RESILIENCE_RATELIMIT_POLICIES = {"auth.token": {"rate": "3/m"},
-                                              "reports": {"rate": "100/30s", "key": "user", "fail": "closed"}}
+    settings.RESILIENCE_RATELIMIT_POLICIES = {
+        "auth.token": {"rate": "3/m"},
+        "reports": {"rate": "100/30s", "key": "user", "fail": "closed"},
+    }
     assert get_policy("auth.token") == Policy("auth.token", 3, 60, "ip+username", "sliding_window", "closed")
     assert get_policy("reports") == Policy("reports", 100, 30, "user", "sliding_window", "closed")
     assert get_policy("api.read").limit == 600
@@ -53,8 +61,9 @@ def test_settings_override_defaults_field_by_field_and_add_policies(settings):
         get_policy("nope")
 
 
-@pytest.mark.parametrize(("rate", "expected"), [("5/m", (5, 60)), ("10/h", (10, 3600)), ("100/30s", (100, 30)),
-                                                ("1/d", (1, 86400))])
+@pytest.mark.parametrize(
+    ("rate", "expected"), [("5/m", (5, 60)), ("10/h", (10, 3600)), ("100/30s", (100, 30)), ("1/d", (1, 86400))]
+)
 def test_parse_rate(rate, expected):
     assert parse_rate(rate) == expected
 
@@ -102,8 +111,11 @@ def test_sliding_window_headers_and_retry_after_are_exact():
     assert headers(decisions[0]) == {"RateLimit-Policy": "3;w=60", "RateLimit": "limit=3, remaining=2, reset=30"}
     # 3 requests in this window: the next one fits once the window has turned and they weigh 2/3 less
     assert decisions[3].retry_after == 30 + 20
-    assert headers(decisions[3]) == {"RateLimit-Policy": "3;w=60", "RateLimit": "limit=3, remaining=0, reset=50",
-                                     "Retry-After": "50"}
+    assert headers(decisions[3]) == {
+        "RateLimit-Policy": "3;w=60",
+        "RateLimit": "limit=3, remaining=0, reset=50",
+        "Retry-After": "50",
+    }
     assert not evaluate(policy, "k", cost=0, now_ms=now + 49_999).allowed
     assert evaluate(policy, "k", now_ms=now + 50_000).allowed
 

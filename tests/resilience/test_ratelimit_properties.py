@@ -25,8 +25,9 @@ START_MS = 1_700_000_000_000  # a multiple of the window
 EPSILON = 1e-9
 
 requests = st.lists(st.integers(min_value=0, max_value=1500), min_size=1, max_size=40)
-property_settings = hypothesis_settings(max_examples=150, deadline=None,
-                                        suppress_health_check=[HealthCheck.function_scoped_fixture])
+property_settings = hypothesis_settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def _run(policy: Policy, gaps: list[int]) -> list[int]:

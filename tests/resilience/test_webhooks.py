@@ -33,8 +33,14 @@ from ..stack import ROOT, run_together, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
-FAST_BREAKER = {"open_seconds": 1.0, "consecutive_failures": 3, "minimum_calls": 3, "window_size": 10,
-                "half_open_max_calls": 1, "success_threshold": 1}
+FAST_BREAKER = {
+    "open_seconds": 1.0,
+    "consecutive_failures": 3,
+    "minimum_calls": 3,
+    "window_size": 10,
+    "half_open_max_calls": 1,
+    "success_threshold": 1,
+}
 
 
 class Receiver:
@@ -78,8 +84,9 @@ class Receiver:
             self.hanging.set()
             self.release.wait(30)
         with self.lock:
-            self.requests.append({"headers": headers, "body": body, "verified": verified, "status": status,
-                                  "path": request.path})
+            self.requests.append(
+                {"headers": headers, "body": body, "verified": verified, "status": status, "path": request.path}
+            )
             if status == 200:
                 if event_id in self.processed:
                     self.duplicates[event_id] += 1
@@ -130,13 +137,14 @@ def subscribe(receiver: Receiver, events=EVENTS, **fields) -> WebhookSubscriber:
 
 
 def make_users(n: int, prefix: str = "hook") -> list[int]:
-    return [user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="pw-0123456789")["id"]
-            for i in range(n)]
+    return [
+        user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="pw-0123456789")["id"]
+        for i in range(n)
+    ]
 
 
 def outbox() -> list[OutboxEvent]:
-    return [e for group in django_settings.SHARD_GROUPS
-            for e in OutboxEvent.objects.using(group).order_by("id")]
+    return [e for group in django_settings.SHARD_GROUPS for e in OutboxEvent.objects.using(group).order_by("id")]
 
 
 def event_ids() -> set[str]:
@@ -213,7 +221,8 @@ def test_subscribers_get_only_their_events_and_inactive_ones_keep_theirs_waiting
 
 
 def test_failing_receiver_opens_its_breaker_deliveries_wait_without_burning_attempts_then_all_arrive_once(
-        receivers, fast):
+    receivers, fast
+):
     down, healthy = receivers(), receivers("127.0.0.2")
     subscribe(down)
     subscribe(healthy)
@@ -271,8 +280,9 @@ def test_dead_letter_after_max_attempts_then_the_admin_action_retries_it(receive
     assert client.get(add).status_code == 200
     refused = client.post(add, {"name": "ftp", "url": "ftp://example.com/x", "events": ["user.created"]})
     assert refused.status_code == 200 and not WebhookSubscriber.objects.filter(name="ftp").exists()
-    created = client.post(add, {"name": "crm", "url": "https://crm.example.com/hook", "events": ["user.deleted"],
-                                "active": "on"})
+    created = client.post(
+        add, {"name": "crm", "url": "https://crm.example.com/hook", "events": ["user.deleted"], "active": "on"}
+    )
     assert created.status_code == 302
     crm = WebhookSubscriber.objects.using("default").get(name="crm")
     assert crm.events == ["user.deleted"] and crm.secret.startswith("whsec_") and len(crm.secret) > 40
@@ -350,9 +360,12 @@ def test_end_to_end_with_real_celery_worker_and_beat_including_a_worker_sigkille
         "WEBHOOK_BACKOFF_CAP = 0.5\n"
         "WEBHOOK_LEASE_SECONDS = 2.0\n"
         "WEBHOOK_DELIVER_TIME_BUDGET = 2.0\n"
-        f"RESILIENCE_BREAKERS = {{'webhook:*': {breaker!r}}}\n")
-    env = {"DJANGO_SETTINGS_MODULE": "webhook_e2e_settings",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+        f"RESILIENCE_BREAKERS = {{'webhook:*': {breaker!r}}}\n"
+    )
+    env = {
+        "DJANGO_SETTINGS_MODULE": "webhook_e2e_settings",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
     receiver.status = 503
     make_users(3)
 

@@ -23,19 +23,26 @@ class Api:
         return self.client.get(path, params, headers=self._headers(headers))
 
     def post(self, path, body=None, headers=None):
-        return self.client.post(path, json.dumps(body) if body is not None else "", content_type="application/json",
-                                headers=self._headers(headers))
+        return self.client.post(
+            path,
+            json.dumps(body) if body is not None else "",
+            content_type="application/json",
+            headers=self._headers(headers),
+        )
 
     def patch(self, path, body, headers=None):
-        return self.client.patch(path, json.dumps(body), content_type="application/json",
-                                 headers=self._headers(headers))
+        return self.client.patch(
+            path, json.dumps(body), content_type="application/json", headers=self._headers(headers)
+        )
 
     def delete(self, path, headers=None):
         return self.client.delete(path, headers=self._headers(headers))
 
     def register(self, username, email=None, password=PASSWORD, **extra):
-        return self.post("/api/v1/users/", {"username": username, "email": email or f"{username}@example.com",
-                                            "password": password, **extra})
+        return self.post(
+            "/api/v1/users/",
+            {"username": username, "email": email or f"{username}@example.com", "password": password, **extra},
+        )
 
     def login(self, username, password=PASSWORD):
         response = self.post("/api/v1/auth/token/", {"username": username, "password": password})

@@ -231,8 +231,9 @@ def test_behind_a_trusted_proxy_anonymous_idempotency_keys_are_scoped_by_the_rea
     body = {"password": PASSWORD}
     for n, client_address in enumerate(["203.0.113.7", "203.0.113.8"]):
         headers = {"Idempotency-Key": "same-key", "X-Forwarded-For": client_address}
-        response = api.post(REGISTER, {**body, "username": f"proxied{n}", "email": f"p{n}@example.com"},
-                            headers=headers)
+        response = api.post(
+            REGISTER, {**body, "username": f"proxied{n}", "email": f"p{n}@example.com"}, headers=headers
+        )
         assert response.status_code == 201, response.content  # not 422: two clients, two key spaces
     assert sum(selectors.user_count_per_shard().values()) == 2
 

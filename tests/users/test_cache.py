@@ -106,8 +106,11 @@ def test_not_found_is_cached_briefly_and_creation_replaces_it():
 
 
 @hsettings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(ops=st.lists(st.sampled_from(["read", "update", "slow_read_update", "flush", "stale_fill"]),
-                    min_size=1, max_size=12))
+@given(
+    ops=st.lists(
+        st.sampled_from(["read", "update", "slow_read_update", "flush", "stale_fill"]), min_size=1, max_size=12
+    )
+)
 def test_any_sequence_of_reads_and_writes_leaves_the_cache_equal_to_the_database(ops):
     get_redis_connection("default").flushdb()
     user = selectors.user_get_by_username(username="model") or new_user("model")
@@ -118,10 +121,12 @@ def test_any_sequence_of_reads_and_writes_leaves_the_cache_equal_to_the_database
         elif op == "update":
             services.user_update(user_id=uid, changes={"bio": f"bio-{i}"})
         elif op == "slow_read_update":
+
             def slow(i=i):
                 old = selectors._row_by_id(uid)
                 services.user_update(user_id=uid, changes={"display_name": f"dn-{i}"})
                 return old
+
             cache.get_or_load(cache.user_key(uid), slow, version_of=lambda r: r["rev"])
         elif op == "flush":
             get_redis_connection("default").delete(cache.user_key(uid))
@@ -136,8 +141,7 @@ def test_any_sequence_of_reads_and_writes_leaves_the_cache_equal_to_the_database
 
 
 @pytest.mark.parametrize("fault", ["stop", "pause"])
-def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_hangs(
-        fault, restore_stack, make_api):
+def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_hangs(fault, restore_stack, make_api):
     api = make_api()
     profile = api.register("sturdy").json()
     api.login("sturdy")
@@ -153,6 +157,7 @@ def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_h
         assert anon.post(f"/api/v1/users/{profile['id']}/views/").status_code == 202
     finally:
         stack("resume" if fault == "pause" else "start", "cache")
+
     # When the cache returns, caching resumes without a restart; the lost write-through was queued
     # and is replayed (beat does this every few seconds; the local breaker lets calls through again).
     def caching_again():

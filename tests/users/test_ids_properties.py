@@ -30,8 +30,9 @@ def test_ids_are_ordered_by_time(t1, t2, ls, s1, s2):
 @given(st.text(min_size=1, max_size=150))
 def test_placement_ignores_letter_case_and_stays_in_range(name):
     assert 0 <= logical_shard_for_username(name, logical_shards=1024) < 1024
-    assert logical_shard_for_username(name.upper(), logical_shards=1024) == \
-        logical_shard_for_username(name.lower(), logical_shards=1024) or normalize(name.upper()) != normalize(name)
+    assert logical_shard_for_username(name.upper(), logical_shards=1024) == logical_shard_for_username(
+        name.lower(), logical_shards=1024
+    ) or normalize(name.upper()) != normalize(name)
 
 
 @given(st.text(max_size=50))

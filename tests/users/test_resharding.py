@@ -45,7 +45,9 @@ def bulk_users(n: int, prefix: str) -> list[int]:
                 """INSERT INTO users_user (id, logical_shard, username, email, password, display_name, bio,
                        created_at, updated_at, version, rev, view_count)
                    SELECT users_next_id(ls), ls, name, name || '@example.com', '!', '', '', now(), now(), 1, 1, 0
-                     FROM unnest(%s::text[], %s::int[]) AS t(name, ls) RETURNING id""", [names, shards])
+                     FROM unnest(%s::text[], %s::int[]) AS t(name, ls) RETURNING id""",
+                [names, shards],
+            )
             ids += [r[0] for r in cursor.fetchall()]
     return ids
 
@@ -156,21 +158,36 @@ def test_two_to_three_shards_with_ten_thousand_users_under_concurrent_load(setti
     assert db == acked_views  # every acknowledged view counted exactly once
     for uid in acked_updates:  # every user is readable where the map says
         assert selectors.user_get_by_id(user_id=uid)["id"] == uid
-    print(f"\nreads {reads[0]}, updates {sum(acked_updates.values())}, refused {refused[0]}, "
-          f"views {sum(acked_views.values())}, fence ms {[m.longest_fence_ms for m in moves]}")
+    print(
+        f"\nreads {reads[0]}, updates {sum(acked_updates.values())}, refused {refused[0]}, "
+        f"views {sum(acked_views.values())}, fence ms {[m.longest_fence_ms for m in moves]}"
+    )
 
 
 def _run_move_killed_at(state: str, logical: str) -> int:
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", RESHARD_FAULT=state)
-    result = subprocess.run([sys.executable, "manage.py", "reshard", "move", "--logical", logical, "--to", "shard_2"],
-                            cwd=ROOT, env=env, capture_output=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "reshard", "move", "--logical", logical, "--to", "shard_2"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
     return result.returncode
 
 
-@pytest.mark.parametrize(("state", "recovery"), [
-    ("copied", "resume"), ("copied", "rollback"), ("fenced", "resume"), ("fenced", "rollback"),
-    ("verified", "resume"), ("verified", "rollback"), ("switched", "resume"),
-])
+@pytest.mark.parametrize(
+    ("state", "recovery"),
+    [
+        ("copied", "resume"),
+        ("copied", "rollback"),
+        ("fenced", "resume"),
+        ("fenced", "rollback"),
+        ("verified", "resume"),
+        ("verified", "rollback"),
+        ("switched", "resume"),
+    ],
+)
 def test_a_move_killed_after_any_step_resumes_or_rolls_back_with_nothing_lost(state, recovery):
     ids = bulk_users(600, f"k{state[:3]}{recovery[:2]}")
     for uid in ids[:50]:
@@ -225,16 +242,21 @@ def test_a_running_celery_worker_follows_the_new_map(tmp_path):
     moving = sorted({(uid >> 10) & 8191 for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
     movers = [uid for uid in ids if (uid >> 10) & 8191 in moving]
     env = {"WRITE_BEHIND_INTERVAL": "0.5", "WRITE_BEHIND_RECLAIM_AFTER": "1"}
-    with celery_worker(env=env, log_path=tmp_path / "worker.log"), \
-            celery_beat(schedule_path=tmp_path / "beat", env=env):
+    with (
+        celery_worker(env=env, log_path=tmp_path / "worker.log"),
+        celery_beat(schedule_path=tmp_path / "beat", env=env),
+    ):
         for uid in movers:
             buffer.views_add(user_id=uid)
         wait_for(lambda: sum(views_in_db(movers).values()) == len(movers), timeout=60, message="first views")
         resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
         for uid in movers:
             buffer.views_add(user_id=uid)
-        wait_for(lambda: views_in_db(movers) == {uid: 2 for uid in movers}, timeout=60,
-                 message="the worker to flush to the new shard")
+        wait_for(
+            lambda: views_in_db(movers) == {uid: 2 for uid in movers},
+            timeout=60,
+            message="the worker to flush to the new shard",
+        )
     with connections["shard_2"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM users_user WHERE id = ANY(%s) AND view_count = 2", [movers])
         assert cursor.fetchone()[0] == len(movers)

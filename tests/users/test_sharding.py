@@ -93,14 +93,17 @@ def test_a_read_touches_exactly_one_shard_database(access):
 
 
 def test_shard_assignment_is_identical_across_processes_with_different_hash_seeds():
-    code = ("import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings.test'); "
-            "django.setup(); from users.sharding.hashing import logical_shard_for_username as f; "
-            "print([f(f'name{i}') for i in range(200)], hash('name1'))")
+    code = (
+        "import django, os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'project.settings.test'); "
+        "django.setup(); from users.sharding.hashing import logical_shard_for_username as f; "
+        "print([f(f'name{i}') for i in range(200)], hash('name1'))"
+    )
     outputs = []
     for seed in ("1", "2"):
         env = dict(os.environ, PYTHONHASHSEED=seed, DJANGO_SETTINGS_MODULE="project.settings.test")
-        out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
-                             check=True, timeout=60).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True, timeout=60
+        ).stdout
         placement, _, python_hash = out.strip().rpartition(" ")
         outputs.append((placement, python_hash))
     assert outputs[0][0] == outputs[1][0]
@@ -149,11 +152,19 @@ GHOST_ID = make_id(ms=1767225600000, logical_shard=7, seq=1)
 
 def test_a_claim_left_by_a_crash_is_repaired_when_it_blocks_a_registration():
     # A registration that claimed its username and email, then died before writing the user row.
-    UniqueClaim.objects.using("default").bulk_create([
-        UniqueClaim(kind="username", value="ghost", user_id=GHOST_ID, created_at=timezone.now() - timedelta(minutes=5)),
-        UniqueClaim(kind="email", value="ghost@example.com", user_id=GHOST_ID,
-                    created_at=timezone.now() - timedelta(minutes=5)),
-    ])
+    UniqueClaim.objects.using("default").bulk_create(
+        [
+            UniqueClaim(
+                kind="username", value="ghost", user_id=GHOST_ID, created_at=timezone.now() - timedelta(minutes=5)
+            ),
+            UniqueClaim(
+                kind="email",
+                value="ghost@example.com",
+                user_id=GHOST_ID,
+                created_at=timezone.now() - timedelta(minutes=5),
+            ),
+        ]
+    )
     user = make_user("ghost")
     assert selectors.user_get_by_username(username="ghost")["id"] == user["id"]
     assert set(UniqueClaim.objects.using("default").values_list("user_id", flat=True)) == {user["id"]}
@@ -196,7 +207,6 @@ def shard_1_down():
     yield
     with connections["default"].cursor() as cursor:
         cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-
 
 
 def test_shard_down_other_shards_keep_serving(request):

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("real_db")
 
 
 def make_users(n, prefix="wb"):
-    return [services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com",
-                                 password="a-long-pass-2026") for i in range(n)]
+    return [
+        services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="a-long-pass-2026")
+        for i in range(n)
+    ]
 
 
 def db_views(user_ids):
@@ -83,11 +85,19 @@ def test_last_seen_is_coalesced_and_flushed(make_api):
 def test_a_flusher_sigkilled_at_any_point_loses_nothing_and_counts_nothing_twice(point, settings, tmp_path):
     users = make_users(6, prefix=f"k{point[:5]}")
     expected = buffer_views(users, 4)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", WRITE_BEHIND_FAULT=point,
-               WRITE_BEHIND_FAULT_MARKER=str(tmp_path / "fired"))
-    result = subprocess.run([sys.executable, "-c", "import django; django.setup(); "
-                             "from users.writebehind.flush import flush; flush()"],
-                            cwd=ROOT, env=env, capture_output=True, timeout=120)
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.test",
+        WRITE_BEHIND_FAULT=point,
+        WRITE_BEHIND_FAULT_MARKER=str(tmp_path / "fired"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     assert result.returncode == -9, result.stderr.decode()[-2000:]  # really SIGKILLed mid-flush
     settings.WRITE_BEHIND_RECLAIM_AFTER = 0  # the abandoned batch is re-claimed by the next flush
     flush.flush()
@@ -100,8 +110,10 @@ def test_overlapping_and_duplicate_flushes_apply_a_batch_once(settings):
     users = make_users(8, prefix="ov")
     expected = buffer_views(users, 5)
     # A flusher claims the batch and dies; then four flushers race to re-claim and apply it.
-    buffer.script("claim")(keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE, buffer.BATCHES],
-                           args=["abandoned0000000000000000000000", 0, 10**12])
+    buffer.script("claim")(
+        keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE, buffer.BATCHES],
+        args=["abandoned0000000000000000000000", 0, 10**12],
+    )
     settings.WRITE_BEHIND_RECLAIM_AFTER = 0
     run_together(flush.flush, 4)
     flush.flush()
@@ -188,7 +200,8 @@ def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view(resto
         flush.flush()
         flush.flush()
         total = sum(db_views([u["id"] for u in users]).values()) + sum(
-            buffer.pending_views(user_id=u["id"]) for u in users)
+            buffer.pending_views(user_id=u["id"]) for u in users
+        )
         lost = max(0, len(acked) - total)
         print(f"appendfsync {appendfsync}: {len(acked)} acknowledged, {lost} lost, {len(uncertain)} unconfirmed")
         assert lost == 0, f"{lost} acknowledged views lost"
@@ -199,19 +212,29 @@ def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view(resto
 
 def test_end_to_end_with_a_real_celery_worker_and_beat_including_a_sigkill_mid_flush(tmp_path):
     users = make_users(5, prefix="e2e")
-    env = {"WRITE_BEHIND_INTERVAL": "0.5", "WRITE_BEHIND_RECLAIM_AFTER": "1",
-           "WRITE_BEHIND_FAULT": "after_commit", "WRITE_BEHIND_FAULT_MARKER": tmp_path / "fired"}
+    env = {
+        "WRITE_BEHIND_INTERVAL": "0.5",
+        "WRITE_BEHIND_RECLAIM_AFTER": "1",
+        "WRITE_BEHIND_FAULT": "after_commit",
+        "WRITE_BEHIND_FAULT_MARKER": tmp_path / "fired",
+    }
     client = Client()
     expected = {}
-    with celery_worker(env=env, log_path=tmp_path / "worker.log"), \
-            celery_beat(schedule_path=tmp_path / "beat-schedule", env=env):
+    with (
+        celery_worker(env=env, log_path=tmp_path / "worker.log"),
+        celery_beat(schedule_path=tmp_path / "beat-schedule", env=env),
+    ):
         for i, u in enumerate(users):
             for _ in range(10 + i):
                 assert client.post(f"/api/v1/users/{u['id']}/views/").status_code == 202
             expected[u["id"]] = 10 + i
         wait_for(lambda: (tmp_path / "fired").exists(), timeout=60, message="the worker to be killed mid-flush")
-        wait_for(lambda: db_views(expected) == expected, timeout=60, interval=0.2,
-                 message=f"views to reach the database exactly: {expected}")
+        wait_for(
+            lambda: db_views(expected) == expected,
+            timeout=60,
+            interval=0.2,
+            message=f"views to reach the database exactly: {expected}",
+        )
         wait_for(lambda: buffer.stats()["claimed_batches"] == 0, timeout=30, message="the batch to be acknowledged")
     assert db_views(expected) == expected
     stats = buffer.stats()

@@ -30,8 +30,21 @@ from users.sharding.shardmap import shard_map
 
 logger = logging.getLogger(__name__)
 
-USER_COLUMNS = ["id", "logical_shard", "username", "email", "password", "display_name", "bio", "created_at",
-                "updated_at", "version", "rev", "last_seen_at", "view_count"]
+USER_COLUMNS = [
+    "id",
+    "logical_shard",
+    "username",
+    "email",
+    "password",
+    "display_name",
+    "bio",
+    "created_at",
+    "updated_at",
+    "version",
+    "rev",
+    "last_seen_at",
+    "view_count",
+]
 BATCH = 1000
 LS_OF_USER_ID = "((user_id >> 10) & 8191)"
 
@@ -60,7 +73,7 @@ def plan(*, target: str) -> list[tuple[list[int], str]]:
         if group == target or need <= 0:
             continue
         surplus = len(owned[group]) - desired
-        take = owned[group][len(owned[group]) - min(surplus, need):] if surplus > 0 else []
+        take = owned[group][len(owned[group]) - min(surplus, need) :] if surplus > 0 else []
         if take:
             proposal.append((take, group))
             need -= len(take)
@@ -85,8 +98,9 @@ def move_create(*, logical_shards: list[int], target: str) -> ShardMove:
             return move
         if set(move.logical_shards) & set(logical_shards):
             raise MoveError(f"{move} overlaps; resume or roll it back first")
-    return ShardMove.objects.using("default").create(logical_shards=sorted(logical_shards), source=source,
-                                                     target=target)
+    return ShardMove.objects.using("default").create(
+        logical_shards=sorted(logical_shards), source=source, target=target
+    )
 
 
 # --- helpers ---
@@ -121,19 +135,32 @@ def _sync(move: ShardMove) -> int:
     cols = ", ".join(USER_COLUMNS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in USER_COLUMNS if c != "id")
     for start in range(0, len(changed), BATCH):
-        rows = _fetch(src, f"SELECT {cols} FROM users_user WHERE id = ANY(%s)", [changed[start:start + BATCH]])
+        rows = _fetch(src, f"SELECT {cols} FROM users_user WHERE id = ANY(%s)", [changed[start : start + BATCH]])
         with transaction.atomic(using=dst), connections[dst].cursor() as cursor:
             _mover(cursor)
-            cursor.executemany(f"INSERT INTO users_user ({cols}) VALUES ({', '.join(['%s'] * len(USER_COLUMNS))}) "
-                               f"ON CONFLICT (id) DO UPDATE SET {updates}", rows)
+            cursor.executemany(
+                f"INSERT INTO users_user ({cols}) VALUES ({', '.join(['%s'] * len(USER_COLUMNS))}) "
+                f"ON CONFLICT (id) DO UPDATE SET {updates}",
+                rows,
+            )
         written += len(rows)
     # tokens and the ledger: sets; the outbox: undispatched events by their unique event id
     specs = [
         ("users_token", "digest", "digest, user_id, created_at", f"{LS_OF_USER_ID} = ANY(%s)", True),
-        ("users_outboxevent", "event_id", "event_id, event, user_id, data, created_at",
-         f"{LS_OF_USER_ID} = ANY(%s) AND dispatched_at IS NULL", False),
-        ("users_writebehindbatch", "batch_id || '/' || logical_shard", "batch_id, logical_shard, applied_at",
-         "logical_shard = ANY(%s)", False),
+        (
+            "users_outboxevent",
+            "event_id",
+            "event_id, event, user_id, data, created_at",
+            f"{LS_OF_USER_ID} = ANY(%s) AND dispatched_at IS NULL",
+            False,
+        ),
+        (
+            "users_writebehindbatch",
+            "batch_id || '/' || logical_shard",
+            "batch_id, logical_shard, applied_at",
+            "logical_shard = ANY(%s)",
+            False,
+        ),
     ]
     for table, key, columns, where, delete_gone in specs:
         source_rows = {r[0]: r[1:] for r in _fetch(src, f"SELECT {key}, {columns} FROM {table} WHERE {where}", [lss])}
@@ -143,8 +170,9 @@ def _sync(move: ShardMove) -> int:
             _mover(cursor)
             if missing:
                 n = len(columns.split(","))
-                cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * n)}) "
-                                   "ON CONFLICT DO NOTHING", missing)
+                cursor.executemany(
+                    f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * n)}) ON CONFLICT DO NOTHING", missing
+                )
             if delete_gone:
                 stale = [k for k in target_keys if k not in source_rows]
                 if stale:
@@ -185,8 +213,10 @@ def _fence(move: ShardMove) -> None:
     started = time.perf_counter()
     with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
         _mover(cursor)
-        cursor.executemany("INSERT INTO users_frozenlogicalshard (logical_shard, frozen_at) VALUES (%s, now()) "
-                           "ON CONFLICT DO NOTHING", [[ls] for ls in move.logical_shards])
+        cursor.executemany(
+            "INSERT INTO users_frozenlogicalshard (logical_shard, frozen_at) VALUES (%s, now()) ON CONFLICT DO NOTHING",
+            [[ls] for ls in move.logical_shards],
+        )
     # Writers that passed the trigger before the freeze committed may still be in flight: a SHARE
     # lock waits for them (and briefly blocks other writers of the shard), then the last changes copy.
     with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
@@ -208,8 +238,9 @@ def _switch(move: ShardMove) -> None:
     with transaction.atomic(using="default"):
         ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(group=move.target)
     shard_map.invalidate()
-    move.longest_fence_ms = round((time.time() - move.detail.get("fenced_at", time.time())) * 1000
-                                  + settings.SHARDING_MAP_TTL * 1000)
+    move.longest_fence_ms = round(
+        (time.time() - move.detail.get("fenced_at", time.time())) * 1000 + settings.SHARDING_MAP_TTL * 1000
+    )
     _save(move, ShardMove.SWITCHED, switched_at=time.time())
 
 
@@ -236,8 +267,13 @@ def _cleanup(move: ShardMove) -> None:
     _save(move, ShardMove.DONE)
 
 
-STEPS = {ShardMove.PLANNED: _copy, ShardMove.COPIED: _fence, ShardMove.FENCED: _verify,
-         ShardMove.VERIFIED: _switch, ShardMove.SWITCHED: _cleanup}
+STEPS = {
+    ShardMove.PLANNED: _copy,
+    ShardMove.COPIED: _fence,
+    ShardMove.FENCED: _verify,
+    ShardMove.VERIFIED: _switch,
+    ShardMove.SWITCHED: _cleanup,
+}
 
 
 def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:

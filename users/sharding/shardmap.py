@@ -103,8 +103,11 @@ class ShardMap:
                 table[ls] = group
         problems = validate_ranges([(ls, ls, g) for ls, g in rows], logical_shards=n, groups=settings.SHARD_GROUPS)
         if problems:
-            raise ImproperlyConfigured("The stored shard map is invalid: " + "; ".join(problems[:3])
-                                       + ". Run `manage.py migrate_all` to seed it.")
+            raise ImproperlyConfigured(
+                "The stored shard map is invalid: "
+                + "; ".join(problems[:3])
+                + ". Run `manage.py migrate_all` to seed it."
+            )
         return table
 
 

@@ -41,7 +41,8 @@ def _never_sent(exc: RedisError) -> bool:
     # replaying its AOF refuses every command with LOADING, and while no Sentinel names a master there
     # is nowhere to send it: in each case the command was not applied, so the fallback cannot double count.
     return isinstance(exc, BusyLoadingError | MasterNotFoundError) or (
-        isinstance(exc, RedisConnectionError) and "connecting to" in str(exc))
+        isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
+    )
 
 
 def redis_state():
@@ -69,8 +70,9 @@ def views_add(*, user_id: int, count: int = 1) -> str:
         user_record_views_direct(user_id=user_id, count=count)
         return "direct"
     try:
-        result = script("ingest")(keys=[VIEWS, SEEN, SINCE],
-                                  args=["views", user_id, count, settings.WRITE_BEHIND_MAX_PENDING, _now_ms()])
+        result = script("ingest")(
+            keys=[VIEWS, SEEN, SINCE], args=["views", user_id, count, settings.WRITE_BEHIND_MAX_PENDING, _now_ms()]
+        )
     except RedisError as exc:
         if not _never_sent(exc):
             logger.warning("write-behind buffer failed mid-command (%s): view of %s not acknowledged", exc, user_id)

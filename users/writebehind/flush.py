@@ -129,8 +129,14 @@ def flush() -> dict:
     duration_ms = (time.perf_counter() - started) * 1000
     if batch_ids:
         pipe = redis_state().pipeline(transaction=False)
-        pipe.hset(STATS, mapping={"last_flush_at": time.time(), "last_flush_rows": rows,
-                                  "last_flush_duration_ms": round(duration_ms, 2)})
+        pipe.hset(
+            STATS,
+            mapping={
+                "last_flush_at": time.time(),
+                "last_flush_rows": rows,
+                "last_flush_duration_ms": round(duration_ms, 2),
+            },
+        )
         pipe.hincrby(STATS, "total_rows", rows)
         pipe.execute()
     return {"batches": len(batch_ids), "acknowledged": acknowledged, "rows": rows, "duration_ms": duration_ms}
@@ -140,11 +146,14 @@ def prune_ledger(*, older_than_hours: int = 24) -> int:
     """Delete ledger rows far older than any batch could still be re-claimed."""
     deleted = 0
     for group in settings.SHARD_GROUPS:
+
         def prune(alias):
             with connections[alias].cursor() as cursor:
-                cursor.execute("DELETE FROM users_writebehindbatch WHERE applied_at < now() - %s * interval '1 hour'",
-                               [older_than_hours])
+                cursor.execute(
+                    "DELETE FROM users_writebehindbatch WHERE applied_at < now() - %s * interval '1 hour'",
+                    [older_than_hours],
+                )
                 return cursor.rowcount
+
         deleted += write_on(group, prune)
     return deleted
-

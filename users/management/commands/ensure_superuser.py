@@ -26,7 +26,10 @@ class Command(BaseCommand):
             password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email=email, password=password)
         if generated:
-            self.stdout.write(self.style.WARNING(
-                f"Created superuser '{username}' with password: {password}  (shown once; change it in /admin/)"))
+            self.stdout.write(
+                self.style.WARNING(
+                    f"Created superuser '{username}' with password: {password}  (shown once; change it in /admin/)"
+                )
+            )
         else:
             self.stdout.write(f"Created superuser '{username}'.")

@@ -24,8 +24,11 @@ class Command(BaseCommand):
             call_command("migrate", database=alias, interactive=False, verbosity=max(0, verbosity - 1))
         with transaction.atomic(using="default"):
             if not ShardMapEntry.objects.using("default").exists():
-                entries = [ShardMapEntry(logical_shard=ls, group=group)
-                           for start, end, group in initial_ranges() for ls in range(start, end + 1)]
+                entries = [
+                    ShardMapEntry(logical_shard=ls, group=group)
+                    for start, end, group in initial_ranges()
+                    for ls in range(start, end + 1)
+                ]
                 ShardMapEntry.objects.using("default").bulk_create(entries)
                 if verbosity:
                     self.stdout.write(f"seeded the shard map: {len(entries)} logical shards")

@@ -1,11 +1,11 @@
 """Move logical shards between shard groups online.
 
-  manage.py reshard plan --to shard_2            propose an even spread onto shard_2
-  manage.py reshard plan --to shard_2 --apply    ... and run the proposed moves
-  manage.py reshard move --logical 700-1023 --to shard_2
-  manage.py reshard status
-  manage.py reshard resume [MOVE_ID]             continue unfinished moves (all, or one)
-  manage.py reshard rollback MOVE_ID             undo a move that has not switched the map yet
+manage.py reshard plan --to shard_2            propose an even spread onto shard_2
+manage.py reshard plan --to shard_2 --apply    ... and run the proposed moves
+manage.py reshard move --logical 700-1023 --to shard_2
+manage.py reshard status
+manage.py reshard resume [MOVE_ID]             continue unfinished moves (all, or one)
+manage.py reshard rollback MOVE_ID             undo a move that has not switched the map yet
 """
 
 from django.core.management.base import BaseCommand, CommandError
@@ -49,8 +49,11 @@ class Command(BaseCommand):
     def _run(self, move):
         self.stdout.write(f"running {move}")
         resharding.move_run(move)
-        self.stdout.write(self.style.SUCCESS(f"{move}; {move.rows_copied} rows copied, "
-                                             f"writes refused for about {move.longest_fence_ms} ms"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{move}; {move.rows_copied} rows copied, writes refused for about {move.longest_fence_ms} ms"
+            )
+        )
 
     def _plan(self, *, to, apply, **_):
         proposal = resharding.plan(target=to)

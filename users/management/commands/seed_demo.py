@@ -11,6 +11,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         for name in ("alice", "bob", "carol", "dave", "erin"):
             if selectors.user_get_by_username(username=name) is None:
-                services.user_create(username=name, email=f"{name}@example.com",
-                                     password=f"demo-{name}-pass-2026", display_name=name.title())
+                services.user_create(
+                    username=name,
+                    email=f"{name}@example.com",
+                    password=f"demo-{name}-pass-2026",
+                    display_name=name.title(),
+                )
                 self.stdout.write(f"created demo user {name}")
