@@ -35,6 +35,7 @@ from django_redis import get_redis_connection  # noqa: E402
 from bench import roundtrips  # noqa: E402
 from project.db import pinning, routing  # noqa: E402
 from project.db.replicas import monitor  # noqa: E402
+from project.server import granian_argv  # noqa: E402
 from users import selectors, services  # noqa: E402
 from users.models import User  # noqa: E402
 from users.sharding.access import group_for_user_id  # noqa: E402
@@ -129,22 +130,7 @@ def server(kind, port, **env_extra):
             "error",
         ]
     else:
-        cmd = [
-            str(VENV_BIN / "granian"),
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            WORKERS,
-            "--blocking-threads",
-            THREADS,
-            "--log-level",
-            "error",
-            "project.wsgi:application",
-        ]
+        cmd = granian_argv(port, workers=int(WORKERS), threads=int(THREADS))
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

@@ -17,7 +17,9 @@ from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from project.server import granian_argv
 from resilience.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from tests.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -36,21 +38,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_for(predicate, *, timeout: float, interval: float = 0.1, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value; raise TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last_error = None
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except Exception as exc:  # the condition may raise while a dependency comes back
-            last_error = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {message} (last error: {last_error})")
 
 
 class Process:
@@ -111,22 +98,7 @@ def server(port: int, log_dir: Path) -> Process:
     """granian as `make bench` runs it: 2 processes, 4 threads each."""
     return Process(
         "server",
-        [
-            str(VENV_BIN / "granian"),
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--blocking-threads",
-            "4",
-            "--log-level",
-            "warning",
-            "project.wsgi:application",
-        ],
+        granian_argv(port, log_level="warning"),
         log_dir,
     )
 

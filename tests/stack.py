@@ -15,7 +15,7 @@ def stack(*args: str) -> str:
 
 
 def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    """Poll `predicate` until it returns a truthy value; raise TimeoutError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
@@ -26,7 +26,7 @@ def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, messag
         except Exception as exc:  # the condition may raise while a dependency comes back
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message} (last error: {last_error})")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {message} (last error: {last_error})")
 
 
 def run_together(fn, n: int) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from project.server import granian_argv
+
 from .stack import ROOT, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
@@ -28,20 +30,7 @@ def live_server_url():
     port = free_port()
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test")
     proc = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("granian")),
-            "--interface",
-            "wsgi",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--log-level",
-            "error",
-            "project.wsgi:application",
-        ],
+        granian_argv(port, workers=1, threads=2),
         cwd=ROOT,
         env=env,
         start_new_session=True,
