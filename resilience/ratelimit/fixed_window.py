@@ -34,11 +34,14 @@ def evaluate_fixed(policy: Policy, key: str, *, cost: int) -> tuple[bool, int, i
     if usage is None or usage["time_left"] == -1:
         raise Unavailable(policy.name)
     count, reset = int(usage["count"]), max(0, int(usage["time_left"]))
+    # django-ratelimit's time_left is whole seconds rounded down: 0 in a window's last second. A denial
+    # must still say "retry in 1 s", never "Retry-After: 0" (found by a CI run landing in that second).
+    retry_after = max(1, reset)
     if cost == 0:  # a peek: would one more request pass?
         allowed = count < policy.limit
-        return allowed, policy.limit, max(0, policy.limit - count), reset, 0 if allowed else reset
+        return allowed, policy.limit, max(0, policy.limit - count), reset, 0 if allowed else retry_after
     allowed = not usage["should_limit"]
-    return allowed, policy.limit, max(0, policy.limit - count), reset, 0 if allowed else reset
+    return allowed, policy.limit, max(0, policy.limit - count), reset, 0 if allowed else retry_after
 
 
 def counter_key(policy: Policy, key: str) -> str:
