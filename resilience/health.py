@@ -9,29 +9,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
-import psycopg
 import redis
 import redis.sentinel
 from django.conf import settings
 from django.http import JsonResponse
 
-from project.db.replicas import monitor
+from project.db.replicas import monitor, probe_connect
 
 TIMEOUT = 1.5
 
 
 def _check_postgres(alias: str) -> dict:
-    db = settings.DATABASES[alias]
-    with psycopg.connect(
-        host=db["HOST"],
-        port=db["PORT"],
-        dbname=db["NAME"],
-        user=db["USER"],
-        password=db["PASSWORD"] or None,
-        connect_timeout=1,
-        autocommit=True,
-        options="-c statement_timeout=1000",
-    ) as conn:
+    with probe_connect(alias) as conn:
         conn.execute("SELECT 1").fetchone()
     return {}
 

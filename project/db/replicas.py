@@ -29,6 +29,22 @@ SELECT CASE
 """
 
 
+def probe_connect(alias: str) -> psycopg.Connection:
+    """A connection to `alias`'s server outside Django's pool, for probes (lag, health): a 1 s connect
+    and statement timeout, so a hung server costs a probe a second, never a request."""
+    db = settings.DATABASES[alias]
+    return psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"],
+        dbname=db["NAME"],
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        connect_timeout=1,
+        autocommit=True,
+        options="-c statement_timeout=1000",
+    )
+
+
 @dataclass
 class ReplicaState:
     alias: str
@@ -128,17 +144,7 @@ class ReplicaMonitor:
         conn = self._conns.get(server)
         try:
             if conn is None or conn.closed:
-                db = settings.DATABASES[alias]
-                conn = psycopg.connect(
-                    host=db["HOST"],
-                    port=db["PORT"],
-                    dbname=db["NAME"],
-                    user=db["USER"],
-                    password=db["PASSWORD"] or None,
-                    connect_timeout=1,
-                    autocommit=True,
-                    options="-c statement_timeout=1000",
-                )
+                conn = probe_connect(alias)
                 self._conns[server] = conn
             row = conn.execute(LAG_SQL).fetchone()
             return (None if row[0] is None else float(row[0])), None
