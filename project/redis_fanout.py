@@ -1,42 +1,57 @@
-"""Run Lua scripts on several Redis servers with every request in flight at once.
+"""Run Redis commands on several servers with every request in flight at once.
 
 A cached profile read needs the state Redis (the rate limiter, the pending views) and the cache Redis
 (the row). Sent one after the other they cost two network waits; here every server's commands are
 written before any reply is read, so the request waits once, for the slowest server. Calls to the
 same server share one pipelined write. redis-py pipelines batch one server; this overlaps servers.
 
+A call is a plain command (`command(client, "GET", key)`) or a Lua script (`script_call(...)`):
+plain commands where they do the job, since every EVALSHA costs the server several times a GET.
+
 Each call's outcome is its own: a server that is down or hung (the socket timeout applies) turns
 into an exception in that call's slot, never into a failure of the calls on other servers.
 """
 
+from typing import Any, NamedTuple
+
+from redis.commands.core import Script
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 _PENDING = object()
 
 
-def evalsha_all(calls: list) -> list:
-    """Run every (client, Script, keys, args) in `calls`; return, in order, each script's result or the
-    exception its server raised (a RedisError or OSError). A script the server does not know (it was
-    restarted) is loaded and run again, as redis-py's Script does."""
+class Call(NamedTuple):
+    """One command for `run_all`: `args` as sent; `script` set for an EVALSHA of that script."""
+
+    client: Any
+    args: tuple
+    script: Script | None = None
+
+
+def command(client, *args) -> Call:
+    return Call(client, args)
+
+
+def script_call(client, script: Script, keys: list, args: list) -> Call:
+    return Call(client, ("EVALSHA", script.sha, len(keys), *keys, *args), script)
+
+
+def run_all(calls: list[Call]) -> list:
+    """Run every call; return, in order, each call's reply or the exception its server raised (a
+    RedisError or OSError). A script the server does not know (it was restarted) is loaded and run
+    again, as redis-py's Script does."""
     results = [_PENDING] * len(calls)
     by_client: dict[int, list[int]] = {}
-    for index, (client, _script, _keys, _args) in enumerate(calls):
-        by_client.setdefault(id(client), []).append(index)
+    for index, call in enumerate(calls):
+        by_client.setdefault(id(call.client), []).append(index)
 
     in_flight = []
     for indexes in by_client.values():
-        pool = calls[indexes[0]][0].connection_pool
+        pool = calls[indexes[0]].client.connection_pool
         connection = None
         try:
             connection = pool.get_connection()
-            connection.send_packed_command(
-                connection.pack_commands(
-                    [
-                        ("EVALSHA", script.sha, len(keys), *keys, *args)
-                        for _c, script, keys, args in map(calls.__getitem__, indexes)
-                    ]
-                )
-            )
+            connection.send_packed_command(connection.pack_commands([calls[index].args for index in indexes]))
         except (RedisError, OSError) as exc:
             _fail(results, indexes, exc)
             if connection is not None:
@@ -62,10 +77,11 @@ def evalsha_all(calls: list) -> list:
             pool.release(connection)
 
     for index, result in enumerate(results):
-        if isinstance(result, NoScriptError):
-            client, script, keys, args = calls[index]
+        call = calls[index]
+        if isinstance(result, NoScriptError) and call.script is not None:
             try:
-                results[index] = script(keys=keys, args=args, client=client)
+                call.client.script_load(call.script.script)
+                results[index] = call.client.execute_command(*call.args)
             except (RedisError, OSError) as exc:
                 results[index] = exc
     return results

@@ -7,12 +7,14 @@ Maps DRF's exceptions and the domain's own (conflicts, stale versions, unavailab
 import logging
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from rest_framework import exceptions, status
+from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 logger = logging.getLogger(__name__)
+_render_json = JSONRenderer().render  # DRF's own rendering: the same bytes as an APIView's answer
 
 
 class ApiError(exceptions.APIException):
@@ -95,6 +97,19 @@ def exception_handler(exc, context):
         response[name] = value
     if response.status_code == status.HTTP_401_UNAUTHORIZED and "WWW-Authenticate" not in response:
         response["WWW-Authenticate"] = "Token"
+    return response
+
+
+def error_response(exc: Exception) -> HttpResponse | None:
+    """The answer `exception_handler` gives to `exc`, as a plain Django response, for a view that
+    answers outside DRF (users/fastpath.py); None for an exception it does not handle."""
+    answer = exception_handler(exc, {})
+    if answer is None:
+        return None
+    response = HttpResponse(_render_json(answer.data), status=answer.status_code, content_type="application/json")
+    for name, value in answer.items():
+        if name != "Content-Type":
+            response[name] = value
     return response
 
 

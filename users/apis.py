@@ -165,21 +165,29 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
     def rate_limit_companions(self, request):
         # The pending-views read (state Redis) and the cached row (cache Redis) go out with the
         # limiter's call: the request waits for Redis once.
-        return _row_companions(self.kwargs["user_id"], pending=True)
+        return row_companions(self.kwargs["user_id"], pending=True)
 
     @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
     def get(self, request, user_id: str):
-        sent = getattr(request, "companion_results", None) or {}
-        row = _existing_user(user_id, probed=sent.get("row"))
-        pending = buffer.pending_views(user_id=row["id"], result=sent.get("pending"))
-        body = public_profile(row, pending_views=pending)
-        etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
-        if etag in [t.strip() for t in request.headers.get("If-None-Match", "").split(",")]:
-            return Response(status=status.HTTP_304_NOT_MODIFIED, headers={"ETag": etag})
-        return Response(body, headers={"ETag": etag})
+        status_code, body, etag = public_profile_answer(
+            user_id, getattr(request, "companion_results", None), request.headers.get("If-None-Match", "")
+        )
+        return Response(body, status=status_code, headers={"ETag": etag})
 
 
-def _row_companions(raw_id: str, *, pending: bool = False) -> dict:
+def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) -> tuple[int, dict | None, str]:
+    """GET /users/{id}/ after the limiter: (200, profile, ETag), or (304, None, ETag) when `if_none_match`
+    names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
+    sent = sent or {}
+    row = _existing_user(raw_id, probed=sent.get("row"))
+    pending = buffer.pending_views(user_id=row["id"], result=sent.get("pending"))
+    etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
+    if etag in [t.strip() for t in if_none_match.split(",")]:
+        return status.HTTP_304_NOT_MODIFIED, None, etag
+    return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
+
+
+def row_companions(raw_id: str, *, pending: bool = False) -> dict:
     """The Redis reads a view of user `raw_id` needs, to send ahead with the limiter's call."""
     user_id = selectors.user_id_from_path(raw_id)
     if user_id is None:
@@ -205,7 +213,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     rate_limits = {"POST": "users.views"}
 
     def rate_limit_companions(self, request):
-        return _row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
+        return row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
 
     @extend_schema(
         request=None,

@@ -24,6 +24,8 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
+from project.redis_fanout import Call, command
+
 logger = logging.getLogger(__name__)
 
 USER_TTL = 300
@@ -130,14 +132,20 @@ def _decode(raw: bytes):
     return json.loads(payload)
 
 
-def probe(key: str) -> tuple | None:
-    """A read of `key` as a (client, Script, keys, args) call, so that it can be in flight together
-    with another server's (project/redis_fanout.py); None while the breaker is open. Pass its result
-    to `get_or_load(..., probed=result)`. It only peeks: the lease is taken on a miss by get_or_load,
-    so a request refused after the probe (rate limited, say) leaves no lease behind."""
+def probe(key: str) -> Call | None:
+    """A plain GET of `key` as a project.redis_fanout.Call, so that it can be in flight together with
+    another server's; None while the breaker is open. Pass its result to `get_or_load(...,
+    probed=result)`. It only peeks: the lease is taken on a miss by get_or_load, so a request refused
+    after the probe (rate limited, say) leaves no lease behind. A GET, not get_or_lease.lua: on this
+    path, the hottest read, a script costs the cache Redis several times as much."""
     if not _breaker.allow():
         return None
-    return _client(), _script("get_or_lease"), [key, _lease_key(key)], [0, ""]
+    return command(_client(), "GET", key)
+
+
+def _is_entry(raw: bytes | None) -> bool:
+    """Whether a raw cache value is an entry to serve (not absent, not an invalidation's floor)."""
+    return raw is not None and not raw.endswith(b":~")
 
 
 def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=None):
@@ -153,7 +161,8 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
                 lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
             )
         else:
-            hit, value = _settle(probed)
+            value = _settle(probed)
+            hit = _is_entry(value)
             if not hit:  # the probe only peeked: take the lease (or learn who holds it) now
                 hit, value = _call(
                     lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
@@ -175,7 +184,7 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
                 raw = _call(lambda: _client().get(key))
             except CacheUnavailable:
                 break
-            if raw is not None and not raw.endswith(b":~"):
+            if _is_entry(raw):
                 decoded = _decode(raw)
                 return None if decoded is NOT_FOUND else decoded
     loaded = loader()
@@ -219,7 +228,7 @@ def _cached_version_at_least(key: str, version: int) -> bool:
         raw = _call(lambda: _client().get(key))
     except CacheUnavailable:
         return False
-    return raw is not None and not raw.endswith(b":~") and int(raw.split(b":", 1)[0]) >= version
+    return _is_entry(raw) and int(raw.split(b":", 1)[0]) >= version
 
 
 def queue_invalidation(key: str) -> None:

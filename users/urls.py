@@ -2,12 +2,12 @@ from django.urls import path, re_path
 
 from resilience.errors import json_404
 
-from . import apis
+from . import apis, fastpath
 
 urlpatterns = [
     path("users/", apis.UserListCreateApi.as_view(), name="users"),
     path("users/me/", apis.UserMeApi.as_view(), name="users-me"),
-    path("users/<str:user_id>/", apis.UserDetailApi.as_view(), name="user-detail"),
+    path("users/<str:user_id>/", fastpath.fast_get(apis.UserDetailApi.as_view()), name="user-detail"),
     path("users/<str:user_id>/views/", apis.UserViewsApi.as_view(), name="user-views"),
     path("auth/token/", apis.TokenApi.as_view(), name="auth-token"),
     re_path(r"^.*$", json_404),  # API clients get JSON, even for unknown paths and with DEBUG on

@@ -6,7 +6,7 @@ import functools
 from django.conf import settings
 from django.http import JsonResponse
 
-from project.redis_fanout import evalsha_all
+from project.redis_fanout import run_all
 
 from ..errors import ApiError, error_body
 from ..metrics import count_decision
@@ -33,7 +33,7 @@ class RateLimitedApiMixin:
         return value if isinstance(value, str) else None
 
     def rate_limit_companions(self, request) -> dict:
-        """Redis script calls the view will need, name -> (client, Script, keys, args): they go out
+        """Redis calls the view will need, name -> project.redis_fanout.Call: they go out
         together with the limiter's call (one network wait for all). The view finds name -> result (or
         the exception the call raised) in `request.companion_results`, or None there when they were
         not run (the state Redis is out): it then fetches the usual way."""
@@ -41,24 +41,14 @@ class RateLimitedApiMixin:
 
     def check_throttles(self, request):
         super().check_throttles(request)
-        companions = self.rate_limit_companions(request)
-        if not settings.RESILIENCE_RATELIMIT_ENABLED:
-            request.companion_results = dict(zip(companions, evalsha_all(list(companions.values())), strict=True))
-            return
         name = self.rate_limit_policy(request)
-        username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
-        decision, request.companion_results = evaluate_with(
-            get_policy(name), request_key(name, request, username=username), companions=companions
-        )
-        request.rate_limit_decision = decision
-        count_decision(decision)
-        if not decision.allowed:
-            raise ApiError(
-                429,
-                "Too many requests; retry after the time in Retry-After.",
-                "rate_limited",
-                headers=headers(decision),
-            )
+
+        def key():
+            username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
+            return request_key(name, request, username=username)
+
+        # A denial raises here, its RateLimit headers on the error; an admission's go on in finalize_response.
+        request.rate_limit_decision, request.companion_results = admit(name, key, self.rate_limit_companions(request))
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -67,6 +57,22 @@ class RateLimitedApiMixin:
             for name, value in headers(decision).items():
                 response[name] = value
         return response
+
+
+def admit(policy_name: str, key, companions: dict):
+    """Count one request against the named policy, with `companions` (see RateLimitedApiMixin) in
+    flight together. `key()` gives the key it counts under; it is not called when limiting is off.
+    Return the Decision (None when limiting is off) and the companions' results. Raise ApiError 429,
+    with Retry-After and the RateLimit headers, when denied."""
+    if not settings.RESILIENCE_RATELIMIT_ENABLED:
+        return None, dict(zip(companions, run_all(list(companions.values())), strict=True))
+    decision, results = evaluate_with(get_policy(policy_name), key(), companions=companions)
+    count_decision(decision)
+    if not decision.allowed:
+        raise ApiError(
+            429, "Too many requests; retry after the time in Retry-After.", "rate_limited", headers=headers(decision)
+        )
+    return decision, results
 
 
 def rate_limited_view(policy_name: str, *, methods=("POST",)):

@@ -91,17 +91,18 @@ def _bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
-def request_key(policy_name: str, request: HttpRequest, *, username: str | None = None) -> str:
+def request_key(policy_name: str, request: HttpRequest, *, username: str | None = None, anonymous=False) -> str:
     """Return the key `request` is counted by under the named policy's key kind.
 
     "ip": the client address. "user" and "user_or_ip": the authenticated user's id, else the address
     (an anonymous request is never unlimited). "ip+username": the address plus the submitted
     `username`, case-folded. "token": a hash of the Authorization bearer token (never the token
-    itself), else the address.
+    itself), else the address. `anonymous`: the caller sent no credentials, so `request.user` (and
+    with it the session) is not looked at.
     """
     kind = get_policy(policy_name).key_kind
     if kind in ("user", "user_or_ip"):
-        user: Any = getattr(request, "user", None)
+        user: Any = None if anonymous else getattr(request, "user", None)
         if user is not None and user.is_authenticated:
             return f"user:{user.pk}"
         return ip_key(request)

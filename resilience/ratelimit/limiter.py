@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django_redis.exceptions import ConnectionInterrupted
 
-from project.redis_fanout import evalsha_all
+from project.redis_fanout import run_all, script_call
 
 from .fixed_window import Unavailable, counter_key, evaluate_fixed
 from .policies import Policy, get_policy
@@ -82,7 +82,7 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
 def evaluate_with(
     policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None, companions: dict | None = None
 ) -> tuple[Decision, dict | None]:
-    """Like `evaluate`, and run `companions` — name -> (client, Script, keys, args), Redis reads the
+    """Like `evaluate`, and run `companions` — name -> project.redis_fanout.Call, Redis reads the
     view needs anyway, on any server — with all requests in flight together (project/redis_fanout.py).
     Returns the Decision and name -> result (or the exception that call raised); None instead when
     the limiter did not ask Redis (state Redis out, fixed-window policy): callers then fetch the usual way."""
@@ -93,7 +93,7 @@ def evaluate_with(
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
     if policy.algorithm == "fixed_window":
         return _evaluate_fixed(policy, key, cost=cost, minute=minute), None
-    limiter = (
+    limiter = script_call(
         state_redis(),
         script(policy.algorithm),
         [state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
@@ -108,7 +108,7 @@ def evaluate_with(
         ],
     )
     companions = companions or {}
-    results = evalsha_all([limiter, *companions.values()])
+    results = run_all([limiter, *companions.values()])
     try:
         if isinstance(results[0], Exception):
             raise results[0]

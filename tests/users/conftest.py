@@ -1,6 +1,8 @@
 import json
 
 import pytest
+from django.conf import settings
+from django.db import connections
 from django.test import Client
 
 PASSWORD = "Correct-Horse-2026"
@@ -67,3 +69,15 @@ def user(api):
     profile = api.register("alice").json()
     api.login("alice")
     return api, profile
+
+
+@pytest.fixture
+def shard_1_down():
+    """Make shard_1 refuse connections (primary and, through replication, its replica)."""
+    name = settings.DATABASES["shard_1"]["NAME"]
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+    yield
+    with connections["default"].cursor() as cursor:
+        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')

@@ -197,18 +197,6 @@ def test_cross_shard_listing_is_ordered_by_id_with_a_cursor():
     assert seen == ids
 
 
-@pytest.fixture
-def shard_1_down():
-    """Make shard_1 refuse connections (primary and, through replication, its replica)."""
-    name = settings.DATABASES["shard_1"]["NAME"]
-    with connections["default"].cursor() as cursor:
-        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
-    yield
-    with connections["default"].cursor() as cursor:
-        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-
-
 def test_shard_down_other_shards_keep_serving(request):
     by_group = {}
     i = 0

@@ -1,17 +1,13 @@
 -- Read a cache entry, or take the lease to fill it (single-flight against stampedes).
 -- KEYS[1] entry key   KEYS[2] lease key
--- ARGV[1] lease lifetime in ms (0: only peek, never take the lease)   ARGV[2] lease token
+-- ARGV[1] lease lifetime in ms   ARGV[2] lease token
 -- Entries are "<version>:<payload>"; a payload of "~" is a version floor left by an invalidation
 -- (the entry must be reloaded, and nothing older than the floor may be stored), i.e. a miss.
 -- Returns {1, value} on a hit; {0, "lease"} when this caller must load and fill;
--- {0, "wait"} when another caller holds the lease (poll briefly, then load anyway);
--- {0, "miss"} on a miss when only peeking.
+-- {0, "wait"} when another caller holds the lease (poll briefly, then load anyway).
 local value = redis.call("GET", KEYS[1])
 if value and string.sub(value, -2) ~= ":~" then
   return {1, value}
-end
-if ARGV[1] == "0" then
-  return {0, "miss"}
 end
 if redis.call("SET", KEYS[2], ARGV[2], "NX", "PX", ARGV[1]) then
   return {0, "lease"}

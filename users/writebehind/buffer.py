@@ -16,6 +16,8 @@ from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.sentinel import MasterNotFoundError
 
+from project.redis_fanout import Call, script_call
+
 logger = logging.getLogger(__name__)
 
 VIEWS, SEEN, SINCE, BATCHES, STATS = "wb:views", "wb:seen", "wb:since", "wb:batches", "wb:stats"
@@ -101,10 +103,10 @@ def touch_last_seen(*, user_id: int) -> None:
         logger.warning("last_seen of %s dropped: state Redis unreachable (%s)", user_id, exc)
 
 
-def pending_views_call(*, user_id: int) -> tuple:
-    """The pending-views read as a (client, Script, keys, args) call, to ride along another round trip;
+def pending_views_call(*, user_id: int) -> Call:
+    """The pending-views read as a project.redis_fanout.Call, to ride along another round trip;
     `pending_views(user_id=..., result=...)` reads its result."""
-    return redis_state(), script("pending"), [VIEWS, BATCHES], [user_id]
+    return script_call(redis_state(), script("pending"), [VIEWS, BATCHES], [user_id])
 
 
 def pending_views(*, user_id: int, result=None) -> int:

@@ -1,0 +1,124 @@
+"""users/fastpath.py: GET /users/{id}/ answered without DRF gives exactly UserDetailApi's answers, and
+hands every request it does not fully understand to UserDetailApi."""
+
+from unittest import mock
+
+import pytest
+from django.db import connections
+from django.test import Client
+from django_redis import get_redis_connection
+
+from users import services
+from users.apis import UserDetailApi
+from users.sharding.access import group_for_user_id
+
+from .conftest import PASSWORD
+
+# Headers whose values move from one request to the next (the limiter's remaining quota and reset).
+MOVING = {"RateLimit"}
+
+
+def detail(user_id):
+    return f"/api/v1/users/{user_id}/"
+
+
+@pytest.fixture
+def dispatches():
+    """Count UserDetailApi dispatches: a spy on our own view, the real one still answers."""
+    with mock.patch.object(UserDetailApi, "dispatch", autospec=True, side_effect=UserDetailApi.dispatch) as spy:
+        yield spy
+
+
+def answer(settings, fast: bool, path: str, ip: str, **headers):
+    settings.USERS_FAST_READ = fast
+    response = Client(REMOTE_ADDR=ip).get(path, headers=headers)
+    kept = {name: value for name, value in response.headers.items() if name not in MOVING}
+    return response.status_code, kept, response.content
+
+
+def assert_same_answer(settings, path, **headers):
+    """The fast path and DRF answer alike; each mode gets its own client address, so neither one's
+    limiter count shifts the other's."""
+    fast = answer(settings, True, path, "10.9.0.1", **headers)
+    drf = answer(settings, False, path, "10.9.0.2", **headers)
+    assert fast == drf
+    return fast
+
+
+@pytest.fixture
+def user(real_db):
+    return services.user_create(username="fasty", email="fasty@example.com", password=PASSWORD)
+
+
+def test_plain_reads_answer_like_drf_without_dispatching_it(settings, user, dispatches):
+    status, headers, body = assert_same_answer(settings, detail(user["id"]))  # cold, then warm
+    assert status == 200 and b'"username":"fasty"' in body
+    assert headers["Allow"] == "GET, HEAD, OPTIONS" and "RateLimit-Policy" in headers
+    assert "Vary" not in headers  # the session was not touched
+    status, headers, body = assert_same_answer(settings, detail(user["id"]), **{"If-None-Match": headers["ETag"]})
+    assert (status, body) == (304, b"") and "Content-Type" not in headers
+    assert assert_same_answer(settings, detail(user["id"]), **{"If-None-Match": '"r0.0"'})[0] == 200
+    for unknown in ("12", "abc", "9" * 30, user["id"] + 1):
+        status, _headers, body = assert_same_answer(settings, detail(unknown))
+        assert (status, body) == (404, b'{"detail":"Not found.","code":"not_found"}')
+    # Each assert_same_answer dispatched UserDetailApi once, for its DRF half only.
+    assert dispatches.call_count == 7
+
+
+def test_pending_views_count_in_both(settings, user):
+    assert Client().post(detail(user["id"]) + "views/").status_code == 202
+    status, _headers, body = assert_same_answer(settings, detail(user["id"]))
+    assert status == 200 and b'"view_count":1' in body
+
+
+@pytest.mark.parametrize(
+    ("path_suffix", "headers"),
+    [
+        ("", {"Accept": "text/html"}),  # DRF's 406
+        ("", {"Accept": "application/json; q=0.9"}),
+        ("?format=json", {}),
+        ("", {"Authorization": "Token not-a-token"}),  # DRF's 401
+    ],
+)
+def test_requests_it_does_not_fully_understand_go_to_drf(settings, user, dispatches, path_suffix, headers):
+    settings.USERS_FAST_READ = True
+    Client().get(detail(user["id"]) + path_suffix, headers=headers)
+    assert dispatches.call_count == 1
+
+
+def test_a_token_holder_is_counted_by_user_as_before(settings, user, dispatches):
+    settings.USERS_FAST_READ = True
+    token, _user_id = services.token_create(username="fasty", password=PASSWORD)
+    response = Client().get(detail(user["id"]), headers={"Authorization": f"Token {token}"})
+    assert response.status_code == 200 and dispatches.call_count == 1
+    assert Client().head(detail(user["id"])).status_code == 200 and dispatches.call_count == 2
+
+
+def test_a_denied_read_gets_the_same_429(settings, user):
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"api.read": {"rate": "1/m", "key": "user_or_ip"}}
+    for fast, ip in ((True, "10.9.1.1"), (False, "10.9.1.2")):
+        assert answer(settings, fast, detail(user["id"]), ip)[0] == 200
+    fast = answer(settings, True, detail(user["id"]), "10.9.1.1")
+    drf = answer(settings, False, detail(user["id"]), "10.9.1.2")
+    assert fast[0] == 429 and fast[2] == drf[2]
+    assert {"Retry-After", "RateLimit-Policy"} <= set(fast[1])
+    assert set(fast[1]) == set(drf[1])
+
+
+def test_limiting_off_still_answers(settings, user):
+    settings.RESILIENCE_RATELIMIT_ENABLED = False
+    status, headers, _body = assert_same_answer(settings, detail(user["id"]))
+    assert status == 200 and "RateLimit-Policy" not in headers
+
+
+def test_a_shard_that_refuses_connections_is_the_same_503(settings, request, real_db):
+    for i in range(50):
+        user = services.user_create(username=f"down{i}", email=f"down{i}@example.com", password=PASSWORD)
+        if group_for_user_id(user["id"]) == "shard_1":
+            break
+    request.getfixturevalue("shard_1_down")
+    get_redis_connection("default").flushdb()  # a cache miss: the shard must be asked
+    for connection in connections.all():
+        connection.close()
+    status, headers, body = assert_same_answer(settings, detail(user["id"]))
+    assert status == 503 and headers["Retry-After"] == "5" and b'"code":"shard_unavailable"' in body
