@@ -223,10 +223,17 @@ def bench_http(users, tokens):
         server(chosen, 18083) as url,
         server(chosen, 18084, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url,
         server(chosen, 18085, WRITE_BEHIND_ENABLED="false") as direct_url,
+        server(chosen, 18086, USERS_FAST_READ="false") as drf_url,
     ):
         bare, cached = alternate(lambda: wrk(f"{url}/bench/bare"), lambda: wrk(f"{url}/api/v1/users/{uid}/"))
         http_row("http", "bare view", bare)
         http_row("http", "cached GET /users/{id}/", cached, bare, ">= 0.6")
+        http_row(
+            "http",
+            "cached GET /users/{id}/ through DRF (USERS_FAST_READ=false)",
+            wrk(f"{drf_url}/api/v1/users/{uid}/"),
+            bare,
+        )
         http_row(
             "http",
             "uncached GET /users/{id}/ (Consistency: strong)",

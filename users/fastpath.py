@@ -64,7 +64,7 @@ def _plain(request) -> bool:
     meta = request.META
     return (
         request.method == "GET"
-        and getattr(settings, "USERS_FAST_READ", True)
+        and settings.USERS_FAST_READ
         and "HTTP_AUTHORIZATION" not in meta
         and settings.SESSION_COOKIE_NAME not in request.COOKIES
         and meta.get("HTTP_ACCEPT", "") in JsonContentNegotiation.PLAIN

@@ -74,6 +74,10 @@ SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 51
 RESHARD_FAULT = env("RESHARD_FAULT", "")  # crash tests only: SIGKILL `reshard` after it records this state
 SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
 
+# --- the users API (users/) ---
+# Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
+USERS_FAST_READ = env("USERS_FAST_READ", True, bool)
+
 # --- Redis: cache (evictable) and state (noeviction, AOF) ---
 REDIS_DB = env("REDIS_DB", 0, int)
 CACHES, REDIS_CACHE_URL, REDIS_STATE_URL = build_caches(redis_db=REDIS_DB)
