@@ -156,17 +156,12 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
     already made. Returns the value or None. Cache failures are invisible to the caller.
     """
     try:
-        if probed is None:
+        if probed is not None and _is_entry(peeked := _settle(probed)):
+            hit, value = 1, peeked
+        else:  # no probe, or it only peeked at a miss: take the lease (or learn who holds it) now
             hit, value = _call(
                 lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
             )
-        else:
-            value = _settle(probed)
-            hit = _is_entry(value)
-            if not hit:  # the probe only peeked: take the lease (or learn who holds it) now
-                hit, value = _call(
-                    lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
-                )
     except CacheUnavailable:
         return loader()
     if hit:
