@@ -153,7 +153,8 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
 
     `loader` returns the value (a JSON-able dict) or None when it does not exist; `version_of(value)`
     gives its version. `probed` is the result (or exception) of the `probe(key)` call when it was
-    already made. Returns the value or None. Cache failures are invisible to the caller.
+    already made; None (not probed, or the key was absent) and a version floor both go on to take the
+    lease. Returns the value or None. Cache failures are invisible to the caller.
     """
     try:
         if probed is not None and _is_entry(peeked := _settle(probed)):

@@ -2,6 +2,7 @@
 the cache dies or hangs."""
 
 import threading
+import time
 
 import pytest
 from django.test import Client
@@ -50,6 +51,46 @@ def test_fifty_concurrent_cold_reads_cause_at_most_two_database_queries(monkeypa
     run_together(lambda: results.append(selectors.user_get_by_id(user_id=user["id"])["id"]), 50)
     assert results == [user["id"]] * 50
     assert len(calls) <= 2, len(calls)
+
+
+def test_fifty_concurrent_cold_http_reads_cause_at_most_two_database_queries(monkeypatch):
+    """The same through GET /users/{id}/, whose cache read is a plain GET sent with the limiter's call
+    (users/fastpath.py): a miss there still goes through the lease."""
+    user = new_user()
+    get_redis_connection("default").flushdb()
+    calls, lock, addresses, statuses = [], threading.Lock(), [], []
+    real_loader = selectors._row_by_id
+
+    def counting_loader(user_id):
+        with lock:
+            calls.append(user_id)
+        time.sleep(0.05)  # a slow database: without single-flight, every request would load
+        return real_loader(user_id)
+
+    def read():
+        with lock:
+            address = f"10.8.0.{len(addresses) + 1}"  # one client each: the limiter counts by address
+            addresses.append(address)
+        response = Client(REMOTE_ADDR=address).get(f"/api/v1/users/{user['id']}/")
+        statuses.append(response.status_code)
+
+    monkeypatch.setattr(selectors, "_row_by_id", counting_loader)
+    run_together(read, 50)
+    assert statuses.count(200) == 50
+    assert len(calls) <= 2, len(calls)
+
+
+def test_an_http_read_never_serves_a_version_floor():
+    from users.writebehind import buffer, flush
+
+    user = new_user()
+    path = f"/api/v1/users/{user['id']}/"
+    assert Client().get(path).json()["view_count"] == 0  # cached
+    buffer.views_add(user_id=user["id"], count=2)
+    flush.flush()  # the row changes under the cache, which now holds a floor
+    assert get_redis_connection("default").get(cache.user_key(user["id"])).endswith(b":~")
+    assert Client().get(path).json()["view_count"] == 2
+    assert cached_row(user["id"]) == db_row(user["id"])
 
 
 def test_a_slow_reader_never_overwrites_a_newer_cached_version():
