@@ -86,12 +86,23 @@ def test_requests_it_does_not_fully_understand_go_to_drf(settings, user, dispatc
     assert dispatches.call_count == 1
 
 
-def test_a_token_holder_is_counted_by_user_as_before(settings, user, dispatches):
+def test_a_token_holder_goes_to_drf_and_is_counted_by_user(settings, user, dispatches):
     settings.USERS_FAST_READ = True
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"api.read": {"rate": "1/m", "key": "user_or_ip"}}
     token, _user_id = services.token_create(username="fasty", password=PASSWORD)
-    response = Client().get(detail(user["id"]), headers={"Authorization": f"Token {token}"})
-    assert response.status_code == 200 and dispatches.call_count == 1
-    assert Client().head(detail(user["id"])).status_code == 200 and dispatches.call_count == 2
+    as_user = {"Authorization": f"Token {token}"}
+    assert Client(REMOTE_ADDR="10.9.2.1").get(detail(user["id"]), headers=as_user).status_code == 200
+    # Another address, the same user: the one allowed read is spent.
+    assert Client(REMOTE_ADDR="10.9.2.2").get(detail(user["id"]), headers=as_user).status_code == 429
+    # An anonymous caller from a third address is counted by its own address, on the fast path.
+    assert Client(REMOTE_ADDR="10.9.2.3").get(detail(user["id"])).status_code == 200
+    assert dispatches.call_count == 2
+
+
+def test_head_goes_to_drf(settings, user, dispatches):
+    settings.USERS_FAST_READ = True
+    response = Client().head(detail(user["id"]))
+    assert response.status_code == 200 and response.content == b"" and dispatches.call_count == 1
 
 
 def test_a_denied_read_gets_the_same_429(settings, user):
