@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("REDIS_DB", "3")  # not the test suite's Redis DB (1)
 
 from project.settings.test import *  # noqa: E402, F403
+from resilience.ratelimit.policies import DEFAULT_POLICIES  # noqa: E402
 
 ROOT_URLCONF = "project.urls"
 LOGGING = {
@@ -20,9 +21,7 @@ LOGGING = {
 
 # High enough never to deny the load; each policy keeps its built-in fail mode (users.register and
 # auth.token fail closed: 429 while the state Redis is out).
-RESILIENCE_RATELIMIT_POLICIES = {
-    name: {"rate": "100000000/m"} for name in ("api.read", "api.write", "users.views", "users.register", "auth.token")
-}
+RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in DEFAULT_POLICIES}
 
 # Production retries a webhook after 30 s doubling to 1 h and opens a host's breaker for 10 s; here
 # seconds, so that "delivered after the receiver returns" is observed within a scenario.

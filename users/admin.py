@@ -21,7 +21,7 @@ from django.urls import path, reverse
 from . import selectors, services
 from .models import User
 from .sharding.access import ShardUnavailable, group_for_user_id, read_on
-from .sharding.ids import logical_shard_of_id, parse_id
+from .sharding.ids import logical_shard_of_id
 
 PER_PAGE = 50
 
@@ -35,8 +35,8 @@ def user_search(query: str) -> list[dict]:
     if "@" in query:
         found.append(selectors.user_get_by_email(email=query))
     else:
-        user_id = parse_id(query) if query.isdigit() else None
-        if user_id is not None and logical_shard_of_id(user_id) < settings.SHARDING_LOGICAL_SHARDS:
+        user_id = selectors.user_id_parse(query)
+        if user_id is not None:
             found.append(selectors.user_get_by_id(user_id=user_id))
         found.append(selectors.user_get_by_username(username=query))
     rows, seen = [], set()
@@ -127,7 +127,7 @@ class ShardedUserAdmin(admin.ModelAdmin):
         )
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
-        user_id = selectors.user_id_from_path(object_id)
+        user_id = selectors.user_id_parse(object_id)
         if user_id is None:
             raise Http404("no such user")
         can_change = self.has_change_permission(request)

@@ -14,9 +14,13 @@ from rest_framework.views import APIView
 from resilience.errors import ApiError
 from resilience.idempotency import idempotent
 from resilience.ratelimit.drf import RateLimitedApiMixin
+from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser
+from .identity import EMAIL_MAX, USERNAME_MAX, USERNAME_PATTERN, email_problem, identity_key, username_problem
+from .sharding.ids import MAX_ID
+from .tokens import TokenClient, token_digest, token_public_id
 from .writebehind import buffer
 
 
@@ -78,6 +82,10 @@ class PrivateProfile(PublicProfile):
     last_seen_at = serializers.DateTimeField(allow_null=True)
 
 
+class PrivateProfileWithToken(PrivateProfile):
+    token = serializers.CharField(required=False, help_text="A fresh token, after a password or email change.")
+
+
 ErrorBody = inline_serializer(
     "Error",
     {
@@ -98,6 +106,13 @@ def _check_password(password: str, *, username: str = "", email: str = "") -> No
         raise serializers.ValidationError({"password": list(exc.messages)}) from None
 
 
+def _valid(value: str, problem) -> str:
+    message = problem(value)
+    if message:
+        raise serializers.ValidationError(message)
+    return value
+
+
 class UserListCreateApi(RateLimitedApiMixin, APIView):
     """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
 
@@ -105,15 +120,21 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
     rate_limits = {"POST": "users.register"}
 
     class RegisterInput(StrictSerializer):
-        username = serializers.RegexField(r"^[\w.@+-]+\Z", max_length=150, min_length=3)
-        email = serializers.EmailField(max_length=254)
+        username = serializers.RegexField(USERNAME_PATTERN, max_length=USERNAME_MAX, min_length=3)
+        email = serializers.EmailField(max_length=EMAIL_MAX)
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+        def validate_username(self, value):
+            return _valid(value, username_problem)
+
+        def validate_email(self, value):
+            return _valid(value, email_problem)
 
     class ListInput(serializers.Serializer):
         username = serializers.CharField(max_length=150, required=False)
         limit = serializers.IntegerField(min_value=1, required=False, default=50)
-        cursor = serializers.RegexField(r"^\d{1,19}\Z", required=False)
+        cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
 
     @extend_schema(
         request=RegisterInput,
@@ -152,7 +173,7 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
             if request.user is None:
                 raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
             raise ApiError(403, "Listing all users is for staff.", "permission_denied")
-        rows, next_id = selectors.user_list(limit=min(values["limit"], 100), after_id=int(values.get("cursor", 0)))
+        rows, next_id = selectors.user_list(limit=min(values["limit"], 100), after_id=values.get("cursor", 0))
         next_cursor = None if next_id is None else str(next_id)
         return Response({"results": [public_profile(r) for r in rows], "next": next_cursor})
 
@@ -189,7 +210,7 @@ def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) ->
 
 def row_companions(raw_id: str, *, pending: bool = False) -> dict:
     """The Redis reads a view of user `raw_id` needs, to send ahead with the limiter's call."""
-    user_id = selectors.user_id_from_path(raw_id)
+    user_id = selectors.user_id_parse(raw_id)
     if user_id is None:
         return {}
     calls = {"row": selectors.user_cache_probe(user_id=user_id)}
@@ -199,7 +220,7 @@ def row_companions(raw_id: str, *, pending: bool = False) -> dict:
 
 
 def _existing_user(raw_id: str, *, probed=None) -> dict:
-    user_id = selectors.user_id_from_path(raw_id)
+    user_id = selectors.user_id_parse(raw_id)
     row = None if user_id is None else selectors.user_get_by_id(user_id=user_id, probed=probed)
     if row is None:
         raise ApiError(404, "Not found.", "not_found")
@@ -249,13 +270,17 @@ class UserMeApi(RateLimitedApiMixin, APIView):
     class PatchInput(StrictSerializer):
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
         bio = serializers.CharField(max_length=1000, required=False, allow_blank=True)
-        email = serializers.EmailField(max_length=254, required=False)
+        email = serializers.EmailField(max_length=EMAIL_MAX, required=False)
         password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
         current_password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
 
+        def validate_email(self, value):
+            return _valid(value, email_problem)
+
         def validate(self, attrs):
-            if "password" in attrs and "current_password" not in attrs:
-                raise serializers.ValidationError({"current_password": ["Required to change the password."]})
+            for field in ("password", "email"):
+                if field in attrs and "current_password" not in attrs:
+                    raise serializers.ValidationError({"current_password": [f"Required to change the {field}."]})
             return attrs
 
     def rate_limit_companions(self, request):
@@ -275,8 +300,12 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         return Response(private_profile(row), headers={"ETag": _version_etag(row)})
 
     @extend_schema(
+        description=(
+            "Changing the password or the email needs `current_password`, revokes every token of the "
+            "account and answers with a fresh one in `token`."
+        ),
         request=PatchInput,
-        responses={200: PrivateProfile, 400: ErrorBody, 409: ErrorBody, 412: ErrorBody},
+        responses={200: PrivateProfileWithToken, 400: ErrorBody, 409: ErrorBody, 412: ErrorBody},
         parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)],
     )
     def patch(self, request):
@@ -290,11 +319,18 @@ class UserMeApi(RateLimitedApiMixin, APIView):
             _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
         try:
             row = services.user_update(
-                user_id=request.user.id, changes=changes, if_match=if_match, current_password=current_password
+                user_id=request.user.id,
+                changes=changes,
+                if_match=if_match,
+                current_password=current_password,
+                new_token=token_client(request),
             )
         except services.InvalidCredentials:
             raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
-        return Response(private_profile(row), headers={"ETag": _version_etag(row)})
+        body = private_profile(row)
+        if "token" in row:
+            body["token"] = row["token"]
+        return Response(body, headers={"ETag": _version_etag(row)})
 
     @extend_schema(responses={204: None, 401: ErrorBody})
     def delete(self, request):
@@ -306,18 +342,28 @@ def _parse_if_match(raw: str | None) -> int | None:
     if raw is None:
         return None
     value = raw.strip().removeprefix("W/").strip('"').removeprefix("v")
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit() and len(value) <= 10):
         raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")
     return int(value)
 
 
+def token_client(request) -> TokenClient:
+    return TokenClient.bounded(client_ip(request), request.headers.get("User-Agent", ""))
+
+
 class TokenApi(RateLimitedApiMixin, APIView):
     permission_classes = [AllowAny]
-    rate_limits = {"POST": "auth.token"}
+    # Per address and username, per address (one password sprayed over many accounts), per username
+    # (many addresses guessing one account): the first one's headers go on the answer.
+    rate_limits = {"POST": ("auth.token", "auth.token.ip", "auth.token.username")}
 
     class TokenInput(StrictSerializer):
-        username = serializers.CharField(max_length=150)
+        username = serializers.CharField(max_length=USERNAME_MAX)
         password = serializers.CharField(max_length=128, trim_whitespace=False)
+
+    def rate_limit_username(self, request) -> str | None:
+        username = super().rate_limit_username(request)
+        return None if username is None else identity_key(username)
 
     @extend_schema(
         request=TokenInput,
@@ -331,7 +377,7 @@ class TokenApi(RateLimitedApiMixin, APIView):
         data = self.TokenInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            token, user_id = services.token_create(**data.validated_data)
+            token, user_id = services.token_create(**data.validated_data, client=token_client(request))
         except services.InvalidCredentials:
             raise ApiError(401, "Invalid username or password.", "invalid_credentials") from None
         return Response({"token": token, "user_id": str(user_id)})
@@ -341,4 +387,48 @@ class TokenApi(RateLimitedApiMixin, APIView):
         if not isinstance(request.user, ApiUser):
             raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
         services.token_revoke(token=request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TokenOutput(serializers.Serializer):
+    id = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    last_used_at = serializers.DateTimeField(allow_null=True)
+    client_ip = serializers.CharField()
+    user_agent = serializers.CharField()
+    current = serializers.BooleanField()
+
+
+class TokenListApi(RateLimitedApiMixin, APIView):
+    """GET: the caller's tokens. DELETE: revoke all of them, the one used for this request included."""
+
+    permission_classes = [IsProductUser]
+
+    @extend_schema(
+        operation_id="auth_tokens_list",
+        responses={200: inline_serializer("TokenList", {"results": TokenOutput(many=True)}), 401: ErrorBody},
+    )
+    def get(self, request):
+        current = token_public_id(token_digest(request.auth))
+        rows = selectors.token_list(user_id=request.user.id)
+        return Response({"results": [{**row, "current": row["id"] == current} for row in rows]})
+
+    @extend_schema(
+        operation_id="auth_tokens_revoke_all",
+        request=None,
+        responses={200: inline_serializer("Revoked", {"revoked": serializers.IntegerField()}), 401: ErrorBody},
+    )
+    def delete(self, request):
+        return Response({"revoked": services.tokens_revoke_all(user_id=request.user.id)})
+
+
+class TokenDetailApi(RateLimitedApiMixin, APIView):
+    """DELETE one of the caller's tokens by the id the list shows."""
+
+    permission_classes = [IsProductUser]
+
+    @extend_schema(request=None, responses={204: None, 401: ErrorBody, 404: ErrorBody})
+    def delete(self, request, token_id: str):
+        if not services.token_revoke_by_id(user_id=request.user.id, token_id=token_id):
+            raise ApiError(404, "Not found.", "not_found")
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -6,10 +6,18 @@ staff use the admin session (DRF's SessionAuthentication) instead.
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from resilience.metrics import count_decision
+from resilience.ratelimit.http import client_ip, headers, request_key
+from resilience.ratelimit.limiter import check, peek
+
 from . import services
+from .tokens import TokenClient
+
+GUESSING_POLICY = "auth.bad_token"
 
 
 @dataclass(frozen=True)
@@ -37,9 +45,14 @@ class TokenAuthentication(authentication.BaseAuthentication):
             token = header[1].decode("ascii")
         except UnicodeError:
             raise exceptions.AuthenticationFailed("Invalid token.") from None
-        user_id = services.token_authenticate(token=token)
+        ip = client_ip(request)
+        client = TokenClient.bounded(ip, request.META.get("HTTP_USER_AGENT", ""))
+        user_id = services.token_authenticate(
+            token=token, client=client, before_lookup=lambda: _refuse_guesser(request)
+        )
         if user_id is None:
-            raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+            _count_failure(request)
+            raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
         from .writebehind import buffer
 
         buffer.touch_last_seen(user_id=user_id)
@@ -47,6 +60,26 @@ class TokenAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request):
         return self.keyword
+
+
+def _refuse_guesser(request) -> None:
+    """Refuse, before its lookup reaches a shard, a client whose recent token failures used up
+    `auth.bad_token`. DRF authenticates before it throttles, so this cannot be a throttle."""
+    if not settings.RESILIENCE_RATELIMIT_ENABLED:
+        return
+    decision = peek(GUESSING_POLICY, request_key(GUESSING_POLICY, request))
+    if not decision.allowed:
+        denied = exceptions.Throttled(
+            detail="Too many invalid tokens from this address; retry after the time in Retry-After.",
+            code="rate_limited",
+        )
+        denied.extra_headers = headers(decision)  # the project's handler adds them (resilience/errors.py)
+        raise denied
+
+
+def _count_failure(request) -> None:
+    if settings.RESILIENCE_RATELIMIT_ENABLED:
+        count_decision(check(GUESSING_POLICY, request_key(GUESSING_POLICY, request)))
 
 
 class IsProductUser:

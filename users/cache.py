@@ -53,7 +53,7 @@ def username_key(normalized_username: str) -> str:
 
 
 def token_key(digest: str) -> str:
-    return f"users:v1:tok:{digest}"
+    return f"users:v2:tok:{digest}"  # v2: {user_id, created, used}, was a bare user id
 
 
 def _lease_key(key: str) -> str:

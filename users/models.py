@@ -16,7 +16,8 @@ class User(models.Model):
 
     id = models.BigIntegerField(primary_key=True)
     logical_shard = models.SmallIntegerField(db_index=True)
-    username = models.CharField(max_length=150)
+    username = models.CharField(max_length=150)  # as shown: NFKC, letter case kept (users/identity.py)
+    username_key = models.CharField(max_length=150)  # identity_key(username): what lookups and login compare
     email = models.EmailField(max_length=254)
     password = models.CharField(max_length=128)
     display_name = models.CharField(max_length=100, blank=True, default="")
@@ -31,7 +32,7 @@ class User(models.Model):
     class Meta:
         constraints = [
             # Per-shard backstops; global uniqueness is UniqueClaim's job.
-            models.UniqueConstraint(Lower("username"), name="users_user_username_ci"),
+            models.UniqueConstraint(fields=["username_key"], name="users_user_username_key"),
             models.UniqueConstraint(Lower("email"), name="users_user_email_ci"),
         ]
 
@@ -44,9 +45,14 @@ class Token(models.Model):
 
     sharded = True
 
+    CLIENT_IP_MAX, USER_AGENT_MAX = 45, 200
+
     digest = models.CharField(max_length=64, primary_key=True)
     user = models.ForeignKey(User, on_delete=models.CASCADE, related_name="tokens")
     created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)  # written at most once a minute
+    client_ip = models.CharField(max_length=CLIENT_IP_MAX, blank=True, default="")  # of the last use (or issue)
+    user_agent = models.CharField(max_length=USER_AGENT_MAX, blank=True, default="")
 
     def __str__(self):
         return f"token of {self.user_id}"

@@ -11,15 +11,15 @@ import heapq
 from datetime import datetime
 
 from django.conf import settings
-from django.db.models.functions import Lower
 
 from project.db import pinning
 
 from . import cache
-from .models import UniqueClaim, User
+from .identity import identity_key
+from .models import Token, UniqueClaim, User
 from .sharding.access import group_for_user_id, group_for_username, read_on
-from .sharding.hashing import normalize
-from .sharding.ids import logical_shard_of_id, parse_id
+from .sharding.ids import user_id_parse
+from .tokens import token_public_id
 
 FIELDS = (
     "id",
@@ -55,7 +55,7 @@ def _read_confirming_absence(group: str, fetch):
 
 
 def _row_by_id(user_id: int) -> dict | None:
-    if logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
+    if user_id_parse(user_id) is None:
         return None  # no shard can hold it
     return as_row(
         _read_confirming_absence(
@@ -89,12 +89,12 @@ def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
 
 def user_get_by_username(*, username: str) -> dict | None:
     """Case-insensitive exact lookup; None if absent."""
-    key = normalize(username)
+    key = identity_key(username)
 
     def load_id():
         row = _read_confirming_absence(
             group_for_username(key),
-            lambda alias: User.objects.using(alias).alias(u=Lower("username")).filter(u=key).values(*FIELDS).first(),
+            lambda alias: User.objects.using(alias).filter(username_key=key).values(*FIELDS).first(),
         )
         if row is None:
             return None
@@ -107,7 +107,7 @@ def user_get_by_username(*, username: str) -> dict | None:
     if user_id is None:
         return None
     row = user_get_by_id(user_id=user_id)
-    if row is None or normalize(row["username"]) != key:
+    if row is None or identity_key(row["username"]) != key:
         return None
     return row
 
@@ -115,14 +115,14 @@ def user_get_by_username(*, username: str) -> dict | None:
 def user_get_by_email(*, email: str) -> dict | None:
     claim = (
         UniqueClaim.objects.using("default")
-        .filter(kind=UniqueClaim.EMAIL, value=normalize(email))
+        .filter(kind=UniqueClaim.EMAIL, value=identity_key(email))
         .values_list("user_id", flat=True)
         .first()
     )
     if claim is None:
         return None
     row = user_get_by_id(user_id=claim)
-    if row is None or normalize(row["email"]) != normalize(email):
+    if row is None or identity_key(row["email"]) != identity_key(email):
         return None
     return row
 
@@ -131,13 +131,35 @@ def user_get_credentials(*, username: str) -> tuple[int, str] | None:
     """Return (id, password hash) from the shard primary: credentials are never checked on a replica."""
     from project.db.pinning import use_primary
 
-    key = normalize(username)
+    key = identity_key(username)
     with use_primary():
         return read_on(
             group_for_username(key),
-            lambda alias: (
-                User.objects.using(alias).alias(u=Lower("username")).filter(u=key).values_list("id", "password").first()
+            lambda alias: User.objects.using(alias).filter(username_key=key).values_list("id", "password").first(),
+        )
+
+
+def token_list(*, user_id: int) -> list[dict]:
+    """The user's tokens, newest first, from the shard primary (a token just issued or revoked must
+    show as such): public id, issue time, last use, and the address and user agent of the last use."""
+    with pinning.use_primary():
+        rows = read_on(
+            group_for_user_id(user_id),
+            lambda alias: list(
+                Token.objects.using(alias)
+                .filter(user_id=user_id)
+                .order_by("-created_at")
+                .values("digest", "created_at", "last_used_at", "client_ip", "user_agent")
             ),
+        )
+    return [{"id": token_public_id(row.pop("digest")), **row} for row in rows]
+
+
+def token_digests(*, user_id: int) -> list[str]:
+    with pinning.use_primary():
+        return read_on(
+            group_for_user_id(user_id),
+            lambda alias: list(Token.objects.using(alias).filter(user_id=user_id).values_list("digest", flat=True)),
         )
 
 
@@ -173,11 +195,3 @@ def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]
 
 def user_count_per_shard() -> dict[str, int]:
     return {group: read_on(group, lambda alias: User.objects.using(alias).count()) for group in settings.SHARD_GROUPS}
-
-
-def user_id_from_path(raw) -> int | None:
-    """A valid user id from a URL, or None (malformed ids are simply unknown users)."""
-    user_id = parse_id(raw)
-    if user_id is None or logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
-        return None
-    return user_id

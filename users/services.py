@@ -10,8 +10,11 @@ either harmless or repaired:
 The cache is written through after each commit (users/cache.py).
 """
 
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
@@ -20,12 +23,21 @@ from django.utils import timezone
 from project.db.pinning import use_primary
 
 from . import cache, selectors
+from .identity import display_form, identity_key
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
-from .sharding.access import group_for_user_id, write_on
-from .sharding.hashing import logical_shard_for_username, normalize
+from .sharding.access import ShardUnavailable, group_for_user_id, write_on
+from .sharding.hashing import logical_shard_for_username
 from .sharding.shardmap import shard_map
-from .tokens import token_digest, token_generate, token_user_id
+from .tokens import (
+    TOKEN_TOUCH_INTERVAL,
+    UNKNOWN_CLIENT,
+    TokenClient,
+    token_digest,
+    token_generate,
+    token_public_id,
+    token_user_id,
+)
 
 CLAIM_GRACE = timedelta(seconds=30)  # an unconfirmed claim younger than this may be a registration in flight
 
@@ -58,7 +70,7 @@ def _claim_is_stale(claim: UniqueClaim) -> bool:
         row = selectors._row_by_id(claim.user_id)
     if row is None:
         return True
-    held = normalize(row["username"] if claim.kind == UniqueClaim.USERNAME else row["email"])
+    held = identity_key(row["username"] if claim.kind == UniqueClaim.USERNAME else row["email"])
     return held != claim.value
 
 
@@ -113,7 +125,7 @@ def _row(user: User) -> dict:
 # --- users ---
 def user_create(*, username: str, email: str, password: str, display_name: str = "") -> dict:
     """Create a user on the shard its username hashes to. Raise Conflict, ShardUnavailable."""
-    username_n, email_n = normalize(username), normalize(email)
+    username_n, email_n = identity_key(username), identity_key(email)
     logical = logical_shard_for_username(username_n)
     group = shard_map.group_for_logical(logical)
 
@@ -128,8 +140,9 @@ def user_create(*, username: str, email: str, password: str, display_name: str =
     user = User(
         id=user_id,
         logical_shard=logical,
-        username=username.strip(),
-        email=email.strip(),
+        username=display_form(username),
+        username_key=username_n,
+        email=display_form(email),
         password=make_password(password),
         display_name=display_name,
         created_at=now,
@@ -159,10 +172,21 @@ def _public(user: User) -> dict:
 
 
 def user_update(
-    *, user_id: int, changes: dict, if_match: int | None = None, current_password: str | None = None
+    *,
+    user_id: int,
+    changes: dict,
+    if_match: int | None = None,
+    current_password: str | None = None,
+    new_token: TokenClient | None = None,
 ) -> dict:
-    """Apply profile changes (display_name, bio, email, password). Raise UserNotFound, VersionMismatch,
-    InvalidCredentials (password change with a wrong current password), Conflict (email taken)."""
+    """Apply profile changes (display_name, bio, email, password) and return the row. Raise UserNotFound,
+    VersionMismatch, InvalidCredentials (a wrong current password), Conflict (email taken).
+
+    A credential change (password or email) needs `current_password` when the caller is the user (the
+    API passes it; the admin acting as staff does not) and revokes every token of the user in the same
+    transaction, so a stolen token dies with the old password. With `new_token`, one fresh token is
+    issued in that transaction and returned in the row's "token" key (the caller's own session goes on).
+    """
     group = group_for_user_id(user_id)
     new_email = changes.get("email")
     old_email = None
@@ -171,11 +195,12 @@ def user_update(
             current = selectors._row_by_id(user_id)
         if current is None:
             raise UserNotFound
-        if normalize(current["email"]) != normalize(new_email):
-            old_email = normalize(current["email"])
-            _claims_take([(UniqueClaim.EMAIL, normalize(new_email))], user_id=user_id)
+        if identity_key(current["email"]) != identity_key(new_email):
+            old_email = identity_key(current["email"])
+            _claims_take([(UniqueClaim.EMAIL, identity_key(new_email))], user_id=user_id)
         else:
             new_email = None
+    credentials_change = "password" in changes or new_email is not None
 
     def update(alias):
         with transaction.atomic(using=alias):
@@ -184,15 +209,16 @@ def user_update(
                 raise UserNotFound
             if if_match is not None and user.version != if_match:
                 raise VersionMismatch
-            if "password" in changes:
+            if current_password is not None or "password" in changes:
                 if not current_password or not check_password(current_password, user.password):
                     raise InvalidCredentials
+            if "password" in changes:
                 user.password = make_password(changes["password"])
             for field in ("display_name", "bio"):
                 if field in changes:
                     setattr(user, field, changes[field])
             if new_email is not None:
-                user.email = new_email.strip()
+                user.email = display_form(new_email)
             user.version += 1
             user.rev += 1
             user.updated_at = timezone.now()
@@ -200,20 +226,26 @@ def user_update(
                 using=alias, update_fields=["password", "display_name", "bio", "email", "version", "rev", "updated_at"]
             )
             outbox_record(alias=alias, event="user.updated", user_id=user_id, data=_public(user))
-            return user
+            revoked, token = [], None
+            if credentials_change:
+                revoked = _tokens_delete(alias, user_id=user_id)
+                if new_token is not None:
+                    token = _token_insert(alias, user_id=user_id, client=new_token)
+            return user, revoked, token
 
     try:
-        user = write_on(group, update)
+        user, revoked, token = write_on(group, update)
     except BaseException:
         if new_email is not None:
-            _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=normalize(new_email))
+            _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=identity_key(new_email))
         raise
+    _tokens_forget(revoked)
     if old_email is not None:
         _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=old_email)
         _claims_confirm(user_id=user_id)
     row = _row(user)
     _cache_row(row)
-    return row
+    return row if token is None else {**row, "token": token}
 
 
 def user_delete(*, user_id: int) -> None:
@@ -233,7 +265,7 @@ def user_delete(*, user_id: int) -> None:
     user, digests = write_on(group, delete)
     _claims_release(user_id=user_id)
     cache.tombstone(cache.user_key(user_id))
-    cache.tombstone(cache.username_key(normalize(user.username)), version=user_id + 1)
+    cache.tombstone(cache.username_key(identity_key(user.username)), version=user_id + 1)
     for digest in digests:
         cache.tombstone(cache.token_key(digest))
 
@@ -257,7 +289,31 @@ def user_record_views_direct(*, user_id: int, count: int = 1) -> bool:
 
 
 # --- tokens ---
-def token_create(*, username: str, password: str) -> tuple[str, int]:
+def _token_insert(alias: str, *, user_id: int, client: TokenClient) -> str:
+    token = token_generate(user_id)
+    Token.objects.using(alias).create(
+        digest=token_digest(token), user_id=user_id, client_ip=client.ip, user_agent=client.user_agent
+    )
+    return token
+
+
+def _tokens_delete(alias: str, *, user_id: int, digests: list[str] | None = None) -> list[str]:
+    """Delete the user's tokens (all, or those in `digests`) and return the digests deleted."""
+    tokens = Token.objects.using(alias).filter(user_id=user_id)
+    if digests is not None:
+        tokens = tokens.filter(digest__in=digests)
+    deleted = list(tokens.values_list("digest", flat=True))
+    Token.objects.using(alias).filter(digest__in=deleted).delete()
+    return deleted
+
+
+def _tokens_forget(digests: list[str]) -> None:
+    """Tombstone revoked tokens in the cache: every process rejects them from now on."""
+    for digest in digests:
+        cache.tombstone(cache.token_key(digest))
+
+
+def token_create(*, username: str, password: str, client: TokenClient = UNKNOWN_CLIENT) -> tuple[str, int]:
     """Check credentials and issue a token. Raise InvalidCredentials (same for unknown user and bad
     password; the hasher runs either way so timing does not tell them apart)."""
     found = selectors.user_get_credentials(username=username)
@@ -267,36 +323,110 @@ def token_create(*, username: str, password: str) -> tuple[str, int]:
     user_id, password_hash = found
     if not check_password(password, password_hash):
         raise InvalidCredentials
-    token = token_generate(user_id)
-    digest = token_digest(token)
-    write_on(
-        group_for_user_id(user_id), lambda alias: Token.objects.using(alias).create(digest=digest, user_id=user_id)
-    )
+    token = write_on(group_for_user_id(user_id), lambda alias: _token_insert(alias, user_id=user_id, client=client))
     return token, user_id
 
 
-def token_authenticate(*, token: str) -> int | None:
-    """Return the user id a valid token belongs to, else None. Warm: one cache round trip."""
+def _token_entry(user_id: int, created_at, last_used_at) -> dict:
+    return {
+        "user_id": user_id,
+        "created": created_at.timestamp(),
+        "used": None if last_used_at is None else last_used_at.timestamp(),
+    }
+
+
+def _token_entry_version(entry: dict) -> int:
+    # A newer last use replaces an older one in the cache; revocation's tombstone beats them all.
+    return int((entry["used"] or entry["created"]) * 1000)
+
+
+def token_authenticate(
+    *, token: str, client: TokenClient = UNKNOWN_CLIENT, before_lookup: Callable[[], None] | None = None
+) -> int | None:
+    """Return the user id a valid, unexpired token belongs to, else None. Warm: one cache round trip.
+
+    `before_lookup()` runs before a lookup that would reach the shard (a cache miss), so a caller can
+    refuse a client that keeps presenting unknown tokens. A token past USERS_TOKEN_MAX_AGE since it
+    was issued, or USERS_TOKEN_IDLE_TIMEOUT since it was last used, is deleted and refused. The last use
+    (time, address, user agent) is written at most once per TOKEN_TOUCH_INTERVAL seconds.
+    """
     user_id = token_user_id(token)
     if user_id is None:
         return None
     digest = token_digest(token)
 
     def load():
+        if before_lookup is not None:
+            before_lookup()
         with use_primary():  # a token must work at once after issue and fail at once after revocation
-            exists = Token.objects.using(group_for_user_id(user_id)).filter(digest=digest, user_id=user_id).exists()
-        return user_id if exists else None
+            found = (
+                Token.objects.using(group_for_user_id(user_id))
+                .filter(digest=digest, user_id=user_id)
+                .values_list("created_at", "last_used_at")
+                .first()
+            )
+        return None if found is None else _token_entry(user_id, *found)
 
-    return cache.get_or_load(cache.token_key(digest), load, version_of=lambda _: 1)
+    entry = cache.get_or_load(cache.token_key(digest), load, version_of=_token_entry_version)
+    if entry is None:
+        return None
+    now = time.time()
+    last = entry["used"] or entry["created"]
+    if now - entry["created"] > settings.USERS_TOKEN_MAX_AGE or now - last > settings.USERS_TOKEN_IDLE_TIMEOUT:
+        _token_revoke_digest(user_id=user_id, digest=digest)
+        return None
+    if entry["used"] is None or now - entry["used"] > TOKEN_TOUCH_INTERVAL:
+        _token_touch(user_id=user_id, digest=digest, entry=entry, client=client)
+    return user_id
+
+
+def _token_touch(*, user_id: int, digest: str, entry: dict, client: TokenClient) -> None:
+    """Record a token's use. Best effort: a shard that cannot take it must not fail the request."""
+    now = timezone.now()
+    try:
+        updated = write_on(
+            group_for_user_id(user_id),
+            lambda alias: (
+                Token.objects.using(alias)
+                .filter(digest=digest, user_id=user_id)
+                .update(last_used_at=now, client_ip=client.ip, user_agent=client.user_agent)
+            ),
+        )
+    except ShardUnavailable:
+        return
+    if updated:
+        entry = {**entry, "used": now.timestamp()}
+        cache.write_through(cache.token_key(digest), entry, version=_token_entry_version(entry))
+
+
+def _token_revoke_digest(*, user_id: int, digest: str) -> None:
+    deleted = write_on(
+        group_for_user_id(user_id), lambda alias: _tokens_delete(alias, user_id=user_id, digests=[digest])
+    )
+    _tokens_forget(deleted or [digest])
 
 
 def token_revoke(*, token: str) -> None:
     user_id = token_user_id(token)
     if user_id is None:
         return
-    digest = token_digest(token)
-    write_on(
-        group_for_user_id(user_id),
-        lambda alias: Token.objects.using(alias).filter(digest=digest, user_id=user_id).delete(),
-    )
-    cache.tombstone(cache.token_key(digest))
+    _token_revoke_digest(user_id=user_id, digest=token_digest(token))
+
+
+def token_revoke_by_id(*, user_id: int, token_id: str) -> bool:
+    """Revoke the user's token whose public id (see selectors.token_list) is `token_id`; False when the
+    user has no such token."""
+    digests = [d for d in selectors.token_digests(user_id=user_id) if token_public_id(d) == token_id]
+    if not digests:
+        return False
+    group = group_for_user_id(user_id)
+    deleted = write_on(group, lambda alias: _tokens_delete(alias, user_id=user_id, digests=digests))
+    _tokens_forget(deleted)
+    return bool(deleted)
+
+
+def tokens_revoke_all(*, user_id: int) -> int:
+    """Revoke every token of the user (the caller's own included); return how many there were."""
+    deleted = write_on(group_for_user_id(user_id), lambda alias: _tokens_delete(alias, user_id=user_id))
+    _tokens_forget(deleted)
+    return len(deleted)

@@ -77,6 +77,9 @@ SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trus
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
 USERS_FAST_READ = env("USERS_FAST_READ", True, bool)
+# API tokens end USERS_TOKEN_MAX_AGE seconds after issue, or USERS_TOKEN_IDLE_TIMEOUT after their last use.
+USERS_TOKEN_MAX_AGE = env("USERS_TOKEN_MAX_AGE", 30 * 86400, int)
+USERS_TOKEN_IDLE_TIMEOUT = env("USERS_TOKEN_IDLE_TIMEOUT", 7 * 86400, int)
 
 # --- Redis: cache (evictable) and state (noeviction, AOF) ---
 REDIS_DB = env("REDIS_DB", 0, int)
@@ -106,7 +109,7 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024  # bodies above 64 KiB get 413
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["resilience.parsers.BoundedJSONParser"],
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "users.authentication.TokenAuthentication",
         "project.api.SessionAuthentication",  # staff, through the admin session

@@ -1,11 +1,11 @@
 """`make bench`: the test stack and databases, production-like server settings, the bench URLs."""
 
+from resilience.ratelimit.policies import DEFAULT_POLICIES
+
 from .test import *  # noqa: F403
 
 ROOT_URLCONF = "bench.urls"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "ERROR"}}
 # The limiter runs on every request (its cost is measured); the limits are high enough never to deny.
-RESILIENCE_RATELIMIT_POLICIES = {
-    name: {"rate": "100000000/m"} for name in ("api.read", "api.write", "users.views", "users.register", "auth.token")
-}
+RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in DEFAULT_POLICIES}

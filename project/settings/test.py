@@ -18,4 +18,13 @@ PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # speed; p
 ALLOWED_HOSTS = ["*"]
 
 # Tests register many users from one address; limiter tests set their own tight policies.
-RESILIENCE_RATELIMIT_POLICIES = {"users.register": {"rate": "10000/h"}, "auth.token": {"rate": "1000/m"}}
+RESILIENCE_RATELIMIT_POLICIES = {
+    name: {"rate": rate}
+    for name, rate in (
+        ("users.register", "10000/h"),
+        ("auth.token", "1000/m"),
+        ("auth.token.ip", "1000/m"),
+        ("auth.token.username", "1000/m"),
+        ("auth.bad_token", "1000/m"),
+    )
+}

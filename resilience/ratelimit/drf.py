@@ -5,12 +5,13 @@ import functools
 
 from django.conf import settings
 from django.http import JsonResponse
+from rest_framework.exceptions import ParseError
 
 from project.redis_fanout import run_all
 
 from ..errors import ApiError, error_body
 from ..metrics import count_decision
-from .http import headers, request_key
+from .http import USERNAME_KINDS, headers, request_key
 from .limiter import check, evaluate_with
 from .policies import get_policy
 
@@ -18,14 +19,19 @@ READ_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 class RateLimitedApiMixin:
-    """Mix into an APIView. `rate_limits` maps an HTTP method to a policy name; methods not listed
-    use `api.read` (safe methods) or `api.write`. `rate_limit_username(request)` supplies the
-    username for ip+username policies."""
+    """Mix into an APIView. `rate_limits` maps an HTTP method to a policy name, or to a tuple of names
+    when one request counts against several policies (the first one's headers go on the response);
+    methods not listed use `api.read` (safe methods) or `api.write`. `rate_limit_username(request)`
+    supplies the username for ip+username and username policies."""
 
-    rate_limits: dict[str, str] = {}
+    rate_limits: dict[str, str | tuple[str, ...]] = {}
+
+    def rate_limit_policies(self, request) -> tuple[str, ...]:
+        names = self.rate_limits.get(request.method) or ("api.read" if request.method in READ_METHODS else "api.write")
+        return (names,) if isinstance(names, str) else tuple(names)
 
     def rate_limit_policy(self, request) -> str:
-        return self.rate_limits.get(request.method) or ("api.read" if request.method in READ_METHODS else "api.write")
+        return self.rate_limit_policies(request)[0]
 
     def rate_limit_username(self, request) -> str | None:
         data = request.data
@@ -41,14 +47,29 @@ class RateLimitedApiMixin:
 
     def check_throttles(self, request):
         super().check_throttles(request)
-        name = self.rate_limit_policy(request)
+        names = self.rate_limit_policies(request)
+        parse_error = None
 
-        def key():
-            username = self.rate_limit_username(request) if get_policy(name).key_kind == "ip+username" else None
+        def key_for(name):
+            nonlocal parse_error
+            username = None
+            if get_policy(name).key_kind in USERNAME_KINDS:
+                try:
+                    username = self.rate_limit_username(request)
+                except ParseError as exc:
+                    # An unparseable body is still counted (under no username) before it is refused:
+                    # otherwise a malformed login is never rate limited.
+                    parse_error = exc
             return request_key(name, request, username=username)
 
         # A denial raises here, its RateLimit headers on the error; an admission's go on in finalize_response.
-        request.rate_limit_decision, request.companion_results = admit(name, key, self.rate_limit_companions(request))
+        for name in names[1:]:
+            admit(name, functools.partial(key_for, name), {})
+        request.rate_limit_decision, request.companion_results = admit(
+            names[0], functools.partial(key_for, names[0]), self.rate_limit_companions(request)
+        )
+        if parse_error is not None:
+            raise parse_error
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)

@@ -15,6 +15,7 @@ from .policies import get_policy
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 USERNAME_MAX = 150
+USERNAME_KINDS = ("ip+username", "username")  # key kinds that count a submitted username
 
 
 @lru_cache(maxsize=8)
@@ -91,14 +92,22 @@ def _bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
+def username_key(username: str | None) -> str:
+    """Key part of a submitted username: case-folded, bounded, and always encodable (a lone surrogate
+    from a JSON body must not make the Redis client raise)."""
+    folded = (username or "").strip().casefold()[:USERNAME_MAX]
+    return "username:" + folded.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def request_key(policy_name: str, request: HttpRequest, *, username: str | None = None, anonymous=False) -> str:
     """Return the key `request` is counted by under the named policy's key kind.
 
-    "ip": the client address. "user" and "user_or_ip": the authenticated user's id, else the address
-    (an anonymous request is never unlimited). "ip+username": the address plus the submitted
-    `username`, case-folded. "token": a hash of the Authorization bearer token (never the token
-    itself), else the address. `anonymous`: the caller sent no credentials, so `request.user` (and
-    with it the session) is not looked at.
+        "ip": the client address. "user" and "user_or_ip": the authenticated user's id, else the address
+        (an anonymous request is never unlimited). "ip+username": the address plus the submitted
+        `username`, case-folded; "username": the submitted username alone (every address guessing one
+    account shares it). "token": a hash of the Authorization bearer token (never the token
+        itself), else the address. `anonymous`: the caller sent no credentials, so `request.user` (and
+        with it the session) is not looked at.
     """
     kind = get_policy(policy_name).key_kind
     if kind in ("user", "user_or_ip"):
@@ -107,7 +116,9 @@ def request_key(policy_name: str, request: HttpRequest, *, username: str | None 
             return f"user:{user.pk}"
         return ip_key(request)
     if kind == "ip+username":
-        return f"{ip_key(request)}|username:{(username or '').strip().casefold()[:USERNAME_MAX]}"
+        return f"{ip_key(request)}|{username_key(username)}"
+    if kind == "username":
+        return username_key(username)
     if kind == "token":
         token = _bearer_token(request)
         if token:

@@ -12,7 +12,7 @@ from typing import Any, Literal, get_args
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
-KeyKind = Literal["ip", "user", "ip+username", "token", "user_or_ip"]
+KeyKind = Literal["ip", "user", "ip+username", "username", "token", "user_or_ip"]
 Algorithm = Literal["sliding_window", "token_bucket", "fixed_window"]
 FailMode = Literal["open", "closed"]
 
@@ -22,6 +22,11 @@ FAIL_MODES: tuple[str, ...] = get_args(FailMode)
 
 DEFAULT_POLICIES: dict[str, dict[str, str]] = {
     "auth.token": {"rate": "5/m", "key": "ip+username", "algorithm": "sliding_window", "fail": "closed"},
+    # One address spraying one password over many accounts, and many addresses guessing one account:
+    "auth.token.ip": {"rate": "10/m", "key": "ip", "algorithm": "sliding_window", "fail": "closed"},
+    "auth.token.username": {"rate": "30/h", "key": "username", "algorithm": "sliding_window", "fail": "closed"},
+    # Failed token authentications per address, checked before a lookup can reach a shard.
+    "auth.bad_token": {"rate": "30/m", "key": "ip", "algorithm": "sliding_window", "fail": "open"},
     "users.register": {"rate": "10/h", "key": "ip", "algorithm": "sliding_window", "fail": "closed"},
     "api.read": {"rate": "600/m", "key": "user_or_ip", "algorithm": "sliding_window", "fail": "open"},
     "api.write": {"rate": "120/m", "key": "user", "algorithm": "token_bucket", "fail": "open"},

@@ -39,8 +39,15 @@ def test_builtin_policies_apply_when_the_setting_is_absent():
     assert get_policy("users.register") == Policy("users.register", 10, 3600, "ip", "sliding_window", "closed")
     assert get_policy("api.write") == Policy("api.write", 120, 60, "user", "token_bucket", "open")
     assert get_policy("admin.login") == Policy("admin.login", 10, 60, "ip", "fixed_window", "closed")
+    assert get_policy("auth.token.ip") == Policy("auth.token.ip", 10, 60, "ip", "sliding_window", "closed")
+    assert get_policy("auth.token.username") == Policy(
+        "auth.token.username", 30, 3600, "username", "sliding_window", "closed"
+    )
     assert set(all_policies()) == {
         "auth.token",
+        "auth.token.ip",
+        "auth.token.username",
+        "auth.bad_token",
         "users.register",
         "api.read",
         "api.write",

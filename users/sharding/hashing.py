@@ -7,16 +7,13 @@ import hashlib
 
 from django.conf import settings
 
+from users.identity import identity_key
+
 
 def stable_hash64(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big")
 
 
-def normalize(value: str) -> str:
-    """Case-insensitive identity of a username or email (the uniqueness key)."""
-    return value.strip().casefold()
-
-
 def logical_shard_for_username(username: str, *, logical_shards: int | None = None) -> int:
     n = logical_shards or settings.SHARDING_LOGICAL_SHARDS
-    return stable_hash64(normalize(username)) % n
+    return stable_hash64(identity_key(username)) % n

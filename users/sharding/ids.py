@@ -11,6 +11,8 @@ central coordinator is needed; id -> logical shard is a bit shift, no lookup.
 
 from datetime import UTC, datetime
 
+from django.conf import settings
+
 EPOCH_MS = 1735689600000  # 2025-01-01T00:00:00Z
 TIME_BITS, SHARD_BITS, SEQ_BITS = 41, 13, 10
 MAX_LOGICAL_SHARDS = 1 << SHARD_BITS
@@ -52,3 +54,12 @@ def parse_id(raw) -> int | None:
     else:
         return None
     return value if 0 < value <= MAX_ID else None
+
+
+def user_id_parse(raw) -> int | None:
+    """A valid user id from a URL, a token or a search box, or None: malformed ids, ids outside
+    64 bits and ids naming a logical shard beyond the configured ones are simply unknown users."""
+    user_id = parse_id(raw)
+    if user_id is None or logical_shard_of_id(user_id) >= settings.SHARDING_LOGICAL_SHARDS:
+        return None
+    return user_id

@@ -25,26 +25,14 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
-from users.models import ShardMapEntry, ShardMove
+from users.models import ShardMapEntry, ShardMove, Token, User
 from users.sharding.shardmap import shard_map
 
 logger = logging.getLogger(__name__)
 
-USER_COLUMNS = [
-    "id",
-    "logical_shard",
-    "username",
-    "email",
-    "password",
-    "display_name",
-    "bio",
-    "created_at",
-    "updated_at",
-    "version",
-    "rev",
-    "last_seen_at",
-    "view_count",
-]
+# Derived from the models, so a new field is moved with its row instead of silently left behind.
+USER_COLUMNS = [field.column for field in User._meta.concrete_fields]
+TOKEN_COLUMNS = ", ".join(field.column for field in Token._meta.concrete_fields)
 BATCH = 1000
 LS_OF_USER_ID = "((user_id >> 10) & 8191)"
 
@@ -146,7 +134,7 @@ def _sync(move: ShardMove) -> int:
         written += len(rows)
     # tokens and the ledger: sets; the outbox: undispatched events by their unique event id
     specs = [
-        ("users_token", "digest", "digest, user_id, created_at", f"{LS_OF_USER_ID} = ANY(%s)", True),
+        ("users_token", "digest", TOKEN_COLUMNS, f"{LS_OF_USER_ID} = ANY(%s)", True),
         (
             "users_outboxevent",
             "event_id",

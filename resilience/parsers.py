@@ -1,0 +1,41 @@
+"""Request body parsing that refuses what would otherwise crash the process or a view.
+
+DRF's JSONParser turns malformed JSON into a 400 but lets a RecursionError through: a 64 KiB body of
+`[[[[...` nests thousands of levels, the decoder gives up with RecursionError, and the client gets a
+500. No API body here needs more than a few levels, so anything deeper than MAX_DEPTH is a 400 too
+(a parsed document of a few hundred levels would otherwise still blow the stack later, in a
+serializer or in the error renderer).
+"""
+
+from rest_framework.exceptions import ParseError
+from rest_framework.parsers import JSONParser
+
+MAX_DEPTH = 32
+
+
+def json_depth(value) -> int:
+    """Nesting depth of a parsed JSON document (a scalar is 0), computed without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            deepest = max(deepest, depth)
+            continue
+        deepest = max(deepest, depth + 1)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
+class BoundedJSONParser(JSONParser):
+    """JSONParser that answers 400 (ParseError) for documents nested deeper than MAX_DEPTH."""
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError:
+            raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels") from None
+        if json_depth(data) > MAX_DEPTH:
+            raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels")
+        return data

@@ -1,0 +1,123 @@
+"""Hostile input gets a clean 4xx with the JSON error shape, never a 500: every value that reaches SQL,
+a Lua script, an id parser or a key builder is bounded first. Through HTTP, on the real stack."""
+
+import json
+import secrets
+from urllib.parse import quote
+
+import pytest
+from django.test import Client
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from users.identity import identity_key, username_problem
+from users.sharding.ids import MAX_ID, parse_id, user_id_parse
+from users.tokens import token_user_id
+
+from .test_api import ME, REGISTER, TOKEN, assert_error
+
+NESTED = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("path", [TOKEN, REGISTER])
+def test_deeply_nested_json_is_a_400(api, path):
+    response = api.client.post(path, NESTED, content_type="application/json")
+    assert_error(response, 400, "parse_error")
+    shallow_but_deep_enough = "[" * 40 + "]" * 40  # parses, yet deeper than any API body
+    assert_error(api.client.post(path, shallow_but_deep_enough, content_type="application/json"), 400, "parse_error")
+
+
+def test_nested_json_on_the_token_endpoint_is_counted_by_the_limiter(api, settings):
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"auth.token": {"rate": "2/m"}}
+    answers = [api.client.post(TOKEN, NESTED, content_type="application/json").status_code for _ in range(3)]
+    assert answers == [400, 400, 429]
+
+
+def test_a_token_naming_a_logical_shard_beyond_the_configured_ones_is_a_401(api):
+    assert user_id_parse(1048576) is None  # logical shard 1024 of 1024
+    header = f"Token 1048576.{secrets.token_urlsafe(32)}"
+    assert_error(api.get(ME, headers={"Authorization": header}), 401)
+    assert_error(api.delete(TOKEN, headers={"Authorization": header}), 401)
+
+
+def test_a_username_longer_than_its_column_once_case_folded_is_a_400_naming_the_field(api):
+    body = assert_error(api.register("ß" * 150, email="long@example.com"), 400, "invalid")
+    assert "username" in body["fields"]
+
+
+def test_an_email_longer_than_its_claim_once_case_folded_is_a_400_naming_the_field(api):
+    email = "a@" + ".".join(["ß" * 60] * 4) + ".de"  # 250 characters; 490 once "ß" folds to "ss"
+    assert len(email) <= 254
+    body = assert_error(api.register("longmail", email=email), 400, "invalid")
+    assert "email" in body["fields"]
+
+
+def test_lone_surrogates_in_a_login_are_a_400(api):
+    body = '{"username": "\\ud800abc", "password": "\\udfffxyz-password"}'
+    response = api.client.post(TOKEN, body, content_type="application/json")
+    assert response.status_code in (400, 401), response.content
+    assert response.json()["code"] in ("invalid", "invalid_credentials")
+
+
+def test_if_match_with_non_ascii_digits_is_a_412(user):
+    api, _ = user
+    assert_error(api.patch(ME, {"bio": "x"}, headers={"If-Match": '"v²"'}), 412, "precondition_failed")
+    assert_error(api.patch(ME, {"bio": "x"}, headers={"If-Match": '"v' + "9" * 40 + '"'}), 412)
+
+
+@pytest.mark.parametrize("cursor", ["9999999999999999999", "-1", "1e3"])
+def test_a_listing_cursor_outside_64_bits_is_a_400(api, cursor):
+    body = assert_error(api.get(REGISTER, cursor=cursor), 400, "invalid")
+    assert "cursor" in body["fields"]
+
+
+# --- properties: the parsers refuse cleanly whatever they are fed ---
+@given(st.one_of(st.text(), st.integers(), st.integers(min_value=MAX_ID - 10, max_value=MAX_ID + 10)))
+def test_id_parsers_return_an_id_in_range_or_none(raw):
+    for parse in (parse_id, user_id_parse):
+        value = parse(raw)
+        assert value is None or 0 < value <= MAX_ID
+
+
+@given(st.text())
+def test_token_parser_returns_a_usable_id_or_none(raw):
+    user_id = token_user_id(raw)
+    assert user_id is None or user_id_parse(user_id) == user_id
+
+
+@given(st.text(max_size=400))
+def test_username_checks_accept_only_what_fits_the_column(raw):
+    problem = username_problem(raw)
+    key = identity_key(raw)
+    assert identity_key(key) == key  # idempotent: a stored key looks itself up
+    if problem is None:
+        assert 0 < len(key) <= 150
+        key.encode("utf-8")  # storable: no lone surrogates
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    # What a server hands over: header values are Latin-1 (WSGI decodes them so), path ids any text.
+    header=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=120),
+    user_id=st.one_of(
+        st.integers(min_value=0, max_value=(1 << 64)),
+        st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=25),
+    ),
+)
+def test_any_token_header_and_any_path_id_get_a_4xx_never_a_5xx(real_db, header, user_id):
+    client = Client()
+    for headers in ({"Authorization": f"Token {header}"}, {"Authorization": f"Token {user_id}.{header}"}):
+        response = client.get(ME, headers=headers)
+        assert response.status_code in (401, 429), response.content
+        assert set(response.json()) <= {"detail", "code", "fields"}
+    response = client.get(f"/api/v1/users/{quote(str(user_id), safe='')}/")
+    assert response.status_code < 500, response.content
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(username=st.text(max_size=200), password=st.text(max_size=60))
+def test_any_login_body_gets_a_4xx_never_a_5xx(real_db, username, password):
+    response = Client().post(
+        TOKEN, json.dumps({"username": username, "password": password}), content_type="application/json"
+    )
+    assert response.status_code in (400, 401, 429), response.content
