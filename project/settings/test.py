@@ -19,3 +19,7 @@ ALLOWED_HOSTS = ["*"]
 
 # Tests register many users from one address; limiter tests set their own tight policies.
 RESILIENCE_RATELIMIT_POLICIES = {"users.register": {"rate": "10000/h"}, "auth.token": {"rate": "1000/m"}}
+
+# The tests' webhook receivers listen on 127.0.0.1 (tests that use a second loopback address allow it
+# themselves); production allows no private network (resilience/webhooks/egress.py).
+WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "::1/128"]
