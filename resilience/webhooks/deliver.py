@@ -203,15 +203,17 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
         return _wait_for_breaker(delivery, host, exc.retry_after)
 
     body = webhook_body(delivery.payload)
-    headers = webhook_headers(
-        secrets=subscriber.signing_secrets(now=timezone.now()),
-        event=delivery.event,
-        event_id=str(delivery.event_id),
-        body=body,
-        attempt=delivery.attempts,
-    )
     started = time.perf_counter()
     try:
+        # Inside the try: a secret that is not base64 (set outside the admin) fails the delivery and
+        # gives the breaker's permit back, rather than crashing the run with the claim held.
+        headers = webhook_headers(
+            secrets=subscriber.signing_secrets(now=timezone.now()),
+            event=delivery.event,
+            event_id=str(delivery.event_id),
+            body=body,
+            attempt=delivery.attempts,
+        )
         response = transport.post(
             subscriber.url,
             body,

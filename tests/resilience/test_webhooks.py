@@ -668,3 +668,15 @@ def test_a_receiver_answering_410_disables_its_subscriber_and_gets_nothing_more(
     assert enabled.active and (enabled.disabled_reason, enabled.disabled_at) == ("", None)
     deliver.webhook_deliveries_deliver_due()
     assert len(gone.processed) == 1
+
+
+def test_a_secret_that_is_not_base64_fails_its_delivery_instead_of_the_run(receivers, fast):
+    receiver = receivers()
+    subscribe(receiver, events=["user.created"], secret="whsec_not base64!")  # only possible outside the admin
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+
+    assert deliver.webhook_deliveries_deliver_due() == {"retrying": 1}
+    row = deliveries().get()
+    assert row.last_error.startswith("ValueError: a webhook secret is 'whsec_' followed by standard base64")
+    assert receiver.requests == [] and breaker_state(receiver) == State.CLOSED
