@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from project.server import granian_argv
-from resilience.webhooks.signing import EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER, verify_signature
+from resilience.webhooks.signing import ID_HEADER, verify
 from tests.stack import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -151,7 +151,7 @@ def beat(log_dir: Path) -> Process:
 
 class Receiver:
     """A webhook receiver on a fixed loopback port: verifies each signature, answers 200, and records
-    every delivery by event id (X-Bulwark-Event-Id). `stop()` closes the port (connections are refused),
+    every delivery by event id (the webhook-id header). `stop()` closes the port (connections are refused),
     `start()` opens it again."""
 
     def __init__(self, port: int):
@@ -193,11 +193,11 @@ class Receiver:
             self.server = None
 
     def handle(self, headers: dict, body: bytes) -> int:
-        if not verify_signature(self.secret, headers.get(TIMESTAMP_HEADER), body, headers.get(SIGNATURE_HEADER)):
+        if not verify(self.secret, headers, body):
             with self.lock:
                 self.bad_signatures += 1
             return 401
-        event_id = headers.get(EVENT_ID_HEADER, "")
+        event_id = headers.get(ID_HEADER, "")
         with self.lock:
             self.accepted[event_id] += 1
             self.events.setdefault(event_id, json.loads(body))

@@ -1,6 +1,8 @@
 """Admin for webhook subscribers and deliveries (writes go through resilience/webhooks/services.py), and the
 entry point of the operations dashboards (resilience/dashboard/)."""
 
+from urllib.parse import urlsplit
+
 from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
@@ -10,7 +12,8 @@ from users.outbox import EVENTS
 from .breaker import get_breaker
 from .dashboard.urls import install as install_dashboards
 from .models import WebhookDelivery, WebhookSubscriber
-from .webhooks import services
+from .webhooks import egress, services
+from .webhooks.conf import webhook_settings
 from .webhooks.deliver import breaker_name
 from .webhooks.transport import url_host
 
@@ -23,15 +26,64 @@ class WebhookSubscriberForm(forms.ModelForm):
         model = WebhookSubscriber
         fields = ["name", "url", "events", "active"]
 
+    def clean_url(self):
+        """Refuse a URL whose host resolves to an address webhooks are not sent to (loopback, private,
+        metadata...). A courtesy to staff: DNS can change later, so delivery checks again."""
+        url = self.cleaned_data["url"]
+        parts = urlsplit(url)
+        try:
+            egress.resolve(
+                parts.hostname or "",
+                parts.port or (443 if parts.scheme == "https" else 80),
+                webhook_settings().private_networks,
+            )
+        except egress.DestinationRefused as exc:
+            raise forms.ValidationError(f"Webhooks are not sent there: {exc}.") from exc
+        except (OSError, ValueError, UnicodeError):
+            pass  # does not resolve (yet): the check at delivery decides
+        return url
+
+
+class GoneFilter(admin.SimpleListFilter):
+    title = "disabled by its receiver"
+    parameter_name = "gone"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "yes (410 Gone)"), ("no", "no")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(active=False, disabled_at__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(disabled_at__isnull=True)
+        return queryset
+
 
 @admin.register(WebhookSubscriber)
 class WebhookSubscriberAdmin(admin.ModelAdmin):
     form = WebhookSubscriberForm
-    list_display = ["__str__", "url", "events", "active", "pending", "dead", "breaker", "created_at"]
-    list_filter = ["active"]
+    list_display = [
+        "__str__",
+        "url",
+        "events",
+        "active",
+        "disabled_reason",
+        "disabled_at",
+        "pending",
+        "dead",
+        "breaker",
+        "created_at",
+    ]
+    list_filter = ["active", GoneFilter]
     search_fields = ["name", "url"]
-    readonly_fields = ["secret", "created_at"]
+    readonly_fields = ["secret", "previous_secret_expires_at", "disabled_reason", "disabled_at", "created_at"]
     actions = ["rotate_secret"]
+
+    def save_model(self, request, obj, form, change):
+        if change and "active" in form.changed_data and obj.active:
+            # Staff turned it back on: the receiver's 410 no longer describes it.
+            obj.disabled_reason, obj.disabled_at = "", None
+        super().save_model(request, obj, form, change)
 
     def get_queryset(self, request):
         return (
@@ -59,7 +111,12 @@ class WebhookSubscriberAdmin(admin.ModelAdmin):
     def rotate_secret(self, request, queryset):
         for subscriber_id in queryset.values_list("id", flat=True):
             services.webhook_subscriber_rotate_secret(subscriber_id=subscriber_id)
-        self.message_user(request, "New secrets are shown on each subscriber's page.", messages.SUCCESS)
+        self.message_user(
+            request,
+            "New secrets are shown on each subscriber's page; the previous ones keep signing too until "
+            "the time shown there, so receivers can switch without a gap.",
+            messages.SUCCESS,
+        )
 
 
 @admin.register(WebhookDelivery)

@@ -17,11 +17,18 @@ class WebhookSubscriber(models.Model):
     url = models.URLField(max_length=2000, validators=[URLValidator(schemes=["http", "https"])])
     # Stored in clear: signing needs it. Shown to staff once so they can give it to the receiver.
     secret = models.CharField(max_length=100, default=new_secret)
+    # After a rotation the previous secret signs too (a second signature) until it expires, so a
+    # receiver can switch to the new secret at any moment within the window without rejecting one.
+    previous_secret = models.CharField(max_length=100, blank=True, default="")
+    previous_secret_expires_at = models.DateTimeField(null=True, blank=True)
     events = models.JSONField(default=list, help_text=f"Any of: {', '.join(EVENTS)}")
     active = models.BooleanField(
         default=True,
         help_text="Inactive subscribers keep their pending deliveries waiting until they are active again.",
     )
+    # Set when the receiver itself ended the subscription (410 Gone); cleared when staff re-activate it.
+    disabled_reason = models.CharField(max_length=200, blank=True, default="")
+    disabled_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -33,6 +40,13 @@ class WebhookSubscriber(models.Model):
     def clean(self):
         if not isinstance(self.events, list) or not self.events or set(self.events) - set(EVENTS):
             raise ValidationError({"events": f"Choose one or more of {', '.join(EVENTS)}."})
+
+    def signing_secrets(self, *, now) -> list[str]:
+        """Return the secrets a request sent at `now` is signed with: the current one, then the
+        previous one while its rotation window lasts."""
+        if self.previous_secret and self.previous_secret_expires_at and now < self.previous_secret_expires_at:
+            return [self.secret, self.previous_secret]
+        return [self.secret]
 
 
 class WebhookDelivery(models.Model):

@@ -28,3 +28,7 @@ RESILIENCE_RATELIMIT_POLICIES = {
         ("auth.bad_token", "1000/m"),
     )
 }
+
+# The tests' webhook receivers listen on 127.0.0.1 (tests that use a second loopback address allow it
+# themselves); production allows no private network (resilience/webhooks/egress.py).
+WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "::1/128"]

@@ -5,14 +5,22 @@ WEBHOOK_BACKOFF_BASE         30.0   seconds before the 2nd attempt; doubles per 
 WEBHOOK_BACKOFF_CAP          3600.0 ...up to this; each delay is jittered to 50-100 %
 WEBHOOK_CONNECT_TIMEOUT      2.0    seconds to connect (TCP + TLS)
 WEBHOOK_READ_TIMEOUT         5.0    seconds the receiver may stay silent while answering
+WEBHOOK_DELIVERY_DEADLINE    10.0   seconds one attempt may take in all (DNS, connect, TLS, send, read):
+                                    a receiver dripping its answer is cut off here, never later
 WEBHOOK_LEASE_SECONDS        None   a claimed delivery is retried after this if its worker died
-                                    (None: connect + read timeout + 30 s)
+                                    (None: delivery deadline + 30 s); an attempt's deadline is
+                                    also capped at the lease, so a live worker never outlives its claim
 WEBHOOK_DISPATCH_BATCH       500    outbox rows moved per shard per batch
 WEBHOOK_DELIVER_TIME_BUDGET  10.0   seconds one deliver run keeps claiming deliveries
 WEBHOOK_RETENTION_DAYS       7.0    delivered deliveries and dispatched outbox rows kept this long
-WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew verify_signature accepts
+WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew signing.verify accepts by default
+WEBHOOK_SECRET_ROTATION_WINDOW 86400.0 seconds the previous secret keeps signing after a rotation
+WEBHOOK_ALLOWED_PRIVATE_NETWORKS ()  CIDRs a receiver may resolve to although not public (loopback,
+                                    private, link-local...); empty in production, loopback in
+                                    local and test settings. Cloud metadata addresses are never allowed.
 """
 
+import ipaddress
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -31,6 +39,9 @@ class WebhookSettings:
     deliver_time_budget: float = 10.0
     retention_days: float = 7.0
     signature_tolerance: int = 300
+    delivery_deadline: float = 10.0
+    secret_rotation_window: float = 86400.0
+    allowed_private_networks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problems = []
@@ -48,6 +59,18 @@ class WebhookSettings:
             )
         if self.signature_tolerance < 1:
             problems.append("WEBHOOK_SIGNATURE_TOLERANCE must be >= 1")
+        if self.delivery_deadline <= 0:
+            problems.append("WEBHOOK_DELIVERY_DEADLINE must be > 0")
+        if self.secret_rotation_window < 0:
+            problems.append("WEBHOOK_SECRET_ROTATION_WINDOW must be >= 0")
+        if isinstance(self.allowed_private_networks, str):
+            problems.append("WEBHOOK_ALLOWED_PRIVATE_NETWORKS must be a list of CIDRs, not one string")
+        else:
+            for cidr in self.allowed_private_networks:
+                try:
+                    ipaddress.ip_network(cidr)  # strict: "10.0.0.1/8" is a typo, not a network
+                except ValueError as exc:
+                    problems.append(f"WEBHOOK_ALLOWED_PRIVATE_NETWORKS: {exc}")
         if problems:
             raise ImproperlyConfigured("; ".join(problems))
 
@@ -56,7 +79,17 @@ class WebhookSettings:
         """Seconds a claim lasts: longer than one attempt can take, so a live worker never loses it."""
         if self.lease_seconds is not None:
             return self.lease_seconds
-        return self.connect_timeout + self.read_timeout + 30.0
+        return self.delivery_deadline + 30.0
+
+    @property
+    def attempt_deadline(self) -> float:
+        """Seconds one attempt may take in all: the delivery deadline, never past the lease."""
+        return min(self.delivery_deadline, self.lease)
+
+    @property
+    def private_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """The allowed non-public networks, parsed (validated in __post_init__)."""
+        return tuple(ipaddress.ip_network(cidr) for cidr in self.allowed_private_networks)
 
 
 _NAMES = {
@@ -70,12 +103,17 @@ _NAMES = {
     "deliver_time_budget": "WEBHOOK_DELIVER_TIME_BUDGET",
     "retention_days": "WEBHOOK_RETENTION_DAYS",
     "signature_tolerance": "WEBHOOK_SIGNATURE_TOLERANCE",
+    "delivery_deadline": "WEBHOOK_DELIVERY_DEADLINE",
+    "secret_rotation_window": "WEBHOOK_SECRET_ROTATION_WINDOW",
+    "allowed_private_networks": "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
 }
 
 
 def webhook_settings() -> WebhookSettings:
     """Return the current settings; raise ImproperlyConfigured if one is invalid."""
     values = {field: getattr(settings, name) for field, name in _NAMES.items() if hasattr(settings, name)}
+    if isinstance(values.get("allowed_private_networks"), list):
+        values["allowed_private_networks"] = tuple(values["allowed_private_networks"])
     try:
         return WebhookSettings(**values)
     except TypeError as exc:  # a value of the wrong type compared with a number

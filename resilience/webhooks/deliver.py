@@ -3,11 +3,20 @@
 Outcomes of one attempt (an attempt is counted when the delivery is claimed):
 - 2xx                              delivered; a breaker success.
 - 408, 429, 5xx, no response       retried with backoff; a breaker failure (the host is in trouble).
-  (refused, timeout, TLS, DNS)     429/503's Retry-After (seconds) is honoured, up to the cap.
+  (refused, timeout, TLS, DNS,     429/503's Retry-After (seconds) is honoured, up to the cap.
+  the attempt's overall deadline)
+- 410 Gone                         the receiver says the endpoint is gone for good: the subscriber is
+                                   disabled (active=False, disabled_reason, disabled_at), this delivery
+                                   is dead, and its other deliveries wait like any inactive subscriber's
+                                   (staff re-activate it in the admin). Not a breaker failure.
 - any other status (3xx, 4xx)      retried with backoff, but NOT a breaker failure: the host answered,
                                    so it must not shed the other subscribers' deliveries to that host.
                                    Retrying (rather than dead-lettering at once) rides out a receiver's
                                    bad deploy or rotated secret; a permanent refusal ends dead.
+- destination refused              the host resolves to an address egress.py refuses (loopback, private,
+                                   metadata... not in WEBHOOK_ALLOWED_PRIVATE_NETWORKS): dead at once,
+                                   nothing sent. Retrying would resolve the same name to the same place;
+                                   staff fix the URL or the allowlist, then use the admin's "retry".
 - breaker open                     not sent; the attempt is given back and the delivery (with every
                                    due delivery to that host) waits until the breaker's retry time.
                                    Deliveries wait while a host is down; they are never dropped.
@@ -17,8 +26,9 @@ Backoff after the n-th failed attempt: min(cap, base * 2**(n-1)), jittered to 50
 30 s doubling to a 1 h cap: ~1 h of retries over 8 attempts, plus any time spent waiting on the breaker).
 
 A worker that dies mid-attempt holds its claim until the lease expires; the delivery is then claimed
-again (the receiver may see the event twice and dedups by X-Bulwark-Event-Id). A late outcome from the
-dead claim is ignored: outcomes are written only WHERE claim_token matches.
+again (the receiver may see the event twice and dedups by the webhook-id header). A late outcome from
+the dead claim is ignored: outcomes are written only WHERE claim_token matches. A live worker never
+holds an attempt past the lease: the attempt's overall deadline is capped at it.
 """
 
 import logging
@@ -38,12 +48,15 @@ from resilience.models import WebhookDelivery, WebhookSubscriber
 
 from . import transport
 from .conf import WebhookSettings, webhook_settings
+from .egress import DestinationRefused
 from .signing import webhook_body, webhook_headers
 
 logger = logging.getLogger("resilience.webhooks")
 
 Status = WebhookDelivery.Status
 HOST_FAILURE_STATUSES = frozenset({408, 429})
+GONE = 410
+GONE_REASON = "the receiver answered 410 Gone"
 
 DELIVERED, RETRYING, DEAD, WAITING, STALE = "delivered", "retrying", "dead", "waiting", "stale"
 
@@ -119,9 +132,10 @@ def _record_failure(
     status_code: int | None,
     error: str,
     retry_after: float | None = None,
+    final: bool = False,
 ) -> str:
     fields = {"claim_token": None, "last_status_code": status_code, "last_error": error[:2000]}
-    if delivery.attempts >= conf.max_attempts:
+    if final or delivery.attempts >= conf.max_attempts:
         fields["status"] = Status.DEAD
         outcome = DEAD
     else:
@@ -135,7 +149,7 @@ def _record_failure(
         return STALE
     if outcome == DEAD:
         logger.warning(
-            "webhook %s %s to %s dead-lettered after %d attempts: %s",
+            "webhook %s %s to %s dead-lettered after %d attempt(s): %s",
             delivery.event,
             delivery.event_id,
             delivery.subscriber.url,
@@ -161,6 +175,19 @@ def _wait_for_breaker(delivery: WebhookDelivery, host: str, retry_after: float) 
     return WAITING if updated else STALE
 
 
+def _disable_gone(delivery: WebhookDelivery, conf: WebhookSettings, error: str) -> str:
+    """The receiver answered 410 Gone: dead-letter this delivery and disable its subscriber, together."""
+    with transaction.atomic(using=_alias()):
+        outcome = _record_failure(delivery, conf, status_code=GONE, error=error, final=True)
+        if outcome == STALE:
+            return STALE  # a later attempt owns the delivery; it meets the 410 itself
+        WebhookSubscriber.objects.using(_alias()).filter(id=delivery.subscriber_id, active=True).update(
+            active=False, disabled_at=timezone.now(), disabled_reason=GONE_REASON
+        )
+    logger.warning("webhook subscriber %s (%s) disabled: 410 Gone", delivery.subscriber_id, delivery.subscriber.url)
+    return outcome
+
+
 def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
     """Make one attempt at a claimed delivery and record its outcome; return it: "delivered",
     "retrying", "dead", "waiting" (breaker open, no attempt counted) or "stale" (the claim was lost,
@@ -176,18 +203,29 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
         return _wait_for_breaker(delivery, host, exc.retry_after)
 
     body = webhook_body(delivery.payload)
-    headers = webhook_headers(
-        secret=subscriber.secret,
-        event=delivery.event,
-        event_id=str(delivery.event_id),
-        body=body,
-        attempt=delivery.attempts,
-    )
     started = time.perf_counter()
     try:
-        response = transport.post(
-            subscriber.url, body, headers, connect_timeout=conf.connect_timeout, read_timeout=conf.read_timeout
+        # Inside the try: a secret that is not base64 (set outside the admin) fails the delivery and
+        # gives the breaker's permit back, rather than crashing the run with the claim held.
+        headers = webhook_headers(
+            secrets=subscriber.signing_secrets(now=timezone.now()),
+            event=delivery.event,
+            event_id=str(delivery.event_id),
+            body=body,
+            attempt=delivery.attempts,
         )
+        response = transport.post(
+            subscriber.url,
+            body,
+            headers,
+            connect_timeout=conf.connect_timeout,
+            read_timeout=conf.read_timeout,
+            deadline=conf.attempt_deadline,
+            allowed_networks=conf.private_networks,
+        )
+    except DestinationRefused as exc:  # nothing was sent; the host did nothing wrong
+        permit.release()
+        return _record_failure(delivery, conf, status_code=None, error=f"refused: {exc}", final=True)
     except (OSError, HTTPException) as exc:
         permit.failure(exc, time.perf_counter() - started)
         return _record_failure(delivery, conf, status_code=None, error=f"{exc.__class__.__name__}: {exc}")
@@ -201,6 +239,9 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
         permit.success(duration)
         return _record_delivered(delivery, status)
     error = f"HTTP {status}: {response.body[:500].decode(errors='replace')}"
+    if status == GONE:
+        permit.release()
+        return _disable_gone(delivery, conf, error)
     if status >= 500 or status in HOST_FAILURE_STATUSES:
         permit.failure(WebhookHTTPError(status), duration)
         return _record_failure(delivery, conf, status_code=status, error=error, retry_after=response.retry_after)

@@ -4,7 +4,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from project.db import routing
@@ -32,10 +32,20 @@ def webhook_deliveries_retry(*, delivery_ids: list[int]) -> int:
 
 
 def webhook_subscriber_rotate_secret(*, subscriber_id: int) -> str:
-    """Give the subscriber a new secret (used from the next attempt on) and return it."""
-    secret = new_secret()
-    WebhookSubscriber.objects.using(routing.primary_alias("default")).filter(id=subscriber_id).update(secret=secret)
-    return secret
+    """Give the subscriber a new secret and return it. From the next attempt on, requests are signed
+    with the new secret and, for WEBHOOK_SECRET_ROTATION_WINDOW, also with the one it replaces (two
+    signatures), so the receiver can switch at any moment of the window. Rotating again within the
+    window drops the oldest secret: only the last two are ever signed with."""
+    alias = routing.primary_alias("default")
+    window = timedelta(seconds=webhook_settings().secret_rotation_window)
+    with transaction.atomic(using=alias):
+        # Locked: two rotations at once must not both keep the same "previous" secret.
+        subscriber = WebhookSubscriber.objects.using(alias).select_for_update().get(id=subscriber_id)
+        subscriber.previous_secret = subscriber.secret
+        subscriber.previous_secret_expires_at = timezone.now() + window
+        subscriber.secret = new_secret()
+        subscriber.save(using=alias, update_fields=["secret", "previous_secret", "previous_secret_expires_at"])
+    return subscriber.secret
 
 
 def webhook_prune() -> dict[str, int]:

@@ -2,27 +2,34 @@
 broker), a real local HTTP receiver that verifies signatures and dedups by event id, and real Celery
 worker and beat processes for the end-to-end run (one of them SIGKILLed mid-delivery)."""
 
+import http.client
 import json
 import os
 import signal
+import socket
 import threading
+import time
+import uuid
 from collections import Counter
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.auth.models import User as StaffUser
+from django.utils import timezone
 
 from resilience.breaker import State, get_breaker
 from resilience.models import WebhookDelivery, WebhookSubscriber
-from resilience.webhooks import deliver, dispatch
+from resilience.webhooks import deliver, dispatch, egress, services
 from resilience.webhooks.signing import (
     EVENT_HEADER,
-    EVENT_ID_HEADER,
+    ID_HEADER,
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
-    verify_signature,
-    webhook_signature,
+    new_secret,
+    sign,
+    verify,
 )
 from users.models import OutboxEvent
 from users.outbox import EVENTS
@@ -45,11 +52,14 @@ FAST_BREAKER = {
 
 class Receiver:
     """A real HTTP server on a loopback address. It answers `status` (200 = accept), verifies every
-    request's signature with `secret` (401 if it fails) and processes each event id at most once."""
+    request's signature with `secret` (or any of several secrets; 401 if it fails) and processes each
+    event id at most once. With `drip` set it sends its answer one byte every `drip` seconds."""
 
     def __init__(self, host: str = "127.0.0.1"):
-        self.secret = ""
+        self.secret: str | list[str] = ""
         self.status = 200
+        self.drip: float | None = None
+        self.drip_finished = threading.Event()
         self.hang_next = False  # the next request blocks until `release` is set
         self.release = threading.Event()
         self.hanging = threading.Event()
@@ -75,8 +85,8 @@ class Receiver:
 
     def handle(self, request: BaseHTTPRequestHandler, body: bytes) -> None:
         headers = dict(request.headers)
-        event_id = headers.get(EVENT_ID_HEADER, "")
-        verified = verify_signature(self.secret, headers.get(TIMESTAMP_HEADER), body, headers.get(SIGNATURE_HEADER))
+        event_id = headers.get(ID_HEADER, "")
+        verified = verify(self.secret, headers, body)
         with self.lock:
             hang, self.hang_next = self.hang_next, False
             status = 401 if not verified else self.status
@@ -93,12 +103,25 @@ class Receiver:
                 else:
                     self.processed.append(event_id)
         try:
+            if self.drip is not None:
+                self._drip(request, status)
+                return
             request.send_response(status)
             request.send_header("Content-Length", "2")
             request.end_headers()
             request.wfile.write(b"ok")
         except OSError:
             pass  # the sender is gone (killed mid-request)
+
+    def _drip(self, request: BaseHTTPRequestHandler, status: int) -> None:
+        """Send the whole answer a byte at a time, each byte well within the sender's read timeout."""
+        answer = f"HTTP/1.1 {status} OK\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 100
+        for i in range(len(answer)):
+            request.wfile.write(answer[i : i + 1])
+            request.wfile.flush()
+            if self.release.wait(self.drip):
+                return  # the test is over
+        self.drip_finished.set()
 
     def stop(self) -> None:
         self.release.set()
@@ -121,7 +144,9 @@ def receivers():
 
 @pytest.fixture
 def fast(settings):
-    """Backoff in tens of milliseconds and a breaker that opens after 3 failures for 1 s."""
+    """Backoff in tens of milliseconds and a breaker that opens after 3 failures for 1 s; receivers on
+    127.0.0.1 (allowed by the test settings) and 127.0.0.2 (allowed here)."""
+    settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "127.0.0.2/32"]
     settings.WEBHOOK_BACKOFF_BASE = 0.05
     settings.WEBHOOK_BACKOFF_CAP = 0.2
     settings.WEBHOOK_CONNECT_TIMEOUT = 1.0
@@ -185,17 +210,20 @@ def test_each_event_is_posted_once_signed_with_the_subscribers_secret(receivers,
     payload = json.loads(body)
     assert first["verified"] and first["path"] == "/hooks/bulwark?x=1"
     assert headers["Content-Type"] == "application/json"
-    assert payload["id"] == headers[EVENT_ID_HEADER] and payload["event"] == "user.created"
+    assert payload["id"] == headers[ID_HEADER] and payload["event"] == "user.created"
     assert payload["data"] == {"id": user_id, "username": "hook0", "display_name": ""}
     assert receiver.requests[1]["body"].count(b'"display_name":"Ada"') == 1
-    # The signature binds the secret, the timestamp and the exact body.
+    # The signature binds the secret, the id, the timestamp and the exact body.
     timestamp, signature = headers[TIMESTAMP_HEADER], headers[SIGNATURE_HEADER]
-    assert signature == webhook_signature(subscriber.secret, timestamp, body) and signature.startswith("sha256=")
-    assert not verify_signature("whsec_other", timestamp, body, signature)
-    assert not verify_signature(subscriber.secret, timestamp, body.replace(b"hook0", b"hook1"), signature)
-    assert not verify_signature(subscriber.secret, int(timestamp) - 1, body, signature)
-    assert not verify_signature(subscriber.secret, timestamp, body, signature, now=int(timestamp) + 301)
-    assert not verify_signature(subscriber.secret, "junk", body, signature)
+    assert signature == sign(subscriber.secret, headers[ID_HEADER], timestamp, body) and signature.startswith("v1,")
+    assert verify(subscriber.secret, headers, body)
+    assert verify(subscriber.secret, {k.upper(): v for k, v in headers.items()}, body)  # names: any case
+    assert not verify(new_secret(), headers, body)
+    assert not verify(subscriber.secret, headers, body.replace(b"hook0", b"hook1"))
+    assert not verify(subscriber.secret, {**headers, TIMESTAMP_HEADER: str(int(timestamp) - 1)}, body)
+    assert not verify(subscriber.secret, headers, body, now=int(timestamp) + 301)
+    assert not verify(subscriber.secret, {**headers, TIMESTAMP_HEADER: "junk"}, body)
+    assert not verify(subscriber.secret, {**headers, SIGNATURE_HEADER: signature.replace("v1,", "v2,")}, body)
     rows = list(deliveries().order_by("id"))
     assert [(d.status, d.attempts, d.last_status_code) for d in rows] == [("delivered", 1, 200)] * 3
     assert all(d.delivered_at is not None and d.claim_token is None for d in rows)
@@ -400,3 +428,255 @@ def test_settings_are_validated_by_a_system_check(settings):
     settings.WEBHOOK_MAX_ATTEMPTS = 0
     (error,) = check_webhook_settings()
     assert error.id == "resilience.E020" and "WEBHOOK_MAX_ATTEMPTS" in error.msg
+    settings.WEBHOOK_MAX_ATTEMPTS = 3
+    settings.WEBHOOK_BACKOFF_BASE = 1.0
+    settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["10.0.0.1/8"]  # host bits set: a typo, not a network
+    (error,) = check_webhook_settings()
+    assert "WEBHOOK_ALLOWED_PRIVATE_NETWORKS" in error.msg
+    settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["10.0.0.0/8"]
+    settings.WEBHOOK_DELIVERY_DEADLINE = 0
+    (error,) = check_webhook_settings()
+    assert "WEBHOOK_DELIVERY_DEADLINE" in error.msg
+
+
+def test_signatures_match_the_standard_webhooks_reference_vector():
+    # The example of the Standard Webhooks reference libraries: a receiver using one of them verifies us.
+    secret, msg_id, timestamp, body = (
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+        "msg_p5jXN8AQM9LWM0D4loKWxJek",
+        1614265330,
+        b'{"test": 2432232314}',
+    )
+    expected = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    assert sign(secret, msg_id, timestamp, body) == expected
+    headers = {
+        "Webhook-Id": msg_id,
+        "Webhook-Timestamp": str(timestamp),
+        "Webhook-Signature": f"v1,bm9wZQ== {expected}",
+    }
+    assert verify(secret, headers, body, now=timestamp + 10)
+    assert verify(["whsec_" + "A" * 44, secret], headers, body, now=timestamp + 10)  # any of several secrets
+    assert not verify(secret, headers, body, now=timestamp + 301)
+    assert not verify("whsec_not base64!", headers, body, now=timestamp)  # a malformed secret verifies nothing
+
+
+def test_a_captured_delivery_replayed_with_a_new_id_fails_verification(receivers, fast):
+    receiver = receivers()
+    subscribe(receiver, events=["user.created"])
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+    assert deliver.webhook_deliveries_deliver_due() == {"delivered": 1}
+    (captured,) = receiver.requests
+
+    # An attacker who captured the request sends it again at once (well within the tolerance) under a
+    # fresh id, so that the receiver's duplicate filter does not recognise it.
+    replayed = {**captured["headers"], ID_HEADER: str(uuid.uuid4())}
+    assert not verify(receiver.secret, replayed, captured["body"])
+    conn = http.client.HTTPConnection(*receiver.server.server_address, timeout=5)
+    conn.request("POST", "/hooks/bulwark?x=1", body=captured["body"], headers=replayed)
+    assert conn.getresponse().status == 401
+    conn.close()
+    assert receiver.processed == [captured["headers"][ID_HEADER]]  # acted upon once, the replay refused
+
+
+def test_after_a_secret_rotation_both_secrets_sign_until_the_window_ends_then_only_the_new_one(receivers, fast):
+    fast.WEBHOOK_SECRET_ROTATION_WINDOW = 3600
+    receiver = receivers()
+    subscriber = subscribe(receiver, events=["user.created"])
+    old = subscriber.secret
+    new = services.webhook_subscriber_rotate_secret(subscriber_id=subscriber.id)
+    assert new != old and new.startswith("whsec_")
+    receiver.secret = old  # the receiver has not switched yet...
+    make_users(1, prefix="during")
+    dispatch.webhook_outbox_dispatch()
+    assert deliver.webhook_deliveries_deliver_due() == {"delivered": 1}
+    during = receiver.requests[-1]
+    assert during["verified"] and len(during["headers"][SIGNATURE_HEADER].split()) == 2
+    assert verify(new, during["headers"], during["body"])  # ...and may switch at any moment of the window
+
+    # The window ends: only the new secret signs, and a receiver still on the old one refuses.
+    WebhookSubscriber.objects.filter(id=subscriber.id).update(
+        previous_secret_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    make_users(1, prefix="after")
+    dispatch.webhook_outbox_dispatch()
+    deliver.webhook_deliveries_deliver_due()
+    after = receiver.requests[-1]
+    assert not after["verified"] and len(after["headers"][SIGNATURE_HEADER].split()) == 1
+    assert verify(new, after["headers"], after["body"]) and not verify(old, after["headers"], after["body"])
+
+
+@pytest.mark.parametrize(
+    ("address", "refused_as"),
+    [
+        ("127.0.0.2", "loopback"),
+        ("::1", "loopback"),
+        ("10.1.2.3", "private"),
+        ("192.168.0.1", "private"),
+        ("169.254.1.1", "link-local"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 (an address under test, not a bind)
+        ("224.0.0.1", "multicast"),
+        ("240.0.0.1", "reserved"),
+        ("100.64.0.1", "not public"),
+        ("::ffff:10.0.0.1", "private"),
+        ("64:ff9b::7f00:1", "loopback"),
+        ("169.254.169.254", "cloud metadata, never allowed"),
+        ("fd00:ec2::254", "cloud metadata, never allowed"),
+        ("93.184.216.34", None),
+        ("2606:4700::1111", None),
+    ],
+)
+def test_egress_refuses_every_non_public_address(address, refused_as):
+    assert egress.refusal(address) == refused_as
+
+
+def test_the_allowlist_opens_a_private_network_but_never_the_metadata_service():
+    allowed = [egress.ipaddress.ip_network(n) for n in ("127.0.0.0/8", "169.254.0.0/16", "fd00::/8")]
+    assert egress.refusal("127.0.0.2", allowed) is None and egress.refusal("169.254.1.1", allowed) is None
+    assert egress.refusal("10.0.0.1", allowed) == "private"
+    assert egress.refusal("169.254.169.254", allowed) == "cloud metadata, never allowed"
+    assert egress.refusal("fd00:ec2::254", allowed) == "cloud metadata, never allowed"
+
+
+@pytest.mark.parametrize("hostname", ["127.0.0.2", "localhost"])
+def test_a_subscriber_resolving_to_a_private_address_is_refused_at_delivery_unless_allowed(receivers, fast, hostname):
+    receiver = receivers("127.0.0.2" if hostname == "127.0.0.2" else "127.0.0.1")
+    port = receiver.server.server_address[1]
+    subscriber = WebhookSubscriber.objects.create(url=f"http://{hostname}:{port}/hook", events=["user.created"])
+    receiver.secret = subscriber.secret
+    fast.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = []  # production's default
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+
+    assert deliver.webhook_deliveries_deliver_due() == {"dead": 1}  # dead at once: nothing to retry
+    refused = deliveries().get()
+    assert refused.last_error.startswith(f"refused: {hostname} resolves to ") and "(loopback)" in refused.last_error
+    assert (refused.attempts, refused.last_status_code) == (1, None)
+    assert receiver.requests == [] and breaker_state(receiver) == State.CLOSED
+
+    fast.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.0/8", "::1/128"]
+    assert services.webhook_deliveries_retry(delivery_ids=[refused.id]) == 1
+    assert deliver.webhook_deliveries_deliver_due() == {"delivered": 1}
+    assert [r["verified"] for r in receiver.requests] == [True]
+
+
+def test_the_address_checked_is_the_address_connected_to_so_dns_rebinding_gets_nowhere(receivers, fast, monkeypatch):
+    public, internal = receivers("127.0.0.1"), receivers("127.0.0.2")
+    port = public.server.server_address[1]
+    internal.server.server_close()  # the internal service listens on the same port, another address
+    internal.server = type(internal.server)(("127.0.0.2", port), internal.server.RequestHandlerClass)
+    internal.thread = threading.Thread(target=internal.server.serve_forever, daemon=True)
+    internal.thread.start()
+    fast.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]  # stands for "a public address"
+    # A rebinding name server: the first answer passes the check, every later one points inside.
+    answers = iter(["127.0.0.1"])
+    lookups: list[str] = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding_getaddrinfo(host, *args, **kwargs):
+        if host != "rebind.example":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        return real_getaddrinfo(next(answers, "127.0.0.2"), *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_getaddrinfo)
+    subscriber = WebhookSubscriber.objects.create(url=f"http://rebind.example:{port}/hook", events=["user.created"])
+    public.secret = internal.secret = subscriber.secret
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+
+    assert deliver.webhook_deliveries_deliver_due() == {"delivered": 1}
+    assert lookups == ["rebind.example"]  # resolved once; the connection used that answer
+    assert internal.requests == [] and len(public.requests) == 1
+    assert public.requests[0]["headers"]["Host"] == f"rebind.example:{port}"
+
+
+def test_the_admin_refuses_a_subscriber_url_that_resolves_to_a_private_address(client, settings):
+    settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "169.254.0.0/16"]
+    staff = StaffUser.objects.create_superuser("staff", "staff@example.com", "pw-0123456789")
+    client.force_login(staff)
+    add = "/admin/resilience/webhooksubscriber/add/"
+    for name, url, reason in [
+        ("lo2", "http://127.0.0.2:8080/hook", b"(loopback)"),
+        ("lh", "http://localhost:8080/hook", b"(loopback)"),
+        ("meta", "http://169.254.169.254/latest/meta-data/", b"(cloud metadata, never allowed)"),
+        ("lan", "https://10.0.0.7/hook", b"(private)"),
+    ]:
+        settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = [] if name == "lh" else settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS
+        response = client.post(add, {"name": name, "url": url, "events": ["user.created"], "active": "on"})
+        assert response.status_code == 200 and b"Webhooks are not sent there" in response.content, name
+        assert reason in response.content and not WebhookSubscriber.objects.filter(name=name).exists()
+    settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32"]
+    allowed = client.post(add, {"name": "ok", "url": "http://127.0.0.1:8080/h", "events": ["user.created"]})
+    assert allowed.status_code == 302 and WebhookSubscriber.objects.filter(name="ok").exists()
+
+
+def test_a_receiver_dripping_its_answer_is_cut_off_at_the_delivery_deadline(receivers, fast):
+    fast.WEBHOOK_DELIVERY_DEADLINE = 1.5
+    receiver = receivers()
+    subscribe(receiver, events=["user.created"])
+    # Each byte comes well within the 2 s read timeout; the whole answer would take about 25 s.
+    receiver.drip = 0.2
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+
+    started = time.monotonic()
+    assert deliver.webhook_deliveries_deliver_due() == {"retrying": 1}
+    elapsed = time.monotonic() - started
+    row = deliveries().get()
+    assert "deadline of 1.5 s exceeded" in row.last_error and row.status == "pending"
+    assert elapsed < 1.5 + 5 and not receiver.drip_finished.is_set()  # generous: it did not wait for the drip
+
+
+def test_a_receiver_answering_410_disables_its_subscriber_and_gets_nothing_more(receivers, fast, client):
+    gone, other = receivers(), receivers("127.0.0.2")
+    subscriber = subscribe(gone, events=["user.created"])
+    subscribe(other, events=["user.created"])
+    gone.status = 410
+    make_users(2)
+    dispatch.webhook_outbox_dispatch()
+
+    outcomes = deliver.webhook_deliveries_deliver_due()
+    assert outcomes == {"dead": 1, "delivered": 2}
+    assert len(gone.requests) == 1 and breaker_state(gone) == State.CLOSED  # not a failure of the host
+    disabled = WebhookSubscriber.objects.get(id=subscriber.id)
+    assert not disabled.active and disabled.disabled_at is not None
+    assert disabled.disabled_reason == "the receiver answered 410 Gone"
+    dead = deliveries(subscriber=subscriber, status="dead").get()
+    assert dead.last_status_code == 410
+    # No more deliveries or retries: its other delivery waits, new events are not queued for it.
+    assert deliveries(subscriber=subscriber, status="pending").count() == 1
+    make_users(1, prefix="later")
+    dispatch.webhook_outbox_dispatch()
+    deliver.webhook_deliveries_deliver_due()
+    assert len(gone.requests) == 1 and deliveries(subscriber=subscriber).count() == 2
+    assert len(other.processed) == 3
+
+    staff = StaffUser.objects.create_superuser("staff", "staff@example.com", "pw-0123456789")
+    client.force_login(staff)
+    changelist = "/admin/resilience/webhooksubscriber/"
+    listed = client.get(changelist, {"gone": "yes"}).content
+    assert b"the receiver answered 410 Gone" in listed and gone.url.encode() in listed
+    assert other.url.encode() not in listed
+    assert gone.url.encode() not in client.get(changelist, {"gone": "no"}).content
+    # Staff turn it back on: the 410 no longer describes it, and its waiting delivery goes out.
+    gone.status = 200
+    change = f"{changelist}{subscriber.id}/change/"
+    response = client.post(change, {"name": "", "url": gone.url, "events": ["user.created"], "active": "on"})
+    assert response.status_code == 302
+    enabled = WebhookSubscriber.objects.get(id=subscriber.id)
+    assert enabled.active and (enabled.disabled_reason, enabled.disabled_at) == ("", None)
+    deliver.webhook_deliveries_deliver_due()
+    assert len(gone.processed) == 1
+
+
+def test_a_secret_that_is_not_base64_fails_its_delivery_instead_of_the_run(receivers, fast):
+    receiver = receivers()
+    subscribe(receiver, events=["user.created"], secret="whsec_not base64!")  # only possible outside the admin
+    make_users(1)
+    dispatch.webhook_outbox_dispatch()
+
+    assert deliver.webhook_deliveries_deliver_due() == {"retrying": 1}
+    row = deliveries().get()
+    assert row.last_error.startswith("ValueError: a webhook secret is 'whsec_' followed by standard base64")
+    assert receiver.requests == [] and breaker_state(receiver) == State.CLOSED
