@@ -140,8 +140,8 @@ def test_patch_me_email_change_moves_the_uniqueness_claim(user, make_api):
     api, _ = user
     other = make_api()
     other.register("bob")
-    assert_error(api.patch(ME, {"email": "BOB@example.com"}), 409, "conflict")
-    assert api.patch(ME, {"email": "alice2@example.com"}).status_code == 200
+    assert_error(api.patch(ME, {"email": "BOB@example.com", "current_password": PASSWORD}), 409, "conflict")
+    assert api.patch(ME, {"email": "alice2@example.com", "current_password": PASSWORD}).status_code == 200
     assert other.register("carol", email="alice@example.com").status_code == 201  # the old email is free
     assert_error(other.register("dave", email="ALICE2@example.com"), 409)
 
@@ -151,6 +151,7 @@ def test_patch_me_password_needs_the_current_one(user):
     assert_error(api.patch(ME, {"password": "Brand-New-Pass-2026"}), 400)
     assert_error(api.patch(ME, {"password": "Brand-New-Pass-2026", "current_password": "wrong"}), 400)
     assert api.patch(ME, {"password": "Brand-New-Pass-2026", "current_password": PASSWORD}).status_code == 200
+    api.token = None  # revoked by the change (tests/users/test_tokens.py)
     api.login("alice", "Brand-New-Pass-2026")
 
 

@@ -34,6 +34,7 @@ def bulk_users(n: int, prefix: str) -> list[int]:
     by_group: dict[str, tuple[list, list]] = {}
     for i in range(n):
         name = f"{prefix}{i}"
+        assert name.isascii()  # lower() below is then the identity key
         ls = logical_shard_for_username(name)
         names, shards = by_group.setdefault(table[ls], ([], []))
         names.append(name)
@@ -42,9 +43,10 @@ def bulk_users(n: int, prefix: str) -> list[int]:
     for group, (names, shards) in by_group.items():
         with connections[group].cursor() as cursor:
             cursor.execute(
-                """INSERT INTO users_user (id, logical_shard, username, email, password, display_name, bio,
-                       created_at, updated_at, version, rev, view_count)
-                   SELECT users_next_id(ls), ls, name, name || '@example.com', '!', '', '', now(), now(), 1, 1, 0
+                """INSERT INTO users_user (id, logical_shard, username, username_key, email, password, display_name,
+                       bio, created_at, updated_at, version, rev, view_count)
+                   SELECT users_next_id(ls), ls, name, lower(name), name || '@example.com', '!', '', '', now(), now(),
+                          1, 1, 0
                      FROM unnest(%s::text[], %s::int[]) AS t(name, ls) RETURNING id""",
                 [names, shards],
             )
