@@ -1,10 +1,12 @@
 """One error shape everywhere: {"detail": ..., "code": ..., "fields": {...}?}.
 
-Maps DRF's exceptions and the domain's own (conflicts, stale versions, unavailable shards) to clear
-4xx/503 answers, so bad input never becomes a 500.
+Maps DRF's exceptions, and the domain exceptions apps register with `register_error` (conflicts,
+stale versions, unavailable shards: users/errors.py), to clear 4xx/503 answers, so bad input never
+becomes a 500.
 """
 
 import logging
+from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
@@ -43,38 +45,30 @@ def _flatten(detail):
     return [str(detail)]
 
 
+# Domain exception type -> function building the ApiError it answers as. Apps register theirs from
+# AppConfig.ready() (users/apps.py), so this generic module imports no domain code.
+_DOMAIN_ERRORS: dict[type[BaseException], Callable[[BaseException], ApiError]] = {}
+
+
+def register_error(exc_type: type[BaseException], to_api_error: Callable[[BaseException], ApiError]) -> None:
+    """Answer `exc_type` (and its subclasses, unless they are registered themselves) with the ApiError
+    `to_api_error(exc)` returns."""
+    _DOMAIN_ERRORS[exc_type] = to_api_error
+
+
+def _domain_error(exc: BaseException) -> ApiError | None:
+    for klass in type(exc).__mro__:  # the most specific registered type wins
+        if klass in _DOMAIN_ERRORS:
+            return _DOMAIN_ERRORS[klass](exc)
+    return None
+
+
 def exception_handler(exc, context):
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body too large (max 64 KiB).", "request_too_large"), status=413)
-    from users.services import Conflict, InvalidCredentials, UserNotFound, VersionMismatch
-    from users.sharding.access import ShardFrozen, ShardUnavailable
-
-    if isinstance(exc, ShardFrozen):
-        return Response(
-            error_body("This account is being moved between shards; retry in a moment.", "shard_moving"),
-            status=503,
-            headers={"Retry-After": "1"},
-        )
-
-    if isinstance(exc, Conflict):
-        fields = {f: [f"This {f} is already taken."] for f in exc.fields}
-        return Response(error_body("Already taken.", "conflict", fields), status=409)
-    if isinstance(exc, VersionMismatch):
-        return Response(
-            error_body("The resource changed since the version you sent (If-Match).", "precondition_failed"), status=412
-        )
-    if isinstance(exc, UserNotFound):
-        return Response(error_body("Not found.", "not_found"), status=404)
-    if isinstance(exc, InvalidCredentials):
-        return Response(error_body("Invalid credentials.", "invalid_credentials"), status=400)
-    if isinstance(exc, ShardUnavailable):
-        logger.warning("%s", exc)
-        return Response(
-            error_body("A storage shard is temporarily unavailable; retry shortly.", "shard_unavailable"),
-            status=503,
-            headers={"Retry-After": "5"},
-        )
-
+    domain = _domain_error(exc)
+    if domain is not None:
+        exc = domain
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -2,10 +2,12 @@
 10,000-row flush costs one check, not 10,000) refuse writes to rows of frozen logical shards.
 The mover itself sets `bulwark.mover = on` in its transactions to pass."""
 
+from .ids import logical_shard_sql
+
 TABLES = {  # table -> SQL expression of a transition-table row r's logical shard
     "users_user": "r.logical_shard",
-    "users_token": "((r.user_id >> 10) & 8191)",
-    "users_outboxevent": "((r.user_id >> 10) & 8191)",
+    "users_token": logical_shard_sql("r.user_id"),
+    "users_outboxevent": logical_shard_sql("r.user_id"),
 }
 
 

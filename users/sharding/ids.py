@@ -38,6 +38,11 @@ def logical_shard_of_id(user_id: int) -> int:
     return (user_id >> SEQ_BITS) & (MAX_LOGICAL_SHARDS - 1)
 
 
+def logical_shard_sql(column: str) -> str:
+    """`logical_shard_of_id` as a SQL expression over a bigint column (fence triggers, resharding)."""
+    return f"(({column} >> {SEQ_BITS}) & {MAX_LOGICAL_SHARDS - 1})"
+
+
 def created_at_of_id(user_id: int) -> datetime:
     ms = (user_id >> (SHARD_BITS + SEQ_BITS)) + EPOCH_MS
     return datetime.fromtimestamp(ms / 1000, tz=UTC)

@@ -26,6 +26,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from users.models import ShardMapEntry, ShardMove, Token, User
+from users.sharding.ids import logical_shard_sql
 from users.sharding.shardmap import shard_map
 
 logger = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ logger = logging.getLogger(__name__)
 USER_COLUMNS = [field.column for field in User._meta.concrete_fields]
 TOKEN_COLUMNS = ", ".join(field.column for field in Token._meta.concrete_fields)
 BATCH = 1000
-LS_OF_USER_ID = "((user_id >> 10) & 8191)"
+LS_OF_USER_ID = logical_shard_sql("user_id")
 
 
 class MoveError(Exception):
