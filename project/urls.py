@@ -5,12 +5,12 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from resilience import health
 from resilience.ratelimit.drf import rate_limited_view
 
-# The admin login is limited per client IP (policy admin.login: django-ratelimit's fixed window).
-admin.site.login = rate_limited_view("admin.login")(admin.site.login)
-
 urlpatterns = [
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
+    # Before the admin's own URLs, so it is the login every link and redirect reaches: limited per
+    # client IP (policy admin.login, django-ratelimit's fixed window).
+    path("admin/login/", rate_limited_view("admin.login")(admin.site.login)),
     path("admin/", admin.site.urls),
     path("metrics", include("resilience.metrics")),
     path("api/v1/", include("users.urls")),

@@ -163,16 +163,6 @@ def token_digests(*, user_id: int) -> list[str]:
         )
 
 
-def user_password_hash(*, user_id: int) -> str | None:
-    from project.db.pinning import use_primary
-
-    with use_primary():
-        return read_on(
-            group_for_user_id(user_id),
-            lambda alias: User.objects.using(alias).filter(id=user_id).values_list("password", flat=True).first(),
-        )
-
-
 def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]:
     """Users across all shards ordered by id: a k-way merge of per-shard keyset pages (no OFFSET).
 

@@ -8,7 +8,6 @@ State is per execution context (contextvars), so threads and requests never shar
 
 import contextlib
 import contextvars
-import functools
 import time
 
 from django.conf import settings
@@ -56,14 +55,3 @@ def use_primary():
         yield
     finally:
         _forced.reset(token)
-
-
-def primary_only(func):
-    """Decorator form of `use_primary()`."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        with use_primary():
-            return func(*args, **kwargs)
-
-    return wrapper

@@ -9,8 +9,6 @@ Ids are generated on the shard by the SQL function `users_next_id(shard)` (migra
 central coordinator is needed; id -> logical shard is a bit shift, no lookup.
 """
 
-from datetime import UTC, datetime
-
 from django.conf import settings
 
 EPOCH_MS = 1735689600000  # 2025-01-01T00:00:00Z
@@ -41,11 +39,6 @@ def logical_shard_of_id(user_id: int) -> int:
 def logical_shard_sql(column: str) -> str:
     """`logical_shard_of_id` as a SQL expression over a bigint column (fence triggers, resharding)."""
     return f"(({column} >> {SEQ_BITS}) & {MAX_LOGICAL_SHARDS - 1})"
-
-
-def created_at_of_id(user_id: int) -> datetime:
-    ms = (user_id >> (SHARD_BITS + SEQ_BITS)) + EPOCH_MS
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def parse_id(raw) -> int | None:
