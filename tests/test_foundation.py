@@ -10,10 +10,17 @@ from django.conf import settings
 from django.db import connections
 
 from project.db.replicas import monitor
+from resilience import health
 
 from .stack import ROOT, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    """/health/ready serves a process's last probe for a second: each test probes the stack as it left it."""
+    health.forget()
 
 
 def test_every_configured_database_answers_and_replicas_are_in_recovery():

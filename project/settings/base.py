@@ -170,4 +170,6 @@ CELERY_TASK_ROUTES = {"resilience.webhooks_*": {"queue": "webhooks"}}
 # Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.
 RESILIENCE_TRUSTED_PROXIES = env("RESILIENCE_TRUSTED_PROXIES", [], list)  # IPs/CIDRs whose X-Forwarded-For we trust
 RESILIENCE_RATELIMIT_ENABLED = env("RESILIENCE_RATELIMIT_ENABLED", True, bool)
+# /health/ready serves a process's last probe until it is this old (s): callers cannot make it probe more.
+RESILIENCE_HEALTH_PROBE_INTERVAL = env("RESILIENCE_HEALTH_PROBE_INTERVAL", 1.0, float)
 RATELIMIT_USE_CACHE = "state"  # django-ratelimit (fixed-window policies) counts on the state Redis
