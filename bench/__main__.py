@@ -3,7 +3,8 @@
 Sections: data layer (routing overhead, replica share), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
 per check, breaker overhead), write-behind (buffered vs direct views; flush rows/s vs raw COPY +
-UPDATE). Results are printed and written to artifacts/bench.json. This machine is shared and noisy:
+UPDATE), idempotency keys (state Redis memory of the records one client can make, with the per-caller
+cap). Results are printed and written to artifacts/bench.json. This machine is shared and noisy:
 read the ratios, not the absolute numbers.
 """
 
@@ -29,7 +30,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connections  # noqa: E402
-from django.test import Client  # noqa: E402
+from django.test import Client, override_settings  # noqa: E402
 from django_redis import get_redis_connection  # noqa: E402
 
 from bench import roundtrips  # noqa: E402
@@ -359,6 +360,49 @@ def bench_flush():
     report("writebehind", "flush rows/s / raw set-based SQL", flush_rate / raw_rate, "x", ">= 0.5")
 
 
+def bench_idempotency(users):
+    """State Redis memory held by the Idempotency-Key records one client can make: 100,000 distinct keys
+    (BENCH_IDEMPOTENCY_KEYS) from one address, with the default cap and with the cap raised above them.
+
+    In process through the real API (Django's test client, the views endpoint), so no server or wrk is
+    involved: what is measured is memory, not speed.
+    """
+    count = int(os.environ.get("BENCH_IDEMPOTENCY_KEYS", "100000"))
+    cap = settings.RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER
+    print(f"idempotency keys: {count:,} new keys from one client", flush=True)
+    state = get_redis_connection("state")
+    url = f"/api/v1/users/{users[0]['id']}/views/"
+
+    def send(address, prefix):
+        client, codes = Client(REMOTE_ADDR=address), {}
+        state.execute_command("MEMORY", "PURGE")  # allocator slack left by earlier sections is not ours
+        before = state.info("memory")["used_memory"]
+        for i in range(count):
+            code = client.post(url, headers={"Idempotency-Key": f"{prefix}-{i:08d}"}).status_code
+            codes[code] = codes.get(code, 0) + 1
+        return state.info("memory")["used_memory"] - before, codes
+
+    delta, codes = send("198.51.100.1", "capped")
+    stored = codes.get(202, 0)
+    report("idempotency", f"cap (RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER) {cap:,}: keys accepted", stored)
+    report("idempotency", "refused 429 idempotency_keys_exhausted", codes.get(429, 0))
+    report("idempotency", "state Redis used_memory delta with the cap", delta / 1024, "KiB")
+
+    with override_settings(RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER=count):
+        uncapped, uncapped_codes = send("198.51.100.2", "uncapped")
+    per_record = uncapped / max(1, uncapped_codes.get(202, 0))
+    report("idempotency", f"cap raised to {count:,}: keys accepted", uncapped_codes.get(202, 0))
+    report("idempotency", "state Redis used_memory delta without an effective cap", uncapped / 1024**2, "MiB")
+    report("idempotency", "bytes per record (views endpoint; bigger bodies store more)", per_record, "B")
+    callers = 10_000
+    report(
+        "idempotency",
+        f"sizing: bytes per record x cap x callers ({callers:,} active callers in 24 h)",
+        per_record * cap * callers / 1024**3,
+        "GiB",
+    )
+
+
 def bench_reshard():
     """Move about a third of 10,000 users onto the spare shard while a client keeps updating them."""
     print("resharding", flush=True)
@@ -409,6 +453,7 @@ def main():
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
         ("http", lambda: bench_http(users, tokens)),
         ("flush", bench_flush),
+        ("idempotency", lambda: bench_idempotency(users)),
         ("reshard", bench_reshard),
     )
     for name, section in sections:

@@ -6,6 +6,7 @@ class ResilienceConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        from .breaker import checks as breaker_checks  # noqa: F401  (registers system checks)
+        from . import checks  # noqa: F401  (registers system checks)
+        from .breaker import checks as breaker_checks  # noqa: F401
         from .ratelimit import checks as ratelimit_checks  # noqa: F401
         from .webhooks import checks as webhook_checks  # noqa: F401

@@ -3,8 +3,16 @@
 django-health-check was considered; it has no notion of a *degraded* but serving dependency (a
 replica down while reads fall back to the primary) nor of per-alias replica lag, which this endpoint
 must report, so these ~80 lines are our own.
+
+`/health/ready` answers from the last probe of this process. A probe opens a connection to every
+database and Redis, so a caller must not be able to trigger one per request: a result younger than
+RESILIENCE_HEALTH_PROBE_INTERVAL (1 s) is served as it is, concurrent callers share one probe, and
+while a probe runs the others are answered from the previous result. Anonymous callers get only the
+overall status and the HTTP code; the entries (names, hosts, ports, errors, latencies) are for the
+callers /metrics admits (staff sessions, METRICS_TOKEN, METRICS_ALLOWED_IPS; resilience.metrics.allowed).
 """
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
@@ -16,7 +24,10 @@ from django.http import JsonResponse
 
 from project.db.replicas import monitor, probe_connect
 
+from .metrics import allowed as sees_details
+
 TIMEOUT = 1.5
+DEFAULT_PROBE_INTERVAL = 1.0
 
 
 def _check_postgres(alias: str) -> dict:
@@ -109,7 +120,9 @@ def live(request):
     return JsonResponse({"status": "live"})
 
 
-def ready(request):
+def probe() -> dict:
+    """Check every dependency now (in parallel) and return the full result: status, HTTP code,
+    failed and degraded names and one entry per check. Never raises for a failing dependency."""
     checks = dependency_checks()
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         entries = list(pool.map(lambda c: _timed(*c), checks))
@@ -125,7 +138,61 @@ def ready(request):
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    body = {"status": status, "failed": failed, "degraded": degraded, "checks": entries}
+    return {"status": status, "code": code, "failed": failed, "degraded": degraded, "checks": entries}
+
+
+_lock = threading.Lock()
+_last: dict | None = None
+_last_at = 0.0  # time.monotonic() when the last probe ended
+probes = 0  # probes run by this process (tests count them)
+
+
+def _interval() -> float:
+    return float(getattr(settings, "RESILIENCE_HEALTH_PROBE_INTERVAL", DEFAULT_PROBE_INTERVAL))
+
+
+def last_result() -> tuple[dict, float]:
+    """Return (the latest probe result of this process, its age in seconds), probing first when it
+    is older than the interval.
+
+    At most one probe runs at a time in a process, and the next starts no sooner than an interval
+    after the last one ended. A caller that finds a probe running gets the previous result rather
+    than waiting; only the very first callers of a process, with nothing to serve yet, wait for it.
+    """
+    global _last, _last_at, probes
+    result, at = _last, _last_at
+    if result is not None and time.monotonic() - at < _interval():
+        return result, time.monotonic() - at
+    if not _lock.acquire(blocking=result is None):
+        return result, time.monotonic() - at
+    try:
+        # Another caller may have probed while this one waited for the lock.
+        if _last is not None and time.monotonic() - _last_at < _interval():
+            return _last, time.monotonic() - _last_at
+        fresh = probe()
+        _last, _last_at = fresh, time.monotonic()
+        probes += 1
+        return fresh, 0.0
+    finally:
+        _lock.release()
+
+
+def forget() -> None:
+    """Drop this process's last result, so the next call probes (for tests and after a reconfiguration)."""
+    global _last, _last_at
+    with _lock:
+        _last, _last_at = None, 0.0
+
+
+def ready(request):
+    result, age = last_result()
+    code = result["code"]
+    if sees_details(request):
+        body = {key: value for key, value in result.items() if key != "code"}
+        body["age_s"] = round(age, 3)
+    else:
+        # The entries name hosts, ports and the errors of unreachable dependencies: not for strangers.
+        body = {"status": result["status"]}
     response = JsonResponse(body, status=code)
     if code == 503:
         response["Retry-After"] = "5"

@@ -6,23 +6,63 @@ different body gets 422; a retry while the first is still running gets 409. Keys
 caller (user id, else client IP) and the path. Responses carrying a secret (a new API token) are
 never stored: a replay of such a request gets 409, since tokens exist only as hashes.
 If the state Redis is down the request runs without the guarantee (logged).
+
+Each new key keeps a record for a day, so one caller could fill the state Redis (noeviction: then every
+write there fails) by sending a fresh key with each request. A caller (user id, else client address,
+an IPv6 client by its /64 like the rate limiter) may use RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER new
+keys per window of IDEMPOTENCY_TTL starting at its first one; past that, a request with a new key gets
+429 `idempotency_keys_exhausted` with Retry-After (the end of the window) and is not run: running it
+without the key would silently drop the guarantee the client asked for. Requests without a key and
+retries with a known key are not affected.
 """
 
 import functools
 import hashlib
 import json
 import logging
+from pathlib import Path
 
+from django.conf import settings
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 from rest_framework.response import Response
 
 from .errors import error_body
-from .ratelimit.http import client_ip
+from .ratelimit.http import client_ip, ip_key
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
 PENDING_TTL = 60
+CLAIMED, EXISTS, EXHAUSTED = 1, 0, -1  # idempotency_begin.lua's answers
+_BEGIN_LUA = (Path(__file__).resolve().parent / "idempotency_begin.lua").read_text()
+
+
+@functools.cache
+def _begin_script():
+    # Registered once per process; each call passes the current client, and redis-py loads the script
+    # again if the server has forgotten it (a restart).
+    return get_redis_connection("state").register_script(_BEGIN_LUA)
+
+
+def caller_key(request) -> str:
+    """The state Redis key counting the new Idempotency-Keys of `request`'s caller: its user id, else its
+    address (an IPv6 client by its /64, which it usually owns whole, so it cannot rotate around the cap)."""
+    user = getattr(request, "user", None)
+    if getattr(user, "is_authenticated", False) and hasattr(user, "id"):
+        return f"idem:callers:u{user.id}"
+    return f"idem:callers:{ip_key(request)}"
+
+
+def _exhausted(retry_after: int) -> Response:
+    return Response(
+        error_body(
+            "Too many new Idempotency-Keys from this caller; retry after the time in Retry-After "
+            "(a retry of an earlier request with its own key is still answered).",
+            "idempotency_keys_exhausted",
+        ),
+        status=429,
+        headers={"Retry-After": str(max(1, int(retry_after)))},
+    )
 
 
 def _scope(request) -> str:
@@ -50,10 +90,19 @@ def idempotent(*, store_body: bool = True):
             redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
             try:
                 client = get_redis_connection("state")
-                fresh = client.set(
-                    redis_key, json.dumps({"state": "pending", "hash": body_hash}), nx=True, ex=PENDING_TTL
+                outcome, retry_after = _begin_script()(
+                    keys=[redis_key, caller_key(request)],
+                    args=[
+                        json.dumps({"state": "pending", "hash": body_hash}),
+                        PENDING_TTL,
+                        settings.RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER,
+                        IDEMPOTENCY_TTL,
+                    ],
+                    client=client,
                 )
-                if not fresh:
+                if outcome == EXHAUSTED:
+                    return _exhausted(retry_after)
+                if outcome == EXISTS:
                     record = json.loads(client.get(redis_key) or "{}")
                     if record.get("hash") != body_hash:
                         return Response(

@@ -91,3 +91,31 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.event} {self.event_id} -> {self.subscriber_id} ({self.status})"
+
+
+# --- operations permissions (resilience/dashboard/) ---
+# Circuit breakers and rate-limit keys live in the state Redis, not in tables. These unmanaged models
+# exist only to carry the permissions the dashboard actions require and to give their admin-log
+# entries a content type (resilience.circuitbreaker, resilience.ratelimitkey: the ones
+# resilience/dashboard/audit.py has always written). No table is created or queried.
+class CircuitBreaker(models.Model):
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("change_breaker", "Can force a circuit breaker open or closed"),
+            ("reset_breaker", "Can reset a circuit breaker"),
+        ]
+
+    def __str__(self):
+        return "circuit breakers"
+
+
+class RateLimitKey(models.Model):
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("reset_ratelimit", "Can reset the counters of a rate-limit key")]
+
+    def __str__(self):
+        return "rate-limit keys"

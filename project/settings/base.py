@@ -173,4 +173,9 @@ CELERY_TASK_ROUTES = {"resilience.webhooks_*": {"queue": "webhooks"}}
 # Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.
 RESILIENCE_TRUSTED_PROXIES = env("RESILIENCE_TRUSTED_PROXIES", [], list)  # IPs/CIDRs whose X-Forwarded-For we trust
 RESILIENCE_RATELIMIT_ENABLED = env("RESILIENCE_RATELIMIT_ENABLED", True, bool)
+# /health/ready serves a process's last probe until it is this old (s): callers cannot make it probe more.
+RESILIENCE_HEALTH_PROBE_INTERVAL = env("RESILIENCE_HEALTH_PROBE_INTERVAL", 1.0, float)
+# New Idempotency-Keys one caller (user, else client address) may use per 24 h: each keeps a record in
+# the state Redis for 24 h, so this bounds that memory (docs/operations.md, "Idempotency keys").
+RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER = env("RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER", 1000, int)
 RATELIMIT_USE_CACHE = "state"  # django-ratelimit (fixed-window policies) counts on the state Redis

@@ -5,11 +5,20 @@ from django.core.exceptions import ImproperlyConfigured
 from .base import *  # noqa: F403
 from .env import env
 
+# The example value in .env.example (tests/test_foundation.py checks they agree). It is long and varied
+# enough for Django's security.W009, so only this comparison stops a copied example from signing every
+# session and token digest with a key anyone can read.
+PLACEHOLDER_SECRET_KEY = "change-me-to-a-random-string-of-at-least-fifty-characters-xxxxxxxx"  # noqa: S105 (refused)
+GENERATE_KEY = "python -c 'import secrets; print(secrets.token_urlsafe(50))'"
+
 SECRET_KEY = env("DJANGO_SECRET_KEY", "")
 if len(SECRET_KEY) < 50:
     raise ImproperlyConfigured(
-        "DJANGO_SECRET_KEY must be set to a random string of at least 50 characters in production "
-        "(python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+        f"DJANGO_SECRET_KEY must be set to a random string of at least 50 characters in production ({GENERATE_KEY})."
+    )
+if SECRET_KEY == PLACEHOLDER_SECRET_KEY or SECRET_KEY.lower().startswith("change-me"):
+    raise ImproperlyConfigured(
+        f"DJANGO_SECRET_KEY is the placeholder of .env.example; set a random one ({GENERATE_KEY})."
     )
 if env("DJANGO_DEBUG", False, bool):
     raise ImproperlyConfigured("DJANGO_DEBUG must be off in production.")

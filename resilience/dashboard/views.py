@@ -1,5 +1,10 @@
 """Admin views of the dashboards. Every view is wrapped by `AdminSite.admin_view` (staff only, see
-urls.py); actions are POSTs with CSRF behind a confirmation page and are written to the admin log."""
+urls.py); actions are POSTs with CSRF behind a confirmation page and are written to the admin log.
+
+Being staff lets a user read the pages. Each action also needs its own permission (audit.FORCE_BREAKER,
+RESET_BREAKER, RESET_RATELIMIT; superusers have them all): without it the page shows no button for it,
+and its confirmation page and POST answer 403.
+"""
 
 import ipaddress
 import json
@@ -8,6 +13,7 @@ from datetime import UTC, datetime
 
 from django import forms
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
 from django.http import HttpResponseBadRequest, JsonResponse
 from django.shortcuts import redirect
@@ -24,10 +30,15 @@ from . import audit, history, panels
 
 POLL_SECONDS = 2
 DENIED_MINUTES = 15
+# action -> (label, meaning, permission required)
 BREAKER_ACTIONS = {
-    "force_open": ("Force open", "rejects every call until it is force-closed or reset"),
-    "force_close": ("Force close", "admits every call, counting nothing, until it is force-opened or reset"),
-    "reset": ("Reset", "returns to CLOSED with an empty window and no last error"),
+    "force_open": ("Force open", "rejects every call until it is force-closed or reset", audit.FORCE_BREAKER),
+    "force_close": (
+        "Force close",
+        "admits every call, counting nothing, until it is force-opened or reset",
+        audit.FORCE_BREAKER,
+    ),
+    "reset": ("Reset", "returns to CLOSED with an empty window and no last error", audit.RESET_BREAKER),
 }
 
 
@@ -37,6 +48,17 @@ def _when(seconds: float | None) -> datetime | None:
 
 def _context(site, request, title: str, **extra) -> dict:
     return {**site.each_context(request), "title": title, **extra}
+
+
+def _require(request, permission: str) -> None:
+    """Raise PermissionDenied (403) unless the user holds `permission`; staff alone is not enough."""
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"{permission} is required")
+
+
+def _recent(model: str) -> dict:
+    """The last dashboard actions on `model` (audit.BREAKER, audit.RATELIMIT_KEY), as panels.safe does."""
+    return panels.safe(lambda: audit.recent(model))
 
 
 # --- overview ---
@@ -93,18 +115,24 @@ def _breaker_rows() -> dict:
 
 
 def breakers(request, *, site):
+    actions = {action: spec for action, spec in BREAKER_ACTIONS.items() if request.user.has_perm(spec[2])}
     return TemplateResponse(
         request,
         "bulwark/breakers.html",
-        _context(site, request, "Circuit breakers", breakers=_breaker_rows(), actions=BREAKER_ACTIONS),
+        _context(
+            site,
+            request,
+            "Circuit breakers",
+            breakers=_breaker_rows(),
+            actions=actions,
+            recent=_recent(audit.BREAKER),
+        ),
     )
 
 
 class BreakerActionForm(forms.Form):
     name = forms.CharField(max_length=200, widget=forms.HiddenInput)
-    action = forms.ChoiceField(
-        choices=[(a, label) for a, (label, _) in BREAKER_ACTIONS.items()], widget=forms.HiddenInput
-    )
+    action = forms.ChoiceField(choices=[(a, spec[0]) for a, spec in BREAKER_ACTIONS.items()], widget=forms.HiddenInput)
     reason = forms.CharField(
         max_length=200, required=False, help_text="Recorded with the transition and in the admin log."
     )
@@ -116,7 +144,8 @@ def breaker_action(request, *, site):
     if not form.is_valid() or not form.cleaned_data["name"]:
         return HttpResponseBadRequest("name and action (force_open, force_close, reset) are required")
     name, action = form.cleaned_data["name"], form.cleaned_data["action"]
-    label, meaning = BREAKER_ACTIONS[action]
+    label, meaning, permission = BREAKER_ACTIONS[action]
+    _require(request, permission)  # the confirmation page too: it exists only to lead to the POST
     if request.method == "POST":
         reason = form.cleaned_data["reason"] or f"{label.lower()} by {request.user.get_username()} in the admin"
         breaker = get_breaker(name)
@@ -271,6 +300,8 @@ def ratelimits(request, *, site):
             form=form,
             lookup=lookup,
             denied_minutes=DENIED_MINUTES,
+            can_reset=request.user.has_perm(audit.RESET_RATELIMIT),
+            recent=_recent(audit.RATELIMIT_KEY),
         ),
     )
 
@@ -287,6 +318,7 @@ class ResetKeyForm(forms.Form):
 def ratelimit_reset(request, *, site):
     """GET: a confirmation page to forget one key's counters under one policy. POST: do it."""
     form = ResetKeyForm(request.POST if request.method == "POST" else request.GET)
+    _require(request, audit.RESET_RATELIMIT)
     if not form.is_valid():
         return HttpResponseBadRequest("policy (a known policy) and key are required")
     policy, key = form.cleaned_data["policy"], form.cleaned_data["key"]

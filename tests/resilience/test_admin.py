@@ -12,6 +12,7 @@ import textwrap
 import pytest
 from django.conf import settings as django_settings
 from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission
 from django.contrib.auth.models import User as StaffUser
 from django.db import connections
 from django.test import Client
@@ -319,6 +320,107 @@ def test_reset_key_is_confirmed_posted_and_logged(admin_client, staff, daily):
     assert (entry.user_id, entry.object_id, entry.content_type.model) == (staff.pk, f"{daily}|{key}", "ratelimitkey")
     assert entry.change_message == "Reset rate-limit key (had counters)"
     assert admin_client.post(url, {"policy": "no.such.policy", "key": key}).status_code == 400
+
+
+# --- permissions of the actions ---
+BREAKER_ACTION_URL = "/admin/bulwark/breakers/action/"
+RESET_KEY_URL = "/admin/bulwark/ratelimits/reset/"
+
+
+def staff_client(username: str, *codenames: str) -> Client:
+    """A logged-in client of a staff user (not a superuser) holding only the resilience permissions named."""
+    user = StaffUser.objects.create_user(username, f"{username}@example.com", "pw-staff-0123456789", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(content_type__app_label="resilience", codename__in=codenames))
+    assert user.user_permissions.count() == len(codenames)
+    client = Client()
+    client.force_login(user)
+    caught_up()  # the admin reads the session's user and its permissions from a replica
+    return client
+
+
+def recent_actions(body: str) -> list[tuple[str, str, str]]:
+    """(user, object id, change message) of each row of the page's "Recent actions" table."""
+    section = body[body.index('id="recent-actions"') :]
+    return re.findall(r'<tr data-user="([^"]*)" data-object="([^"]*)">.*?class="bw-change">([^<]*)</td>', section, re.S)
+
+
+def test_staff_without_breaker_permissions_sees_the_page_read_only_and_every_action_is_refused(real_db):
+    breaker = get_breaker("payments")
+    breaker.call(lambda: None)
+    viewer = staff_client("viewer")
+
+    page = viewer.get("/admin/bulwark/breakers/")
+
+    assert page.status_code == 200
+    body = page.content.decode()
+    assert 'data-breaker="payments" data-state="CLOSED"' in body
+    assert "data-action=" not in body and 'id="read-only"' in body
+    for action in ("force_open", "force_close", "reset"):
+        assert viewer.get(BREAKER_ACTION_URL, {"name": "payments", "action": action}).status_code == 403, action
+        posted = viewer.post(BREAKER_ACTION_URL, {"name": "payments", "action": action, "reason": "x"})
+        assert posted.status_code == 403, action
+    assert breaker.state == State.CLOSED
+    assert not LogEntry.objects.exists()
+
+
+def test_each_breaker_action_needs_its_own_permission_and_the_page_shows_who_took_it(real_db):
+    breaker = get_breaker("payments")
+    breaker.call(lambda: None)
+    forcer = staff_client("forcer", "change_breaker")
+
+    body = forcer.get("/admin/bulwark/breakers/").content.decode()
+    assert 'data-action="force_open"' in body and 'data-action="force_close"' in body
+    assert 'data-action="reset"' not in body and 'id="read-only"' not in body
+
+    response = forcer.post(BREAKER_ACTION_URL, {"name": "payments", "action": "force_open", "reason": "drill"})
+    assert response.status_code == 302
+    assert breaker.state == State.FORCED_OPEN
+    assert forcer.post(BREAKER_ACTION_URL, {"name": "payments", "action": "reset"}).status_code == 403
+    assert breaker.state == State.FORCED_OPEN
+
+    resetter = staff_client("resetter", "reset_breaker")
+    assert resetter.post(BREAKER_ACTION_URL, {"name": "payments", "action": "force_close"}).status_code == 403
+    assert resetter.post(BREAKER_ACTION_URL, {"name": "payments", "action": "reset"}).status_code == 302
+    assert breaker.state == State.CLOSED
+
+    entries = list(LogEntry.objects.order_by("id").values_list("user__username", "object_id", "change_message"))
+    assert entries == [
+        ("forcer", "payments", "Force open: CLOSED -> FORCED_OPEN (drill)"),
+        ("resetter", "payments", "Reset: FORCED_OPEN -> CLOSED (reset by resetter in the admin)"),
+    ]
+    page = forcer.get("/admin/bulwark/breakers/").content.decode()
+    assert recent_actions(page) == [
+        ("resetter", "payments", "Reset: FORCED_OPEN -&gt; CLOSED (reset by resetter in the admin)"),
+        ("forcer", "payments", "Force open: CLOSED -&gt; FORCED_OPEN (drill)"),
+    ]
+
+
+def test_resetting_a_rate_limit_key_needs_its_permission_and_the_page_shows_who_did_it(real_db, daily):
+    key = "ip:10.0.0.1|username:alice"
+    for _ in range(6):
+        check(daily, key)
+    viewer = staff_client("viewer")
+
+    page = viewer.get("/admin/bulwark/ratelimits/", {"key": key}).content.decode()
+
+    results = page[page.index('id="lookup-results"') :]
+    assert f'data-policy="{daily}" data-key="{key}"' in results
+    assert RESET_KEY_URL not in page and 'id="read-only"' in page
+    assert viewer.get(RESET_KEY_URL, {"policy": daily, "key": key}).status_code == 403
+    assert viewer.post(RESET_KEY_URL, {"policy": daily, "key": key}).status_code == 403
+    assert not peek(daily, key).allowed
+    assert not LogEntry.objects.exists()
+
+    resetter = staff_client("resetter", "reset_ratelimit")
+    page = resetter.get("/admin/bulwark/ratelimits/", {"key": key}).content.decode()
+    assert RESET_KEY_URL in page and 'id="read-only"' not in page
+    assert resetter.post(RESET_KEY_URL, {"policy": daily, "key": key}).status_code == 302
+    assert peek(daily, key).remaining == 5
+    entry = LogEntry.objects.get()
+    assert (entry.user.username, entry.object_id) == ("resetter", f"{daily}|{key}")
+    assert recent_actions(viewer.get("/admin/bulwark/ratelimits/").content.decode()) == [
+        ("resetter", f"{daily}|{key}", "Reset rate-limit key (had counters)")
+    ]
 
 
 # --- sharded users ---

@@ -219,3 +219,37 @@ def test_staff_steers_breakers_limits_and_users_in_a_real_browser(server, browse
     page.screenshot(path=SCREENSHOTS / "user-edit.png", full_page=True)
 
     assert errors == []
+
+
+def test_staff_without_the_action_permissions_sees_no_action_buttons_in_a_real_browser(server, browser):
+    from playwright.sync_api import expect
+
+    StaffUser.objects.create_user("viewer", "viewer@example.com", PASSWORD, is_staff=True)
+    get_breaker("payments").call(lambda: None)
+    check("api.write", "user:42", cost=120)
+    caught_up()
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/admin/login/?next=/admin/")
+    page.fill("#id_username", "viewer")
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{server}/admin/")
+
+    page.goto(f"{server}/admin/bulwark/breakers/")
+    expect(page.locator('tr[data-breaker="payments"]')).to_have_attribute("data-state", "CLOSED")
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("a[data-action]")).to_have_count(0)
+    page.screenshot(path=SCREENSHOTS / "breakers-read-only.png", full_page=True)
+
+    page.goto(f"{server}/admin/bulwark/ratelimits/?user_id=42")
+    expect(page.locator('#lookup-results tr[data-policy="api.write"][data-key="user:42"]')).to_have_count(1)
+    expect(page.locator("#read-only")).to_be_visible()
+    expect(page.locator("#lookup-results a.button, #top-keys a.button")).to_have_count(0)
+    page.screenshot(path=SCREENSHOTS / "ratelimits-read-only.png", full_page=True)
+
+    # Typing the confirmation page's address does not help either.
+    refused = page.goto(f"{server}/admin/bulwark/breakers/action/?name=payments&action=force_open")
+    assert refused.status == 403
+    assert get_breaker("payments").state == State.CLOSED

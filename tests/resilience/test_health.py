@@ -1,0 +1,111 @@
+"""/health/ready: what anonymous callers may see, and how often a caller can make a process probe.
+
+Real stack: the fault test stops the real cache Redis."""
+
+import threading
+import time
+from urllib.parse import urlsplit
+
+import pytest
+from django.conf import settings as django_settings
+from django.contrib.auth.models import User as StaffUser
+from django.test import Client
+
+from resilience import health
+
+from ..stack import run_together, stack, wait_for
+from .test_admin import caught_up
+
+OUTSIDER = {"REMOTE_ADDR": "203.0.113.9"}  # not loopback: METRICS_ALLOWED_IPS does not admit it
+TOKEN = "health-token-for-tests-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def fresh_probe():
+    """Each test starts without a remembered probe result (they are per process)."""
+    health.forget()
+    yield
+    health.forget()
+
+
+def test_anonymous_callers_get_only_the_status_even_while_the_cache_redis_is_stopped(real_db, settings, restore_stack):
+    settings.METRICS_TOKEN = TOKEN
+    anonymous = Client(**OUTSIDER)
+    with_token = Client(headers={"Authorization": f"Bearer {TOKEN}"}, **OUTSIDER)
+    cache = urlsplit(django_settings.REDIS_CACHE_URL)
+
+    ok = anonymous.get("/health/ready")
+    assert (ok.status_code, ok.json()) == (200, {"status": "ok"})
+
+    stack("stop", "cache")
+    down = wait_for(
+        lambda: (r := anonymous.get("/health/ready")).status_code == 503 and r,
+        timeout=20,
+        message="/health/ready to report the stopped cache Redis",
+    )
+    assert down.json() == {"status": "down"}
+    assert down["Retry-After"] and down["Cache-Control"] == "no-store"
+
+    detailed = with_token.get("/health/ready")
+    assert detailed.status_code == 503
+    body = detailed.json()
+    assert body["failed"] == ["redis-cache"]
+    entry = next(c for c in body["checks"] if c["name"] == "redis-cache")
+    assert entry["status"] == "down" and "latency_ms" in entry
+    # What the details reveal (the failing server's address) is exactly what anonymous callers must not see.
+    assert str(cache.port) in entry["error"]
+    for secret in (str(cache.port), cache.hostname, "redis", "Error", "latency", "default_r0", "shard_0"):
+        assert secret not in down.content.decode(), secret
+
+
+def test_details_are_for_the_metrics_token_staff_sessions_and_allowed_addresses(real_db, settings):
+    settings.METRICS_TOKEN = TOKEN
+    staff = StaffUser.objects.create_user("ops", "ops@example.com", "pw-ops-0123456789", is_staff=True)
+    signed_in = Client(**OUTSIDER)
+    signed_in.force_login(staff)
+    caught_up()
+
+    for client in (
+        Client(headers={"Authorization": f"Bearer {TOKEN}"}, **OUTSIDER),
+        signed_in,
+        Client(),  # loopback, admitted by the default METRICS_ALLOWED_IPS
+    ):
+        body = client.get("/health/ready").json()
+        assert body["status"] == "ok"
+        assert {"redis-cache", "redis-state", "default", "default_r0"} <= {c["name"] for c in body["checks"]}
+        assert body["age_s"] >= 0
+    for client in (Client(headers={"Authorization": "Bearer wrong"}, **OUTSIDER), Client(**OUTSIDER)):
+        assert client.get("/health/ready").json() == {"status": "ok"}
+
+
+def test_a_result_younger_than_the_interval_is_served_without_probing_again(real_db, settings):
+    settings.RESILIENCE_HEALTH_PROBE_INTERVAL = 3600  # no probe result goes stale during the test
+    before = health.probes
+
+    run_together(lambda: Client(**OUTSIDER).get("/health/ready"), 25)  # the first callers wait for one probe
+    for _ in range(25):
+        assert Client(**OUTSIDER).get("/health/ready").status_code == 200
+
+    assert health.probes - before == 1
+
+
+def test_fifty_rapid_calls_probe_at_most_once_per_interval(real_db):
+    interval = django_settings.RESILIENCE_HEALTH_PROBE_INTERVAL
+    before, started = health.probes, time.monotonic()
+    codes = []
+
+    def call():
+        for _ in range(5):
+            codes.append(Client(**OUTSIDER).get("/health/ready").status_code)
+
+    threads = [threading.Thread(target=call) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+
+    assert codes == [200] * 50
+    # A probe starts only once the last one is an interval old, so a span of `elapsed` seconds holds at
+    # most elapsed / interval + 1 of them, however many callers there were (before: one per call).
+    assert 1 <= health.probes - before <= elapsed / interval + 1
