@@ -63,7 +63,7 @@ lb-demo: $(VENV)/.installed stack
 # Redis Sentinel for the state Redis: its own master, replica and three Sentinels under /tmp (never the
 # stack's state Redis), the app on them under load; the master is SIGKILLed, then two SENTINEL FAILOVERs.
 sentinel-demo: $(VENV)/.installed stack
-	$(PY) deploy/sentinel-demo
+	$(PY) deploy/sentinel_demo.py
 
 # Add the local stack's third shard database and move about a third of the logical shards onto it,
 # online. Keep SHARD_COUNT=3 exported for later `make run`s.
@@ -75,6 +75,8 @@ add-shard: $(VENV)/.installed stack
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+	DJANGO_SETTINGS_MODULE=project.settings.test $(PY) manage.py makemigrations --check --dry-run
 
 clean:
 	scripts/stack destroy

@@ -31,10 +31,10 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from resilience.models import WebhookSubscriber  # noqa: E402
 from users import services  # noqa: E402
 from users.outbox import EVENTS  # noqa: E402
 from users.sharding.access import group_for_username  # noqa: E402
+from webhooks.models import WebhookSubscriber  # noqa: E402
 
 from . import checks  # noqa: E402
 from .load import PASSWORD, Load  # noqa: E402

@@ -10,9 +10,9 @@ from django.conf import settings
 from django.db import connections
 from django_redis import get_redis_connection
 
-from resilience.models import WebhookDelivery
 from users import cache
 from users.writebehind import buffer
+from webhooks.models import WebhookDelivery
 
 from .load import Http, Ledger
 from .processes import Receiver

@@ -18,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from project.server import granian_argv
-from resilience.webhooks.signing import ID_HEADER, verify
+from project.worker import beat_argv, worker_argv
 from tests.stack import wait_for
+from webhooks.signing import ID_HEADER, verify
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -116,19 +117,7 @@ def worker(log_dir: Path) -> Process:
     # Two pool processes: a webhook run waiting on a dead receiver never delays a flush.
     return Process(
         "worker",
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "project",
-            "worker",
-            "--loglevel=INFO",
-            "--concurrency=2",
-            "-Q",
-            "bulwark,webhooks",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
+        worker_argv("--without-gossip", "--without-mingle", "--without-heartbeat", concurrency=2),
         log_dir,
     )
 
@@ -136,15 +125,7 @@ def worker(log_dir: Path) -> Process:
 def beat(log_dir: Path) -> Process:
     return Process(
         "beat",
-        [
-            str(VENV_BIN / "celery"),
-            "-A",
-            "project",
-            "beat",
-            "--loglevel=INFO",
-            f"--schedule={log_dir / 'beat-schedule'}",
-            "--max-interval=1",
-        ],
+        beat_argv(log_dir / "beat-schedule", "--max-interval=1"),
         log_dir,
     )
 

@@ -12,7 +12,7 @@ urlpatterns = [
     # client IP (policy admin.login, django-ratelimit's fixed window).
     path("admin/login/", rate_limited_view("admin.login")(admin.site.login)),
     path("admin/", admin.site.urls),
-    path("metrics", include("resilience.metrics")),
+    path("metrics", include("ops.metrics")),
     path("api/v1/", include("users.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

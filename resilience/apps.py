@@ -9,4 +9,3 @@ class ResilienceConfig(AppConfig):
         from . import checks  # noqa: F401  (registers system checks)
         from .breaker import checks as breaker_checks  # noqa: F401
         from .ratelimit import checks as ratelimit_checks  # noqa: F401
-        from .webhooks import checks as webhook_checks  # noqa: F401

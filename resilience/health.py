@@ -9,7 +9,7 @@ database and Redis, so a caller must not be able to trigger one per request: a r
 RESILIENCE_HEALTH_PROBE_INTERVAL (1 s) is served as it is, concurrent callers share one probe, and
 while a probe runs the others are answered from the previous result. Anonymous callers get only the
 overall status and the HTTP code; the entries (names, hosts, ports, errors, latencies) are for the
-callers /metrics admits (staff sessions, METRICS_TOKEN, METRICS_ALLOWED_IPS; resilience.metrics.allowed).
+callers /metrics admits (staff sessions, METRICS_TOKEN, METRICS_ALLOWED_IPS; resilience.access.operator_allowed).
 """
 
 import threading
@@ -24,7 +24,7 @@ from django.http import JsonResponse
 
 from project.db.replicas import monitor, probe_connect
 
-from .metrics import allowed as sees_details
+from .access import operator_allowed as sees_details
 
 TIMEOUT = 1.5
 DEFAULT_PROBE_INTERVAL = 1.0

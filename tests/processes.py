@@ -3,13 +3,12 @@
 import os
 import signal
 import subprocess
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .stack import ROOT
+from project.worker import beat_argv, worker_argv
 
-CELERY = str(Path(sys.executable).with_name("celery"))
+from .stack import ROOT
 
 
 def _env(extra: dict) -> dict:
@@ -24,18 +23,7 @@ def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Pa
     """Run a real Celery worker (prefork) on the test broker; stop it afterwards."""
     log = open(log_path or os.devnull, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [
-            CELERY,
-            "-A",
-            "project",
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            "-Q",
-            "bulwark,webhooks",
-            "--without-gossip",
-            "--without-mingle",
-        ],
+        worker_argv("--without-gossip", "--without-mingle", concurrency=concurrency),
         cwd=ROOT,
         env=_env(env or {}),
         stdout=log,
@@ -52,7 +40,7 @@ def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Pa
 @contextmanager
 def celery_beat(*, schedule_path: Path, env: dict | None = None):
     proc = subprocess.Popen(
-        [CELERY, "-A", "project", "beat", "--loglevel=INFO", f"--schedule={schedule_path}", "--max-interval=1"],
+        beat_argv(schedule_path, "--max-interval=1"),
         cwd=ROOT,
         env=_env(env or {}),
         stdout=subprocess.DEVNULL,

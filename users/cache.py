@@ -24,7 +24,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
-from project.redis_fanout import Call, command
+from resilience.redis_fanout import Call, command
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def _decode(raw: bytes):
 
 
 def probe(key: str) -> Call | None:
-    """A plain GET of `key` as a project.redis_fanout.Call, so that it can be in flight together with
+    """A plain GET of `key` as a resilience.redis_fanout.Call, so that it can be in flight together with
     another server's; None while the breaker is open. Pass its result to `get_or_load(...,
     probed=result)`. It only peeks: the lease is taken on a miss by get_or_load, so a request refused
     after the probe (rate limited, say) leaves no lease behind. A GET, not get_or_lease.lua: on this

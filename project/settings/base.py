@@ -23,8 +23,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "users",
     "resilience",
+    "users",
+    "webhooks",
+    "ops",
 ]
 
 MIDDLEWARE = [
@@ -34,7 +36,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "resilience.metrics.MetricsMiddleware",
+    "ops.metrics.MetricsMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -161,13 +163,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": 5.0,
         "options": {"expires": 25},
     },
-    "webhooks-dispatch": {"task": "resilience.webhooks_dispatch", "schedule": 1.0, "options": {"expires": 5}},
-    "webhooks-deliver": {"task": "resilience.webhooks_deliver", "schedule": 1.0, "options": {"expires": 5}},
-    "webhooks-prune": {"task": "resilience.webhooks_prune", "schedule": 3600.0},
+    "webhooks-dispatch": {"task": "webhooks.dispatch", "schedule": 1.0, "options": {"expires": 5}},
+    "webhooks-deliver": {"task": "webhooks.deliver", "schedule": 1.0, "options": {"expires": 5}},
+    "webhooks-prune": {"task": "webhooks.prune", "schedule": 3600.0},
 }
-# A slow webhook receiver must not delay write-behind flushes: webhooks have their own queue, which
-# the worker of `make run` consumes as well (-Q bulwark,webhooks).
-CELERY_TASK_ROUTES = {"resilience.webhooks_*": {"queue": "webhooks"}}
 
 # --- rate limiting and circuit breakers (resilience/) ---
 # Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.

@@ -9,6 +9,8 @@ With REDIS_STATE_SENTINELS the default broker is kombu's sentinel:// transport o
 
 from urllib.parse import urlsplit
 
+from project.worker import DEFAULT_QUEUE, WEBHOOKS_QUEUE
+
 from .caches import state_sentinels
 from .env import env
 
@@ -31,7 +33,9 @@ def build_celery(*, state_url: str) -> dict:
         "CELERY_TASK_REJECT_ON_WORKER_LOST": True,
         "CELERY_WORKER_PREFETCH_MULTIPLIER": 1,
         "CELERY_BROKER_TRANSPORT_OPTIONS": transport_options,
-        "CELERY_TASK_DEFAULT_QUEUE": "bulwark",
+        "CELERY_TASK_DEFAULT_QUEUE": DEFAULT_QUEUE,
+        # A slow webhook receiver must not delay write-behind flushes: webhooks have their own queue.
+        "CELERY_TASK_ROUTES": {"webhooks.*": {"queue": WEBHOOKS_QUEUE}},
         "CELERY_TASK_IGNORE_RESULT": True,
         "CELERY_WORKER_HIJACK_ROOT_LOGGER": False,
         "CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP": True,

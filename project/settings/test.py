@@ -30,5 +30,5 @@ RESILIENCE_RATELIMIT_POLICIES = {
 }
 
 # The tests' webhook receivers listen on 127.0.0.1 (tests that use a second loopback address allow it
-# themselves); production allows no private network (resilience/webhooks/egress.py).
+# themselves); production allows no private network (webhooks/egress.py).
 WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "::1/128"]

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.http import JsonResponse
 from rest_framework.exceptions import ParseError
 
-from project.redis_fanout import run_all
+from resilience.redis_fanout import run_all
 
 from ..errors import ApiError, error_body
 from ..metrics import count_decision
@@ -39,7 +39,7 @@ class RateLimitedApiMixin:
         return value if isinstance(value, str) else None
 
     def rate_limit_companions(self, request) -> dict:
-        """Redis calls the view will need, name -> project.redis_fanout.Call: they go out
+        """Redis calls the view will need, name -> resilience.redis_fanout.Call: they go out
         together with the limiter's call (one network wait for all). The view finds name -> result (or
         the exception the call raised) in `request.companion_results`, or None there when they were
         not run (the state Redis is out): it then fetches the usual way."""

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django_redis.exceptions import ConnectionInterrupted
 
-from project.redis_fanout import run_all, script_call
+from resilience.redis_fanout import run_all, script_call
 
 from .fixed_window import Unavailable, counter_key, evaluate_fixed
 from .policies import Policy, get_policy
@@ -82,8 +82,8 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
 def evaluate_with(
     policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None, companions: dict | None = None
 ) -> tuple[Decision, dict | None]:
-    """Like `evaluate`, and run `companions` — name -> project.redis_fanout.Call, Redis reads the
-    view needs anyway, on any server — with all requests in flight together (project/redis_fanout.py).
+    """Like `evaluate`, and run `companions` — name -> resilience.redis_fanout.Call, Redis reads the
+    view needs anyway, on any server — with all requests in flight together (resilience/redis_fanout.py).
     Returns the Decision and name -> result (or the exception that call raised); None instead when
     the limiter did not ask Redis (state Redis out, fixed-window policy): callers then fetch the usual way."""
     if cost < 0:

@@ -7,11 +7,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django_redis import get_redis_connection
 
-from resilience.models import WebhookDelivery, WebhookSubscriber
 from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
 from users.writebehind import buffer
+from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from ..processes import celery_beat, celery_worker
 from ..stack import ROOT, stack, wait_for
@@ -68,7 +68,7 @@ def test_the_worker_survives_the_broker_dying_under_a_task_in_flight_and_keeps_f
         "WRITE_BEHIND_INTERVAL = 0.5\n"
         "CELERY_BEAT_SCHEDULE = {\n"
         "    'writebehind-flush': {'task': 'users.writebehind_flush', 'schedule': 0.5, 'options': {'expires': 5}},\n"
-        "    'webhooks-dispatch': {'task': 'resilience.webhooks_dispatch', 'schedule': 1.0,\n"
+        "    'webhooks-dispatch': {'task': 'webhooks.dispatch', 'schedule': 1.0,\n"
         "                          'options': {'expires': 5}},\n"
         "}\n"
         "WEBHOOK_READ_TIMEOUT = 60.0\n"

@@ -17,8 +17,8 @@ from django.contrib.auth.models import User as StaffUser
 from django.db import connections
 from django.test import Client
 
+from ops.dashboard import history, panels
 from resilience.breaker import State, get_breaker
-from resilience.dashboard import history, panels
 from resilience.ratelimit import check, peek
 from users import selectors, services
 from users.models import User
@@ -107,7 +107,7 @@ def test_admin_index_links_every_dashboard(admin_client):
         "/admin/bulwark/breakers/",
         "/admin/bulwark/ratelimits/",
         "/admin/users/user/",
-        "/admin/resilience/webhooksubscriber/",
+        "/admin/webhooks/webhooksubscriber/",
     ):
         assert f'href="{url}"' in body, url
 
@@ -548,7 +548,7 @@ def test_metrics_count_requests_limits_cache_and_expose_breakers_backlog_and_lag
     from resilience import metrics
 
     metrics.install_listener()  # the tests' conftest clears listeners between tests
-    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "resilience.metrics.MetricsMiddleware"]
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "ops.metrics.MetricsMiddleware"]
     failing_breaker("payments")
     client = Client()
     before = client.get("/metrics").content.decode()
@@ -590,7 +590,7 @@ def test_metrics_add_up_every_process_in_multiprocess_mode(real_db, tmp_path):
         import django
         django.setup()
         from prometheus_client import generate_latest
-        from resilience import metrics
+        from ops import metrics
         print(generate_latest(metrics.registry()).decode())
     """)
     for n in ("3", "4"):

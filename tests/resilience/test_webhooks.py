@@ -20,9 +20,12 @@ from django.contrib.auth.models import User as StaffUser
 from django.utils import timezone
 
 from resilience.breaker import State, get_breaker
-from resilience.models import WebhookDelivery, WebhookSubscriber
-from resilience.webhooks import deliver, dispatch, egress, services
-from resilience.webhooks.signing import (
+from users.models import OutboxEvent
+from users.outbox import EVENTS
+from users.services import user_create, user_delete, user_update
+from webhooks import deliver, dispatch, egress, services
+from webhooks.models import WebhookDelivery, WebhookSubscriber
+from webhooks.signing import (
     EVENT_HEADER,
     ID_HEADER,
     SIGNATURE_HEADER,
@@ -31,9 +34,6 @@ from resilience.webhooks.signing import (
     sign,
     verify,
 )
-from users.models import OutboxEvent
-from users.outbox import EVENTS
-from users.services import user_create, user_delete, user_update
 
 from ..processes import celery_beat, celery_worker
 from ..stack import ROOT, run_together, wait_for
@@ -300,11 +300,11 @@ def test_dead_letter_after_max_attempts_then_the_admin_action_retries_it(receive
 
     staff = StaffUser.objects.create_superuser("staff", "staff@example.com", "pw-0123456789")
     client.force_login(staff)
-    changelist = "/admin/resilience/webhookdelivery/"
+    changelist = "/admin/webhooks/webhookdelivery/"
     assert client.get(changelist).status_code == 200
     assert client.get(f"{changelist}{dead.id}/change/").status_code == 200
-    assert client.get("/admin/resilience/webhooksubscriber/").status_code == 200
-    add = "/admin/resilience/webhooksubscriber/add/"
+    assert client.get("/admin/webhooks/webhooksubscriber/").status_code == 200
+    add = "/admin/webhooks/webhooksubscriber/add/"
     assert client.get(add).status_code == 200
     refused = client.post(add, {"name": "ftp", "url": "ftp://example.com/x", "events": ["user.created"]})
     assert refused.status_code == 200 and not WebhookSubscriber.objects.filter(name="ftp").exists()
@@ -314,7 +314,7 @@ def test_dead_letter_after_max_attempts_then_the_admin_action_retries_it(receive
     assert created.status_code == 302
     crm = WebhookSubscriber.objects.using("default").get(name="crm")
     assert crm.events == ["user.deleted"] and crm.secret.startswith("whsec_") and len(crm.secret) > 40
-    assert crm.secret.encode() in client.get(f"/admin/resilience/webhooksubscriber/{crm.id}/change/").content
+    assert crm.secret.encode() in client.get(f"/admin/webhooks/webhooksubscriber/{crm.id}/change/").content
     response = client.post(changelist, {"action": "retry_dead", "_selected_action": [dead.id]}, follow=True)
     assert response.status_code == 200
     assert b"1 dead-lettered deliveries queued again" in response.content
@@ -379,9 +379,9 @@ def test_end_to_end_with_real_celery_worker_and_beat_including_a_worker_sigkille
     (tmp_path / "webhook_e2e_settings.py").write_text(
         "from project.settings.test import *  # noqa\n"
         "CELERY_BEAT_SCHEDULE = {\n"
-        "    'webhooks-dispatch': {'task': 'resilience.webhooks_dispatch', 'schedule': 1.0,\n"
+        "    'webhooks-dispatch': {'task': 'webhooks.dispatch', 'schedule': 1.0,\n"
         "                          'options': {'expires': 5}},\n"
-        "    'webhooks-deliver': {'task': 'resilience.webhooks_deliver', 'schedule': 1.0,\n"
+        "    'webhooks-deliver': {'task': 'webhooks.deliver', 'schedule': 1.0,\n"
         "                         'options': {'expires': 5}},\n"
         "}\n"
         "WEBHOOK_BACKOFF_BASE = 0.1\n"
@@ -421,13 +421,13 @@ def test_end_to_end_with_real_celery_worker_and_beat_including_a_worker_sigkille
 
 
 def test_settings_are_validated_by_a_system_check(settings):
-    from resilience.webhooks.checks import check_webhook_settings
+    from webhooks.checks import check_webhook_settings
 
     assert check_webhook_settings() == []
     settings.WEBHOOK_BACKOFF_BASE = 0
     settings.WEBHOOK_MAX_ATTEMPTS = 0
     (error,) = check_webhook_settings()
-    assert error.id == "resilience.E020" and "WEBHOOK_MAX_ATTEMPTS" in error.msg
+    assert error.id == "webhooks.E001" and "WEBHOOK_MAX_ATTEMPTS" in error.msg
     settings.WEBHOOK_MAX_ATTEMPTS = 3
     settings.WEBHOOK_BACKOFF_BASE = 1.0
     settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["10.0.0.1/8"]  # host bits set: a typo, not a network
@@ -595,7 +595,7 @@ def test_the_admin_refuses_a_subscriber_url_that_resolves_to_a_private_address(c
     settings.WEBHOOK_ALLOWED_PRIVATE_NETWORKS = ["127.0.0.1/32", "169.254.0.0/16"]
     staff = StaffUser.objects.create_superuser("staff", "staff@example.com", "pw-0123456789")
     client.force_login(staff)
-    add = "/admin/resilience/webhooksubscriber/add/"
+    add = "/admin/webhooks/webhooksubscriber/add/"
     for name, url, reason in [
         ("lo2", "http://127.0.0.2:8080/hook", b"(loopback)"),
         ("lh", "http://localhost:8080/hook", b"(loopback)"),
@@ -654,7 +654,7 @@ def test_a_receiver_answering_410_disables_its_subscriber_and_gets_nothing_more(
 
     staff = StaffUser.objects.create_superuser("staff", "staff@example.com", "pw-0123456789")
     client.force_login(staff)
-    changelist = "/admin/resilience/webhooksubscriber/"
+    changelist = "/admin/webhooks/webhooksubscriber/"
     listed = client.get(changelist, {"gone": "yes"}).content
     assert b"the receiver answered 410 Gone" in listed and gone.url.encode() in listed
     assert other.url.encode() not in listed

@@ -16,7 +16,7 @@ from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.sentinel import MasterNotFoundError
 
-from project.redis_fanout import Call, script_call
+from resilience.redis_fanout import Call, script_call
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def touch_last_seen(*, user_id: int) -> None:
 
 
 def pending_views_call(*, user_id: int) -> Call:
-    """The pending-views read as a project.redis_fanout.Call, to ride along another round trip;
+    """The pending-views read as a resilience.redis_fanout.Call, to ride along another round trip;
     `pending_views(user_id=..., result=...)` reads its result."""
     return script_call(redis_state(), script("pending"), [VIEWS, BATCHES], [user_id])
 

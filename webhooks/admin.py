@@ -1,5 +1,4 @@
-"""Admin for webhook subscribers and deliveries (writes go through resilience/webhooks/services.py), and the
-entry point of the operations dashboards (resilience/dashboard/)."""
+"""Admin for webhook subscribers and deliveries (writes go through webhooks/services.py)."""
 
 from urllib.parse import urlsplit
 
@@ -7,15 +6,14 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, Q
 
+from resilience.breaker import get_breaker
 from users.outbox import EVENTS
 
-from .breaker import get_breaker
-from .dashboard.urls import install as install_dashboards
+from . import egress, services
+from .conf import webhook_settings
+from .deliver import breaker_name
 from .models import WebhookDelivery, WebhookSubscriber
-from .webhooks import egress, services
-from .webhooks.conf import webhook_settings
-from .webhooks.deliver import breaker_name
-from .webhooks.transport import url_host
+from .transport import url_host
 
 
 class WebhookSubscriberForm(forms.ModelForm):
@@ -155,8 +153,3 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
             f"{count} dead-lettered deliveries queued again ({len(ids) - count} selected were not dead).",
             messages.SUCCESS,
         )
-
-
-# The dashboards (system overview, circuit breakers, rate limits) live under /admin/bulwark/ and are
-# linked from the admin index (templates/admin/index.html).
-install_dashboards(admin.site)

@@ -21,7 +21,7 @@ After each it checks that every Sentinel names the new master and that the app's
 compares the views acknowledged with the views in the database. Every process it started is stopped on
 exit, and its directory deleted (kept, with the logs, when the demo fails).
 
-Run it with `make sentinel-demo` (or `.venv/bin/python deploy/sentinel-demo` with the stack up).
+Run it with `make sentinel-demo` (or `.venv/bin/python deploy/sentinel_demo.py` with the stack up).
 Ports: BULWARK_SENTINEL_DEMO_REDIS_PORTS (master then replica), BULWARK_SENTINEL_DEMO_SENTINEL_PORTS,
 BULWARK_SENTINEL_DEMO_WEB_PORT.
 """
@@ -48,7 +48,9 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from project.server import granian_argv  # noqa: E402
 from project.settings.env import env  # noqa: E402
+from project.worker import worker_argv  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 RECONFIG_SCRIPT = ROOT / "deploy" / "sentinel-reconfig"  # demotes a still-running old master at once
@@ -110,8 +112,15 @@ class Processes:
 
     def start(self, name, cmd, env=None):
         log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - the child keeps it
-        self.running[name] = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL, start_new_session=True)
+        self.running[name] = subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
 
     def start_redis(self, port, cmd):
@@ -156,9 +165,27 @@ class Processes:
 def redis_command(port, workdir: Path, replica_of=None):
     data = workdir / f"redis-{port}"
     data.mkdir(exist_ok=True)
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data), "--save", "",
-           "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory", "256mb",
-           "--maxmemory-policy", "noeviction", "--logfile", str(data / "redis.log")]
+    cmd = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data),
+        "--save",
+        "",
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+        "--maxmemory",
+        "256mb",
+        "--maxmemory-policy",
+        "noeviction",
+        "--logfile",
+        str(data / "redis.log"),
+    ]
     if replica_of:
         cmd += ["--replicaof", "127.0.0.1", str(replica_of)]
     return cmd
@@ -204,8 +231,9 @@ def sentinels_ready(master_port, replica_port):
         if state["num-other-sentinels"] != len(SENTINEL_PORTS) - 1:
             return False
         replicas = s.sentinel_slaves(MASTER_NAME)
-        if not any(int(r["port"]) == replica_port and not r["is_sdown"] and r["master-link-status"] == "ok"
-                   for r in replicas):
+        if not any(
+            int(r["port"]) == replica_port and not r["is_sdown"] and r["master-link-status"] == "ok" for r in replicas
+        ):
             return False
     return True
 
@@ -247,8 +275,12 @@ class Load:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=5)
                 if kind == "view":
-                    conn.request("POST", f"/api/v1/users/{user_id}/views/", body=b"",
-                                 headers={"Idempotency-Key": uuid.uuid4().hex})
+                    conn.request(
+                        "POST",
+                        f"/api/v1/users/{user_id}/views/",
+                        body=b"",
+                        headers={"Idempotency-Key": uuid.uuid4().hex},
+                    )
                 else:
                     conn.request("GET", f"/api/v1/users/{user_id}/")
                 response = conn.getresponse()
@@ -283,8 +315,10 @@ def phase_row(name, records, seconds):
     unavailable = statuses[503]
     other = len(records) - ok - unavailable
     took = sorted((r[1] - r[0]) * 1000 for r in records) or [0.0]
-    return (f"  {name:<10} {seconds:>8.2f} {len(records):>9} {ok:>7} {unavailable:>6} {other:>7} "
-            f"{took[len(took) // 2]:>8.1f} {took[-1]:>8.1f}")
+    return (
+        f"  {name:<10} {seconds:>8.2f} {len(records):>9} {ok:>7} {unavailable:>6} {other:>7} "
+        f"{took[len(took) // 2]:>8.1f} {took[-1]:>8.1f}"
+    )
 
 
 def describe(records):
@@ -316,30 +350,38 @@ def run_failover(procs, load, *, title, old_port, new_port, fault):
     wait_for(f"every Sentinel to name 127.0.0.1:{new_port}", switched, timeout=60, every=0.02)
     t_all = time.monotonic()
     if procs.running.get(f"redis-{old_port}"):  # a planned failover: the old master is still up
-        wait_for(f"127.0.0.1:{old_port} to become a replica", lambda: role(old_port)["role"] == "slave",
-                 timeout=60, every=0.02)
+        wait_for(
+            f"127.0.0.1:{old_port} to become a replica",
+            lambda: role(old_port)["role"] == "slave",
+            timeout=60,
+            every=0.02,
+        )
         t_demoted = time.monotonic()
     else:
         t_demoted = t_fault
     # Buffered after this moment means written on the new master: the old one is dead or read-only.
     t_switch = max(t_demoted, moments["named"])
-    t_back = wait_for("a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch),
-                      timeout=60)
+    t_back = wait_for("a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch), timeout=60)
     time.sleep(STEADY)
     t_end = time.monotonic()
     procs.check_alive("web", "worker")
 
     phases = [("before", t_fault - STEADY, t_fault), ("failover", t_fault, t_back), ("after", t_back, t_end)]
-    say(f"  {'phase':<10} {'seconds':>8} {'requests':>9} {'2xx':>7} {'503':>6} {'other':>7} {'p50 ms':>8} "
-        f"{'max ms':>8}")
+    say(
+        f"  {'phase':<10} {'seconds':>8} {'requests':>9} {'2xx':>7} {'503':>6} {'other':>7} {'p50 ms':>8} {'max ms':>8}"
+    )
     for name, start, end in phases:
         say(phase_row(name, load.between(start, end), end - start))
     say(f"  during the failover: {describe(load.between(t_fault, t_back))}")
-    say(f"  first Sentinel named 127.0.0.1:{new_port} {moments['named'] - t_fault:.2f} s after the fault, "
-        f"all {len(SENTINEL_PORTS)} {t_all - t_fault:.2f} s after")
+    say(
+        f"  first Sentinel named 127.0.0.1:{new_port} {moments['named'] - t_fault:.2f} s after the fault, "
+        f"all {len(SENTINEL_PORTS)} {t_all - t_fault:.2f} s after"
+    )
     if t_demoted != t_fault:
-        say(f"  old master 127.0.0.1:{old_port} read-only (a replica) {t_demoted - t_fault:.2f} s after the fault "
-            f"(deploy/sentinel-reconfig, Sentinel's client-reconfig-script)")
+        say(
+            f"  old master 127.0.0.1:{old_port} read-only (a replica) {t_demoted - t_fault:.2f} s after the fault "
+            f"(deploy/sentinel-reconfig, Sentinel's client-reconfig-script)"
+        )
     say(f"  views buffered again, on the new master, {t_back - t_fault:.2f} s after the fault")
     if other := [r for r in load.between(t_fault - STEADY, t_end) if not (200 <= r[3] < 300 or r[3] == 503)]:
         say(f"  !! {len(other)} answers other than 2xx/503: {describe(other)} (see {procs.workdir}/web.out)")
@@ -349,8 +391,10 @@ def run_failover(procs, load, *, title, old_port, new_port, fault):
 def verify_new_master(new_port, db, promoted_at):
     """Print evidence that the Sentinels agree on `new_port` and that the app's writes land there."""
     answers = masters_named()
-    say(f"  SENTINEL get-master-addr-by-name {MASTER_NAME}: "
-        + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, answers, strict=True)))
+    say(
+        f"  SENTINEL get-master-addr-by-name {MASTER_NAME}: "
+        + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, answers, strict=True))
+    )
     new = client(new_port, db)
     info = new.info("replication")
     if info["role"] != "master" or answers.count(new_port) != len(SENTINEL_PORTS):
@@ -360,12 +404,17 @@ def verify_new_master(new_port, db, promoted_at):
     if not calls or not limiter_keys:
         raise RuntimeError("the app's writes did not reach the new master")
     # The flush stamp replicated from the old master predates the promotion: wait for a newer one.
-    flushed_at = wait_for("a write-behind flush on the new master",
-                          lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
-                          timeout=60, every=0.2)
-    say(f"  new master :{new_port}: role {info['role']}, {calls} EVALSHA from the app since its promotion "
+    flushed_at = wait_for(
+        "a write-behind flush on the new master",
+        lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
+        timeout=60,
+        every=0.2,
+    )
+    say(
+        f"  new master :{new_port}: role {info['role']}, {calls} EVALSHA from the app since its promotion "
         f"(limiter, buffer), {limiter_keys} limiter key(s) there; first write-behind flush on it "
-        f"{flushed_at:.2f} s after the promotion (beat and the worker find the broker through the Sentinels)")
+        f"{flushed_at:.2f} s after the promotion (beat and the worker find the broker through the Sentinels)"
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -391,15 +440,21 @@ def main():
 def demo(procs):
     first, second = REDIS_PORTS
     workdir = procs.workdir
-    say(f"sentinel-demo: master :{first}, replica :{second}, Sentinels {SENTINEL_PORTS} (quorum {QUORUM}), "
-        f"down-after {DOWN_AFTER_MS} ms, in {workdir}")
+    say(
+        f"sentinel-demo: master :{first}, replica :{second}, Sentinels {SENTINEL_PORTS} (quorum {QUORUM}), "
+        f"down-after {DOWN_AFTER_MS} ms, in {workdir}"
+    )
     procs.start_redis(first, redis_command(first, workdir))
     procs.start_redis(second, redis_command(second, workdir, replica_of=first))
     wait_for("the replica to sync", lambda: role(second).get("master_link_status") == "up")
     for port in SENTINEL_PORTS:
         procs.start_redis(port, sentinel_command(port, first, workdir))
-    wait_for("the Sentinels to see the master, the replica and each other",
-             lambda: sentinels_ready(first, second), timeout=60, every=0.2)
+    wait_for(
+        "the Sentinels to see the master, the replica and each other",
+        lambda: sentinels_ready(first, second),
+        timeout=60,
+        every=0.2,
+    )
     say("  topology up: the Sentinels see the master, the replica and each other")
 
     os.environ.update(APP_ENV)
@@ -418,19 +473,24 @@ def demo(procs):
     db = settings.REDIS_DB
     call_command("migrate_all", verbosity=0)
     run = uuid.uuid4().hex[:8]
-    user_ids = [services.user_create(username=f"sentineldemo{run}u{i}", email=f"sentineldemo{run}u{i}@example.com",
-                                     password="sentinel-demo-2026")["id"]  # noqa: S106 - throwaway users
-                for i in range(USERS)]
+    user_ids = [
+        services.user_create(
+            username=f"sentineldemo{run}u{i}",
+            email=f"sentineldemo{run}u{i}@example.com",
+            password="sentinel-demo-2026",  # noqa: S106 - throwaway users
+        )["id"]
+        for i in range(USERS)
+    ]
     connections.close_all()
     app_env = dict(os.environ)
     for name in ("REDIS_STATE_URL", "CELERY_BROKER_URL"):
         app_env.pop(name, None)
-    procs.start("web", [str(VENV_BIN / "granian"), "--interface", "wsgi", "--host", "127.0.0.1",
-                        "--port", str(WEB_PORT), "--workers", "2", "--blocking-threads", "4",
-                        "--log-level", "error", "project.wsgi:application"], env=app_env)
-    procs.start("worker", [str(VENV_BIN / "celery"), "-A", "project", "worker", "-B", "-s",
-                           str(workdir / "beat-schedule"), "-Q", "bulwark,webhooks", "-c", "1",
-                           "--loglevel", "WARNING"], env=app_env)
+    procs.start("web", granian_argv(WEB_PORT, workers=2, threads=4), env=app_env)
+    procs.start(
+        "worker",
+        worker_argv("-B", "-s", str(workdir / "beat-schedule"), concurrency=1, loglevel="WARNING"),
+        env=app_env,
+    )
 
     def web_ready():
         procs.check_alive("web", "worker")
@@ -449,10 +509,13 @@ def demo(procs):
     response.read()
     conn.close()
     warmup_views = int(response.status == 202)
-    wait_for("the worker's first flush", lambda: client(first, db).hget("wb:stats", "last_flush_at"),
-             timeout=60, every=0.2)
-    say(f"  app up: granian :{WEB_PORT} and a Celery worker with beat, settings project.settings.bench, "
-        f"REDIS_STATE_SENTINELS={APP_ENV['REDIS_STATE_SENTINELS']!r}; {USERS} users created")
+    wait_for(
+        "the worker's first flush", lambda: client(first, db).hget("wb:stats", "last_flush_at"), timeout=60, every=0.2
+    )
+    say(
+        f"  app up: granian :{WEB_PORT} and a Celery worker with beat, settings project.settings.bench, "
+        f"REDIS_STATE_SENTINELS={APP_ENV['REDIS_STATE_SENTINELS']!r}; {USERS} users created"
+    )
 
     def views_in_database():
         total = 0
@@ -478,16 +541,25 @@ def demo(procs):
         paused_at = time.monotonic()  # the failover phase starts here: writes wait from now on
         old.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
         target = old.info("replication")["master_repl_offset"]
-        wait_for("the replica to catch up", lambda: new.info("replication")["slave_repl_offset"] >= target,
-                 timeout=10, every=0.005)
+        wait_for(
+            "the replica to catch up",
+            lambda: new.info("replication")["slave_repl_offset"] >= target,
+            timeout=10,
+            every=0.005,
+        )
         sentinel_failover()
         return paused_at
 
     scenarios = [
         (f"1. SIGKILL the master :{first}", first, second, kill_master),
         (f"2. SENTINEL FAILOVER {MASTER_NAME} (:{second} -> :{first})", second, first, sentinel_failover),
-        (f"3. planned switchover: CLIENT PAUSE WRITE on :{first}, replica caught up, SENTINEL FAILOVER "
-         f"(:{first} -> :{second})", first, second, planned_switchover),
+        (
+            f"3. planned switchover: CLIENT PAUSE WRITE on :{first}, replica caught up, SENTINEL FAILOVER "
+            f"(:{first} -> :{second})",
+            first,
+            second,
+            planned_switchover,
+        ),
     ]
     statuses = Counter()
     lost_total = 0
@@ -498,8 +570,12 @@ def demo(procs):
             verify_new_master(new_port, db, promoted_at)
         if f"redis-{old_port}" in procs.running:
             client(old_port).execute_command("CLIENT", "UNPAUSE")
-        wait_for("the last flush", lambda p=new_port: client(p, db).hlen("wb:views") == 0
-                 and client(p, db).zcard("wb:batches") == 0, timeout=60, every=0.2)
+        wait_for(
+            "the last flush",
+            lambda p=new_port: client(p, db).hlen("wb:views") == 0 and client(p, db).zcard("wb:batches") == 0,
+            timeout=60,
+            every=0.2,
+        )
         views = [r for r in load.records if r[2] == "view"]
         acknowledged = warmup_views + sum(1 for r in views if r[3] == 202)
         uncertain = sum(1 for r in views if r[3] == 503 and r[4] == "unconfirmed" or r[3] == 0)
@@ -507,31 +583,46 @@ def demo(procs):
         warmup_views = 0
         lost = max(0, acknowledged - stored)
         lost_total += lost
-        say(f"  views: {acknowledged} acknowledged (202), {uncertain} unconfirmed (503, may or may not count), "
+        say(
+            f"  views: {acknowledged} acknowledged (202), {uncertain} unconfirmed (503, may or may not count), "
             f"{stored} in the database after the last flush: acknowledged views lost "
-            f"{'at least ' if uncertain and lost else ''}{lost}")
+            f"{'at least ' if uncertain and lost else ''}{lost}"
+        )
         if stored > acknowledged + uncertain:
             say(f"  !! {stored - acknowledged - uncertain} views counted that nobody was told about")
         statuses.update(r[3] for r in load.records)
         if f"redis-{old_port}" not in procs.running:  # killed: restart it
             procs.start_redis(old_port, redis_command(old_port, workdir))
-            wait_for(f":{old_port} to rejoin as a replica of :{new_port}",
-                     lambda o=old_port, n=new_port: role(o)["role"] == "slave" and role(o).get("master_port") == n
-                     and role(o).get("master_link_status") == "up" and sentinels_ready(n, o),
-                     timeout=90, every=0.2)
-            say(f"  :{old_port} restarted from its AOF, rejoined as a replica of :{new_port} "
-                "(Sentinel reconfigured it)")
+            wait_for(
+                f":{old_port} to rejoin as a replica of :{new_port}",
+                lambda o=old_port, n=new_port: (
+                    role(o)["role"] == "slave"
+                    and role(o).get("master_port") == n
+                    and role(o).get("master_link_status") == "up"
+                    and sentinels_ready(n, o)
+                ),
+                timeout=90,
+                every=0.2,
+            )
+            say(
+                f"  :{old_port} restarted from its AOF, rejoined as a replica of :{new_port} (Sentinel reconfigured it)"
+            )
         else:
-            wait_for("the Sentinels to settle", lambda n=new_port, o=old_port: sentinels_ready(n, o),
-                     timeout=90, every=0.2)
+            wait_for(
+                "the Sentinels to settle", lambda n=new_port, o=old_port: sentinels_ready(n, o), timeout=90, every=0.2
+            )
 
-    say(f"\nall {sum(statuses.values())} requests: "
-        + ", ".join(f"{n} x {s or 'no answer'}" for s, n in sorted(statuses.items())))
+    say(
+        f"\nall {sum(statuses.values())} requests: "
+        + ", ".join(f"{n} x {s or 'no answer'}" for s, n in sorted(statuses.items()))
+    )
     errors = sum(n for s, n in statuses.items() if not (200 <= s < 300 or s == 503))
     if errors:
         raise SystemExit(f"sentinel-demo: {errors} answers were neither 2xx nor 503")
-    say(f"sentinel-demo: ok (no answer other than 2xx/503; {lost_total} acknowledged views lost in all, "
-        "replication being asynchronous)")
+    say(
+        f"sentinel-demo: ok (no answer other than 2xx/503; {lost_total} acknowledged views lost in all, "
+        "replication being asynchronous)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,14 +44,14 @@ from django.utils import timezone
 
 from project.db import routing
 from resilience.breaker import CircuitOpenError, get_breaker
-from resilience.models import WebhookDelivery, WebhookSubscriber
+from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from . import transport
 from .conf import WebhookSettings, webhook_settings
 from .egress import DestinationRefused
 from .signing import webhook_body, webhook_headers
 
-logger = logging.getLogger("resilience.webhooks")
+logger = logging.getLogger("webhooks")
 
 Status = WebhookDelivery.Status
 HOST_FAILURE_STATUSES = frozenset({408, 429})

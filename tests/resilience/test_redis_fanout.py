@@ -1,4 +1,4 @@
-"""project/redis_fanout.py against the real cache and state Redis: results in order, one server's
+"""resilience/redis_fanout.py against the real cache and state Redis: results in order, one server's
 failure confined to its own calls, connections left in step, scripts reloaded after a flush."""
 
 import time
@@ -7,7 +7,7 @@ import pytest
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError, ResponseError
 
-from project.redis_fanout import command, run_all, script_call
+from resilience.redis_fanout import command, run_all, script_call
 from tests.stack import stack
 
 pytestmark = pytest.mark.usefixtures("real_db")

@@ -6,17 +6,17 @@ from django.core.exceptions import ImproperlyConfigured
 from .conf import webhook_settings
 
 
-@register("resilience")
+@register("webhooks")
 def check_webhook_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
-    """resilience.E020: a WEBHOOK_* setting is invalid."""
+    """webhooks.E001: a WEBHOOK_* setting is invalid."""
     try:
         webhook_settings()
     except ImproperlyConfigured as exc:
         return [
             Error(
                 str(exc),
-                hint="See resilience/webhooks/conf.py for the settings and their ranges.",
-                id="resilience.E020",
+                hint="See webhooks/conf.py for the settings and their ranges.",
+                id="webhooks.E001",
             )
         ]
     return []

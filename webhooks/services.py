@@ -8,14 +8,14 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from project.db import routing
-from resilience.models import WebhookDelivery, WebhookSubscriber
 from users.models import OutboxEvent
 from users.sharding.access import ShardUnavailable, write_on
+from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from .conf import webhook_settings
 from .signing import new_secret
 
-logger = logging.getLogger("resilience.webhooks")
+logger = logging.getLogger("webhooks")
 
 
 def webhook_deliveries_retry(*, delivery_ids: list[int]) -> int:

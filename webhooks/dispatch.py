@@ -16,13 +16,13 @@ from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from project.db import routing
-from resilience.models import WebhookDelivery, WebhookSubscriber
 from users.models import OutboxEvent
 from users.sharding.access import ShardUnavailable, write_on
+from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from .conf import webhook_settings
 
-logger = logging.getLogger("resilience.webhooks")
+logger = logging.getLogger("webhooks")
 
 MAX_BATCHES_PER_RUN = 10
 

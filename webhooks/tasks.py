@@ -6,10 +6,10 @@ duplicated or redelivered task changes nothing but timing. All are idempotent.
 
 from celery import shared_task
 
-from .webhooks import deliver, dispatch, services
+from . import deliver, dispatch, services
 
 
-@shared_task(name="resilience.webhooks_dispatch", ignore_result=True)
+@shared_task(name="webhooks.dispatch", ignore_result=True)
 def webhooks_dispatch():
     """Move outbox events into deliveries; queue a delivery run at once if any were created."""
     done = dispatch.webhook_outbox_dispatch()
@@ -18,11 +18,11 @@ def webhooks_dispatch():
     return done
 
 
-@shared_task(name="resilience.webhooks_deliver", ignore_result=True)
+@shared_task(name="webhooks.deliver", ignore_result=True)
 def webhooks_deliver():
     return deliver.webhook_deliveries_deliver_due()
 
 
-@shared_task(name="resilience.webhooks_prune", ignore_result=True)
+@shared_task(name="webhooks.prune", ignore_result=True)
 def webhooks_prune():
     return services.webhook_prune()

@@ -19,7 +19,8 @@ from django.conf import settings
 from django.db import connections
 from django_redis import get_redis_connection
 
-QUEUES = ("bulwark", "webhooks")
+from project.worker import QUEUES
+
 CELERY_PING_TIMEOUT = 0.5
 CELERY_CACHE_SECONDS = 5.0  # a ping waits its whole timeout for replies: don't pay it on every poll
 REDIS_ROLES = ("default", "state")
