@@ -23,25 +23,22 @@ import logging
 from pathlib import Path
 
 from django.conf import settings
-from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 from rest_framework.response import Response
 
 from .errors import error_body
 from .ratelimit.http import client_ip, ip_key
+from .redis_state import lua_script, state_redis
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
 PENDING_TTL = 60
 CLAIMED, EXISTS, EXHAUSTED = 1, 0, -1  # idempotency_begin.lua's answers
-_BEGIN_LUA = (Path(__file__).resolve().parent / "idempotency_begin.lua").read_text()
+_BEGIN_LUA = Path(__file__).resolve().parent / "idempotency_begin.lua"
 
 
-@functools.cache
 def _begin_script():
-    # Registered once per process; each call passes the current client, and redis-py loads the script
-    # again if the server has forgotten it (a restart).
-    return get_redis_connection("state").register_script(_BEGIN_LUA)
+    return lua_script(_BEGIN_LUA)
 
 
 def caller_key(request) -> str:
@@ -89,7 +86,7 @@ def idempotent(*, store_body: bool = True):
             body_hash = hashlib.sha256(request.body).hexdigest()
             redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
             try:
-                client = get_redis_connection("state")
+                client = state_redis()
                 outcome, retry_after = _begin_script()(
                     keys=[redis_key, caller_key(request)],
                     args=[
@@ -149,6 +146,6 @@ def idempotent(*, store_body: bool = True):
 
 def _forget(redis_key: str) -> None:
     try:
-        get_redis_connection("state").delete(redis_key)
+        state_redis().delete(redis_key)
     except RedisError:
         pass

@@ -16,7 +16,6 @@ import json
 import logging
 import random
 import secrets
-import threading
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from resilience.redis_fanout import Call, command
+from resilience.redis_state import CACHE_ALIAS, lua_script, state_redis
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,6 @@ NOT_FOUND = object()  # a cached "does not exist", distinct from a miss (None)
 PENDING_INVALIDATIONS = "users:cache:pending-invalidations"
 
 _LUA = Path(__file__).with_name("lua")
-_scripts = {}
-_scripts_lock = threading.Lock()
 
 
 # --- keys: the one place cache keys are spelled ---
@@ -92,16 +90,11 @@ class CacheUnavailable(Exception):
 
 
 def _client():
-    return get_redis_connection("default")
+    return get_redis_connection(CACHE_ALIAS)
 
 
 def _script(name: str):
-    script = _scripts.get(name)
-    if script is None:
-        with _scripts_lock:
-            script = _client().register_script((_LUA / f"{name}.lua").read_text())
-            _scripts[name] = script
-    return script
+    return lua_script(_LUA / f"{name}.lua", alias=CACHE_ALIAS)
 
 
 def _call(fn):
@@ -230,14 +223,14 @@ def _cached_version_at_least(key: str, version: int) -> bool:
 def queue_invalidation(key: str) -> None:
     """Remember a lost write-through/delete in the state Redis; `replay_invalidations` deletes it."""
     try:
-        get_redis_connection("state").sadd(PENDING_INVALIDATIONS, key)
+        state_redis().sadd(PENDING_INVALIDATIONS, key)
     except RedisError:
         logger.error("cache invalidation of %s lost (state Redis down too); stale until TTL", key)
 
 
 def replay_invalidations(limit: int = 1000) -> int:
     """Delete queued keys from the cache Redis; return how many were replayed (beat runs this)."""
-    state = get_redis_connection("state")
+    state = state_redis()
     keys = state.srandmember(PENDING_INVALIDATIONS, limit)
     if not keys:
         return 0

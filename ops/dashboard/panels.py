@@ -163,7 +163,10 @@ _ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-cel
 def _ping_workers() -> list[str]:
     from project.celery import app
 
-    replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT).ping() or {}
+    # A connection of its own, closed here: a pooled one would keep the reply queue's BRPOP channel
+    # open, and a process forked later (a server's workers, a test's) hangs closing it after the fork.
+    with app.connection_for_write() as connection:
+        replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT, connection=connection).ping() or {}
     return sorted(replies)
 
 

@@ -6,7 +6,6 @@ RESET_BREAKER, RESET_RATELIMIT; superusers have them all): without it the page s
 and its confirmation page and POST answer 403.
 """
 
-import ipaddress
 import json
 import time
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from django.utils.http import urlencode
 from resilience.breaker import get_breaker
 from resilience.ratelimit import all_policies, denied_counts, peek, reset_key, top_denied
 from resilience.ratelimit import limiter as ratelimit_limiter
+from resilience.ratelimit.http import keys_for
 
 from . import audit, history, panels
 
@@ -197,30 +197,6 @@ class LookupForm(forms.Form):
     )
 
 
-def _ip_key(ip: str) -> str:
-    """The key resilience.ratelimit.http.ip_key builds for a client at `ip` (IPv6: its /64)."""
-    address = ipaddress.ip_address(ip)
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped:
-            return f"ip:{address.ipv4_mapped}"
-        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
-    return f"ip:{address}"
-
-
-def keys_for(policy, *, ip: str | None, user_id: int | None, username: str | None) -> list[str]:
-    """The keys a request from `ip` / by `user_id` / for `username` is counted by under `policy`,
-    shaped like resilience.ratelimit.http.request_key builds them."""
-    keys = []
-    kind = policy.key_kind
-    if kind in ("user", "user_or_ip") and user_id:
-        keys.append(f"user:{user_id}")
-    if ip and kind in ("ip", "user_or_ip", "token", "user"):
-        keys.append(_ip_key(ip))
-    if ip and kind == "ip+username":
-        keys.append(f"{_ip_key(ip)}|username:{(username or '').strip().casefold()[:150]}")
-    return keys
-
-
 def _usage(policy_name: str, key: str) -> dict:
     decision = peek(policy_name, key)
     used = None if decision.remaining is None else decision.limit - decision.remaining
@@ -278,9 +254,9 @@ def ratelimits(request, *, site):
     if form.is_bound and form.is_valid():
         data = form.cleaned_data
         wanted = []
-        for name, policy in policies.items():
+        for name in policies:
             wanted += [
-                (name, k) for k in keys_for(policy, ip=data["ip"], user_id=data["user_id"], username=data["username"])
+                (name, k) for k in keys_for(name, ip=data["ip"], user_id=data["user_id"], username=data["username"])
             ]
             if data["key"]:
                 wanted.append((name, data["key"].strip()))

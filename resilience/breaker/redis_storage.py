@@ -4,38 +4,28 @@ Methods raise redis' ConnectionError or TimeoutError when the state Redis is una
 catches them and falls back to its in-process storage (see breaker.py).
 """
 
-import functools
 import logging
 import time
 from pathlib import Path
 
-from django_redis import get_redis_connection
-from redis import Redis
 from redis.commands.core import Script
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilience.outage import Outage
+from resilience.redis_state import UNAVAILABLE, lua_script, state_redis
 
 from .options import BreakerOptions, State
 from .storage import Acquired, Outcome, Recorded, Snapshot, Transition, build_snapshot
 
 logger = logging.getLogger("resilience.breaker")
 
-UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+__all__ = ["UNAVAILABLE", "RedisStorage", "outage", "state_redis"]
 KEY_VERSION = "v1"
 NAMES_KEY = f"cb:{KEY_VERSION}:names"
 _DIR = Path(__file__).resolve().parent
 
 
-def state_redis() -> Redis:
-    """Return the raw redis-py client of the state Redis."""
-    return get_redis_connection("state")
-
-
-@functools.cache
 def _script(name: str) -> Script:
-    return state_redis().register_script((_DIR / f"{name}.lua").read_text())
+    return lua_script(_DIR / f"{name}.lua")
 
 
 def breaker_keys(name: str) -> list[str]:

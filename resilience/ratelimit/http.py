@@ -76,13 +76,17 @@ def client_ip(request: HttpRequest) -> str:
     return str(nearest)
 
 
-def ip_key(request: HttpRequest) -> str:
-    """Key of the client address; an IPv6 client is keyed by its /64, which one host usually owns whole."""
-    ip = client_ip(request)
+def address_key(ip: str) -> str:
+    """Key of a client address; an IPv6 client is keyed by its /64, which one host usually owns whole."""
     address = _parse(ip)
     if isinstance(address, ipaddress.IPv6Address):
         return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
-    return f"ip:{ip}"
+    return f"ip:{ip if address is None else address}"
+
+
+def ip_key(request: HttpRequest) -> str:
+    """Key of the client address of `request` (see `address_key`)."""
+    return address_key(client_ip(request))
 
 
 def _bearer_token(request: HttpRequest) -> str | None:
@@ -122,8 +126,38 @@ def request_key(policy_name: str, request: HttpRequest, *, username: str | None 
     if kind == "token":
         token = _bearer_token(request)
         if token:
-            return f"token:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+            return token_key(token)
     return ip_key(request)
+
+
+def token_key(token: str) -> str:
+    """Key of a bearer token: a hash, never the token itself."""
+    return f"token:{hashlib.sha256(token.encode()).hexdigest()[:32]}"
+
+
+def keys_for(
+    policy_name: str,
+    *,
+    ip: str | None,
+    user_id: int | None = None,
+    username: str | None = None,
+    token: str | None = None,
+) -> list[str]:
+    """Every key a request from `ip`, by `user_id`, for `username` or with `token` may be counted by
+    under the named policy: what `request_key` builds for such requests (the admin's lookup)."""
+    kind = get_policy(policy_name).key_kind
+    keys = []
+    if kind in ("user", "user_or_ip") and user_id:
+        keys.append(f"user:{user_id}")
+    if kind == "token" and token:
+        keys.append(token_key(token))
+    if kind == "username" and username:
+        keys.append(username_key(username))
+    if ip and kind in ("ip", "user_or_ip", "token", "user"):
+        keys.append(address_key(ip))
+    if ip and kind == "ip+username":
+        keys.append(f"{address_key(ip)}|{username_key(username)}")
+    return keys
 
 
 def headers(decision: Decision) -> dict[str, str]:
