@@ -166,7 +166,7 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         values = params.validated_data
         if "username" in values:
             row = selectors.user_get_by_username(username=values["username"])
-            pending = 0 if row is None else buffer.pending_views(user_id=row["id"])
+            pending = 0 if row is None else buffer.pending_views(user_id=row["id"], rev=row["rev"])
             results = [] if row is None else [public_profile(row, pending_views=pending)]
             return Response({"results": results, "next": None})
         if not IsAdminUser().has_permission(request, self):
@@ -201,7 +201,7 @@ def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) ->
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
     sent = sent or {}
     row = _existing_user(raw_id, probed=sent.get("row"))
-    pending = buffer.pending_views(user_id=row["id"], result=sent.get("pending"))
+    pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
     etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
     if etag in [t.strip() for t in if_none_match.split(",")]:
         return status.HTTP_304_NOT_MODIFIED, None, etag

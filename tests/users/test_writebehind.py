@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 from django.db import connections
@@ -14,7 +15,7 @@ from django_redis import get_redis_connection
 from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
-from users.writebehind import buffer, flush
+from users.writebehind import buffer, flush, keys
 
 from ..processes import celery_beat, celery_worker
 from ..stack import ROOT, run_together, stack, wait_for
@@ -52,7 +53,8 @@ def test_views_are_coalesced_per_user_and_shown_at_once_with_no_database_write()
     for _ in range(25):
         response = client.post(f"/api/v1/users/{user['id']}/views/")
         assert response.status_code == 202
-    assert get_redis_connection("state").hget(buffer.VIEWS, user["id"]) == b"25"  # one coalesced +25
+    k = keys.group_keys(group_for_user_id(user["id"]))
+    assert get_redis_connection("state").hget(k.buffer, keys.views_field(user["id"])) == b"25"  # one coalesced +25
     assert db_views([user["id"]]) == {user["id"]: 0}
     assert client.get(f"/api/v1/users/{user['id']}/").json()["view_count"] == 25
     assert client.post("/api/v1/users/424242424242/views/").status_code == 404
@@ -62,7 +64,9 @@ def test_flush_applies_one_statement_per_shard_and_is_exact():
     users = make_users(12)
     expected = buffer_views(users, 3)
     result = flush.flush()
-    assert result["batches"] == 1 and result["acknowledged"] == 1 and result["rows"] == 12
+    groups = {group_for_user_id(u["id"]) for u in users}
+    assert result["batches"] == len(groups) == 2  # one batch per shard group
+    assert result["acknowledged"] == 2 and result["rows"] == 12
     assert db_views(expected) == expected
     assert flush.flush()["rows"] == 0  # nothing left, nothing applied twice
     assert db_views(expected) == expected
@@ -76,7 +80,8 @@ def test_last_seen_is_coalesced_and_flushed(make_api):
     api.login("seer")
     assert api.get("/api/v1/users/me/").status_code == 200
     uid = int(api.get("/api/v1/users/me/").json()["id"])
-    assert get_redis_connection("state").hexists(buffer.SEEN, uid)
+    k = keys.group_keys(group_for_user_id(uid))
+    assert get_redis_connection("state").hexists(k.buffer, keys.seen_field(uid))
     flush.flush()
     assert User.objects.using(group_for_user_id(uid)).get(id=uid).last_seen_at is not None
 
@@ -103,44 +108,175 @@ def test_a_flusher_sigkilled_at_any_point_loses_nothing_and_counts_nothing_twice
     flush.flush()
     flush.flush()
     assert db_views(expected) == expected
-    assert get_redis_connection("state").zcard(buffer.BATCHES) == 0
+    assert buffer.stats()["claimed_batches"] == 0
 
 
 def test_overlapping_and_duplicate_flushes_apply_a_batch_once(settings):
     users = make_users(8, prefix="ov")
     expected = buffer_views(users, 5)
-    # A flusher claims the batch and dies; then four flushers race to re-claim and apply it.
-    buffer.script("claim")(
-        keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE, buffer.BATCHES],
-        args=["abandoned0000000000000000000000", 0, 10**12],
-    )
+    # A flusher claims the batches and dies; then four flushers race to re-claim and apply them.
+    for group in settings.SHARD_GROUPS:
+        flush._claim(keys.group_keys(group))
     settings.WRITE_BEHIND_RECLAIM_AFTER = 0
     run_together(flush.flush, 4)
     flush.flush()
     assert db_views(expected) == expected
 
 
-def test_a_shard_down_during_a_flush_keeps_its_items_pending_until_it_returns(settings):
-    users = make_users(10, prefix="sd")
-    assert {group_for_user_id(u["id"]) for u in users} == {"shard_0", "shard_1"}
-    expected = buffer_views(users, 2)
-    name = settings.DATABASES["shard_1"]["NAME"]
+def shown(user_id) -> int:
+    """The view count a client reads (the public profile through the full API path)."""
+    return Client().get(f"/api/v1/users/{user_id}/").json()["view_count"]
+
+
+def shard_allow(settings, group: str, allow: bool) -> None:
+    name = settings.DATABASES[group]["NAME"]
     with connections["default"].cursor() as cursor:
-        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+        if not allow:
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+    connections[group].close()
+
+
+def test_a_shard_down_delays_only_its_own_users_and_healthy_reads_stay_exact(settings):
+    users = make_users(10, prefix="sd")
+    on_0 = [u["id"] for u in users if group_for_user_id(u["id"]) == "shard_0"]
+    on_1 = [u["id"] for u in users if group_for_user_id(u["id"]) == "shard_1"]
+    assert on_0 and on_1
+    expected = buffer_views(users, 2)
+    shard_allow(settings, "shard_1", False)
     try:
-        connections["shard_1"].close()
         result = flush.flush()
-        assert result["acknowledged"] == 0
-        on_0 = {uid: n for uid, n in expected.items() if group_for_user_id(uid) == "shard_0"}
-        assert db_views(on_0) == on_0  # the healthy shard got its part
-        assert buffer.pending_views(user_id=next(iter(set(expected) - set(on_0)))) > 0
+        assert result["acknowledged"] == 1  # shard_0's batch, at once, whatever shard_1 does
+        for uid in on_0:  # applied, acknowledged, out of the pending view: read exactly once
+            assert db_views([uid]) == {uid: expected[uid]}
+            assert shown(uid) == expected[uid]
+        for uid in on_1:
+            assert buffer.pending_views(user_id=uid, rev=0) == expected[uid]
+        for uid in on_0 + on_1:  # more views during the outage, and more flushes
+            buffer.views_add(user_id=uid, count=3)
+            expected[uid] += 3
+        flush.flush()
+        flush.flush()
+        for uid in on_0:
+            assert db_views([uid]) == {uid: expected[uid]}
+            assert shown(uid) == expected[uid]
     finally:
-        with connections["default"].cursor() as cursor:
-            cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        shard_allow(settings, "shard_1", True)
+    flush.flush()  # one flush after the shard returns: the released batch, then what queued behind it
+    assert db_views(expected) == expected
+    assert buffer.stats()["claimed_batches"] == 0
+    assert {uid: shown(uid) for uid in expected} == expected
+
+
+@pytest.mark.parametrize("point", ["after_commit", "before_ack"])
+def test_reads_never_count_a_batch_committed_but_not_yet_acknowledged(point, settings, tmp_path):
+    """A flusher SIGKILLed between its shard commit and the acknowledgement leaves the batch claimed
+    for WRITE_BEHIND_RECLAIM_AFTER: the rows already hold its views, so reads must not add it again."""
+    users = make_users(4, prefix=f"ra{point[:4]}")
+    expected = buffer_views(users, 5)
+    for u in users:  # cache the pre-flush rows: a read may find the old row or the new one
+        assert shown(u["id"]) == expected[u["id"]]
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.test",
+        WRITE_BEHIND_FAULT=point,
+        WRITE_BEHIND_FAULT_MARKER=str(tmp_path / "fired"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == -9, result.stderr.decode()[-2000:]
+    assert buffer.stats()["claimed_batches"] >= 1  # the batch is still claimed
+    committed = {uid: n for uid, n in db_views(expected).items() if n}
+    assert committed  # at least one shard committed its part
+    for uid in expected:
+        assert shown(uid) == expected[uid]  # cached old row + batch, or new row without it
+        cache_key = f"/api/v1/users/{uid}/"
+        assert Client().get(cache_key, headers={"Consistency": "strong"}).json()["view_count"] == expected[uid]
     settings.WRITE_BEHIND_RECLAIM_AFTER = 0
     flush.flush()
     assert db_views(expected) == expected
+    assert {uid: shown(uid) for uid in expected} == expected
+
+
+def test_a_shard_backlog_beyond_its_limit_refuses_that_shard_only_and_claimed_batches_count(settings):
+    settings.WRITE_BEHIND_MAX_PENDING_PER_SHARD = 3
+    users = make_users(24, prefix="bl")
+    on_0 = [u["id"] for u in users if group_for_user_id(u["id"]) == "shard_0"]
+    on_1 = [u["id"] for u in users if group_for_user_id(u["id"]) == "shard_1"]
+    assert len(on_0) >= 4 and len(on_1) >= 4
+    client = Client()
+    shard_allow(settings, "shard_1", False)
+    try:
+        for uid in on_1[:3]:
+            assert client.post(f"/api/v1/users/{uid}/views/").status_code == 202
+        flush.flush()  # shard_1's batch stays claimed: its 3 users still count
+        response = client.post(f"/api/v1/users/{on_1[3]}/views/")
+        assert response.status_code == 503
+        assert response.json()["code"] == "backpressure"
+        assert response["Retry-After"]
+        for uid in on_0[:3]:  # the healthy shard is not refused
+            assert client.post(f"/api/v1/users/{uid}/views/").status_code == 202
+    finally:
+        shard_allow(settings, "shard_1", True)
+    flush.flush()
+    assert client.post(f"/api/v1/users/{on_1[3]}/views/").status_code == 202  # drained: accepted again
+
+
+def test_the_ledger_is_never_pruned_below_a_batch_still_claimed(settings, tmp_path):
+    users = make_users(4, prefix="pl")
+    expected = buffer_views(users, 2)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", WRITE_BEHIND_FAULT="before_ack")
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert result.returncode == -9, result.stderr.decode()[-2000:]  # committed, never acknowledged
+    flush.prune_ledger(older_than_hours=0)  # a retention shorter than the batch has been claimed
+    settings.WRITE_BEHIND_RECLAIM_AFTER = 0
+    flush.flush()  # the re-claimed batch must still hit its ledger rows
+    assert db_views(expected) == expected
+    assert flush.prune_ledger(older_than_hours=0) > 0  # once acknowledged, its rows may go
+
+
+def test_a_flusher_with_a_stale_shard_map_never_acknowledges_views_it_did_not_apply(settings):
+    from users.sharding import resharding
+    from users.sharding.shardmap import shard_map
+
+    users = make_users(8, prefix="mv")
+    on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
+    expected = buffer_views(on_0, 3)
+    stale = shard_map.table()
+    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
+    # This flusher still holds the map from before the move (as one that cannot reach the default
+    # database keeps its last copy): it sends the UPDATE to shard_0, where the rows no longer are.
+    settings.SHARDING_MAP_TTL = 3600
+    shard_map._table, shard_map._loaded_at = stale, time.monotonic()
+    flush.flush()
+    settings.SHARDING_MAP_TTL = 2.0
+    shard_map.invalidate()
+    assert {group_for_user_id(uid) for uid in expected} == {"shard_2"}
+    assert db_views(expected) == expected
+    assert buffer.stats()["claimed_batches"] == 0
+
+
+def test_views_of_a_deleted_user_are_dropped_not_kept_claimed():
+    users = make_users(3, prefix="del")
+    expected = buffer_views(users, 2)
+    services.user_delete(user_id=users[0]["id"])
+    del expected[users[0]["id"]]
+    result = flush.flush()
+    assert result["acknowledged"] == result["batches"]
+    assert db_views(expected) == expected
+    assert buffer.stats()["claimed_batches"] == 0
 
 
 def test_views_go_straight_to_the_database_when_the_state_redis_is_down(restore_stack):
@@ -153,8 +289,9 @@ def test_views_go_straight_to_the_database_when_the_state_redis_is_down(restore_
 
 
 def test_backpressure_answers_503_with_retry_after(settings):
-    settings.WRITE_BEHIND_MAX_PENDING = 3
-    users = make_users(4, prefix="bp")
+    settings.WRITE_BEHIND_MAX_PENDING = 9  # an even share: 3 users with pending views per shard group
+    users = [u for u in make_users(16, prefix="bp") if group_for_user_id(u["id"]) == "shard_0"][:4]
+    assert len(users) == 4
     client = Client()
     for u in users[:3]:
         assert client.post(f"/api/v1/users/{u['id']}/views/").status_code == 202
@@ -199,9 +336,11 @@ def test_state_redis_sigkilled_during_ingestion_loses_no_acknowledged_view(resto
     try:
         flush.flush()
         flush.flush()
-        total = sum(db_views([u["id"] for u in users]).values()) + sum(
-            buffer.pending_views(user_id=u["id"]) for u in users
-        )
+        rows = {
+            u["id"]: User.objects.using(group_for_user_id(u["id"])).values("view_count", "rev").get(id=u["id"])
+            for u in users
+        }
+        total = sum(r["view_count"] + buffer.pending_views(user_id=uid, rev=r["rev"]) for uid, r in rows.items())
         lost = max(0, len(acked) - total)
         print(f"appendfsync {appendfsync}: {len(acked)} acknowledged, {lost} lost, {len(uncertain)} unconfirmed")
         assert lost == 0, f"{lost} acknowledged views lost"
