@@ -6,6 +6,11 @@ different body gets 422; a retry while the first is still running gets 409. Keys
 caller (user id, else client IP) and the path. Responses carrying a secret (a new API token) are
 never stored: a replay of such a request gets 409, since tokens exist only as hashes.
 If the state Redis is down the request runs without the guarantee (logged).
+
+A 5xx with the code OUTCOME_UNKNOWN ("it may or may not have taken effect; retry with the same key")
+keeps the record in an "unknown" state instead of deleting it: a retry with the same key and body runs
+again, and the endpoint resolves the first attempt's outcome by `request.idempotency_id`, a stable id
+of the key (a view counted under that id is not counted again).
 """
 
 import functools
@@ -23,6 +28,7 @@ from .ratelimit.http import client_ip
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
 PENDING_TTL = 60
+OUTCOME_UNKNOWN = "unconfirmed"
 
 
 def _scope(request) -> str:
@@ -48,13 +54,17 @@ def idempotent(*, store_body: bool = True):
                 return Response(error_body("Idempotency-Key is too long (max 200).", "invalid"), status=400)
             body_hash = hashlib.sha256(request.body).hexdigest()
             redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
+            request.idempotency_id = redis_key.removeprefix("idem:")
             try:
                 client = get_redis_connection("state")
                 fresh = client.set(
                     redis_key, json.dumps({"state": "pending", "hash": body_hash}), nx=True, ex=PENDING_TTL
                 )
-                if not fresh:
-                    record = json.loads(client.get(redis_key) or "{}")
+                record = {} if fresh else json.loads(client.get(redis_key) or "{}")
+                if record.get("state") == "unknown" and record.get("hash") == body_hash:
+                    # Run again: the endpoint tells by request.idempotency_id whether the first took effect.
+                    client.set(redis_key, json.dumps({"state": "pending", "hash": body_hash}), ex=PENDING_TTL)
+                elif not fresh:
                     if record.get("hash") != body_hash:
                         return Response(
                             error_body(
@@ -78,11 +88,12 @@ def idempotent(*, store_body: bool = True):
                 return method(self, request, *args, **kwargs)
             try:
                 response = method(self, request, *args, **kwargs)
-            except BaseException:
-                _forget(redis_key)
+            except BaseException as exc:
+                _forget(redis_key, body_hash, getattr(exc, "code", None))
                 raise
             if response.status_code >= 500:
-                _forget(redis_key)
+                data = getattr(response, "data", None)
+                _forget(redis_key, body_hash, data.get("code") if isinstance(data, dict) else None)
                 return response
             record = {"state": "done", "hash": body_hash, "status": response.status_code}
             if store_body:
@@ -98,8 +109,13 @@ def idempotent(*, store_body: bool = True):
     return decorator
 
 
-def _forget(redis_key: str) -> None:
+def _forget(redis_key: str, body_hash: str, code=None) -> None:
+    """Forget a failed attempt (a retry runs afresh), unless its outcome is unknown."""
     try:
-        get_redis_connection("state").delete(redis_key)
+        if code == OUTCOME_UNKNOWN:
+            record = json.dumps({"state": "unknown", "hash": body_hash})
+            get_redis_connection("state").set(redis_key, record, ex=IDEMPOTENCY_TTL)
+        else:
+            get_redis_connection("state").delete(redis_key)
     except RedisError:
         pass

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience.errors import ApiError
-from resilience.idempotency import idempotent
+from resilience.idempotency import OUTCOME_UNKNOWN, idempotent
 from resilience.ratelimit.drf import RateLimitedApiMixin
 from resilience.ratelimit.http import client_ip
 
@@ -249,7 +249,8 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     def post(self, request, user_id: str):
         row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         try:
-            how = buffer.views_add(user_id=row["id"])
+            # With an Idempotency-Key the view has an id: a retry after "unconfirmed" counts it once.
+            how = buffer.views_add(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
         except buffer.BufferFull:
             raise ApiError(
                 503, "Too many pending views; retry shortly.", "backpressure", headers={"Retry-After": "2"}
@@ -258,7 +259,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
             raise ApiError(
                 503,
                 "The view could not be confirmed; retry with the same Idempotency-Key.",
-                "unconfirmed",
+                OUTCOME_UNKNOWN,
                 headers={"Retry-After": "1"},
             ) from None
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)

@@ -1,13 +1,16 @@
 """Write-behind: views and last-seen stamps through the state Redis, flushed exactly once, against
 real Redis, PostgreSQL, and real Celery worker and beat processes."""
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+import redis
 from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
@@ -380,3 +383,94 @@ def test_end_to_end_with_a_real_celery_worker_and_beat_including_a_sigkill_mid_f
     assert stats["last_flush_at"] is not None
     assert stats["total_rows_flushed"] >= 1  # the part committed before the kill is not counted again
     assert "signal 9" in (tmp_path / "worker.log").read_text()  # Celery saw its child SIGKILLed
+
+
+@contextlib.contextmanager
+def state_replica(tmp_path):
+    """A real redis-server replicating the stack's state Redis, on a free port under `tmp_path`."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    master = get_redis_connection("state").connection_pool.connection_kwargs["port"]
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--replicaof",
+            "127.0.0.1",
+            str(master),
+            "--dir",
+            str(tmp_path),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    replica = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_for(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            timeout=30,
+            message="the temporary replica to sync",
+        )
+        # Synced is not yet acknowledging: wait until a WAIT on the master is answered by it.
+        state = get_redis_connection("state")
+        wait_for(lambda: state.execute_command("WAIT", 1, 200) >= 1, timeout=30, message="the replica's acks")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def test_wait_acknowledges_a_view_only_once_a_replica_has_it_and_a_retry_counts_it_once(settings, tmp_path):
+    """WRITE_BEHIND_WAIT_REPLICAS=1: with a replica, 202; without one the view reaches the master but
+    is unconfirmed (503); the client's retry with the same Idempotency-Key, once a replica is back,
+    is answered 202 and the view counted once (the key's record keeps the unknown outcome, the view's
+    id tells that the first attempt was counted)."""
+    settings.WRITE_BEHIND_WAIT_REPLICAS = 1
+    settings.WRITE_BEHIND_WAIT_TIMEOUT_MS = 200
+    (user,) = make_users(1, prefix="wait")
+    path = f"/api/v1/users/{user['id']}/views/"
+    client = Client()
+
+    def post_until_acknowledged(key):
+        # What a client does: retry an unconfirmed view with the same key (on a loaded machine a
+        # replica's ack can miss the timeout). However many attempts, the view is counted once.
+        for _ in range(5):
+            response = client.post(path, headers={"Idempotency-Key": key})
+            if response.status_code != 503:
+                return response
+        return response
+
+    with state_replica(tmp_path / "r1"):
+        first = post_until_acknowledged("first")
+        assert first.status_code == 202, first.content
+        assert shown(user["id"]) == 1
+    wait_for(lambda: get_redis_connection("state").info("replication")["connected_slaves"] == 0, timeout=10)
+    response = client.post(path, headers={"Idempotency-Key": "second"})
+    assert response.status_code == 503
+    assert response.json()["code"] == "unconfirmed"
+    assert response["Retry-After"]
+    assert shown(user["id"]) == 2  # the master has it: a failover now could lose it, so never acknowledged
+    with state_replica(tmp_path / "r2"):
+        retry = post_until_acknowledged("second")
+        assert retry.status_code == 202, retry.content
+        assert client.post(path, headers={"Idempotency-Key": "second"}).status_code == 202  # replayed
+    assert shown(user["id"]) == 2
+    flush.flush()
+    assert db_views([user["id"]]) == {user["id"]: 2}
+
+
+def test_an_idempotent_view_is_counted_once_even_if_its_key_record_is_gone():
+    (user,) = make_users(1, prefix="vid")
+    assert buffer.views_add(user_id=user["id"], view_id="v1") == "buffered"
+    assert buffer.views_add(user_id=user["id"], view_id="v1") == "buffered"
+    assert buffer.views_add(user_id=user["id"], view_id="v2") == "buffered"
+    assert buffer.pending_views(user_id=user["id"], rev=0) == 2
