@@ -99,7 +99,9 @@ def _script(name: str):
     script = _scripts.get(name)
     if script is None:
         with _scripts_lock:
-            script = _client().register_script((_LUA / f"{name}.lua").read_text())
+            # Every script gets the version comparison (_version.lua): one definition, never doubles.
+            source = (_LUA / "_version.lua").read_text() + (_LUA / f"{name}.lua").read_text()
+            script = _client().register_script(source)
             _scripts[name] = script
     return script
 
