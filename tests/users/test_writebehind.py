@@ -3,6 +3,7 @@ real Redis, PostgreSQL, and real Celery worker and beat processes."""
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -474,3 +475,78 @@ def test_an_idempotent_view_is_counted_once_even_if_its_key_record_is_gone():
     assert buffer.views_add(user_id=user["id"], view_id="v1") == "buffered"
     assert buffer.views_add(user_id=user["id"], view_id="v2") == "buffered"
     assert buffer.pending_views(user_id=user["id"], rev=0) == 2
+
+
+OUTAGE_S = 12.0
+FLUSH_INTERVAL_S = 1.0
+
+
+@pytest.mark.parametrize("kill_worker", [False, True], ids=["worker-up", "worker-sigkilled"])
+def test_shard_down_under_view_load_healthy_reads_never_exceed_acknowledged(kill_worker, settings, tmp_path):
+    """Views for users on shard_0 and shard_1 under load, through a real Celery worker and beat;
+    shard_1 refuses connections for OUTAGE_S (as the shard_1_down fixture does; here the users must be
+    created first and the shard brought back mid-test). Throughout, no client reads a view count above
+    the views acknowledged to it; afterwards every acknowledged view is in the database, once, within
+    two flush intervals of the shard's return. With `kill_worker` the worker is SIGKILLed (the whole
+    process group) during the outage and a new one started."""
+    settings.RESILIENCE_RATELIMIT_ENABLED = False  # one client IP hammering; limits are not under test
+    users = make_users(12, prefix=f"load{int(kill_worker)}")
+    groups = {g: [u["id"] for u in users if group_for_user_id(u["id"]) == g][:3] for g in ("shard_0", "shard_1")}
+    assert all(len(ids) == 3 for ids in groups.values())
+    acked = {uid: 0 for ids in groups.values() for uid in ids}
+    over, exact_reads, stop = [], [0], threading.Event()
+
+    def load(ids):
+        client = Client()
+        while not stop.is_set():
+            for uid in ids:
+                if client.post(f"/api/v1/users/{uid}/views/").status_code == 202:
+                    acked[uid] += 1
+                response = client.get(f"/api/v1/users/{uid}/")
+                if response.status_code == 200:
+                    shown_now = response.json()["view_count"]
+                    if shown_now > acked[uid]:
+                        over.append((uid, shown_now, acked[uid]))
+                    exact_reads[0] += shown_now == acked[uid]
+            time.sleep(0.01)
+        connections.close_all()
+
+    env = {"WRITE_BEHIND_INTERVAL": FLUSH_INTERVAL_S, "WRITE_BEHIND_RECLAIM_AFTER": 1}
+    for uid in acked:  # cache every row: shard_1's stay readable (and their views accepted) while it is down
+        assert shown(uid) == 0
+    with contextlib.ExitStack() as procs:
+        worker = procs.enter_context(celery_worker(env=env, log_path=tmp_path / "worker.log"))
+        procs.enter_context(celery_beat(schedule_path=tmp_path / "beat-schedule", env=env))
+        threads = [threading.Thread(target=load, args=(ids,)) for ids in groups.values()]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(2)
+            shard_allow(settings, "shard_1", False)
+            try:
+                if kill_worker:
+                    time.sleep(OUTAGE_S / 2)
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait(timeout=10)
+                    procs.enter_context(celery_worker(env=env, log_path=tmp_path / "worker2.log"))
+                    time.sleep(OUTAGE_S / 2)
+                else:
+                    time.sleep(OUTAGE_S)
+                # During the outage shard_0's views kept reaching its database.
+                assert all(n > 0 for n in db_views(groups["shard_0"]).values())
+            finally:
+                stop.set()
+                for t in threads:
+                    t.join()
+                shard_allow(settings, "shard_1", True)
+            back = time.monotonic()
+            wait_for(lambda: db_views(acked) == acked, timeout=60, interval=0.05, message="every view applied")
+            recovery = time.monotonic() - back
+        finally:
+            stop.set()
+    print(f"{sum(acked.values())} views acknowledged, {exact_reads[0]} exact reads, recovery {recovery:.2f}s")
+    assert not over, f"reads above acknowledged views: {over[:5]}"
+    assert db_views(acked) == acked
+    # Two flush intervals, plus a second for the task's trip through the broker on a shared machine.
+    assert recovery <= 2 * FLUSH_INTERVAL_S + 1.0
+    assert {uid: shown(uid) for uid in acked} == acked
