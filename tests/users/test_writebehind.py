@@ -272,6 +272,49 @@ def test_a_flusher_with_a_stale_shard_map_never_acknowledges_views_it_did_not_ap
     assert buffer.stats()["claimed_batches"] == 0
 
 
+def test_a_stale_flusher_that_cannot_reload_the_map_keeps_the_batch_claimed(settings):
+    """Rows missing and the default database unreachable (the map cannot be checked): fenced, the
+    batch stays claimed and is applied where the rows are once the map can be read again."""
+    from users.sharding import resharding
+    from users.sharding.shardmap import shard_map
+
+    users = make_users(8, prefix="fence")
+    on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
+    expected = buffer_views(on_0, 2)
+    stale = shard_map.table()
+    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
+    settings.SHARDING_MAP_TTL = 3600
+    shard_map._table, shard_map._loaded_at = stale, time.monotonic()
+    name = settings.DATABASES["default"]["NAME"]
+    with connections["shard_0"].cursor() as cursor:  # same server, another database
+        cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", [name])
+    try:
+        connections["default"].close()
+        result = flush.flush()
+        assert result["acknowledged"] == 0
+        assert buffer.stats()["claimed_batches"] == 1  # fenced: not acknowledged, not lost
+    finally:
+        with connections["shard_0"].cursor() as cursor:
+            cursor.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+    settings.SHARDING_MAP_TTL = 2.0
+    flush.flush()  # the released batch: the map reloads, the rows are found on shard_2
+    shard_map.invalidate()
+    assert db_views(expected) == expected
+    assert buffer.stats()["claimed_batches"] == 0
+
+
+def test_write_behind_limits_are_checked_at_start_up(settings):
+    from users.checks import check_write_behind
+
+    assert check_write_behind(None) == []
+    settings.WRITE_BEHIND_MAX_PENDING_PER_SHARD = settings.WRITE_BEHIND_MAX_PENDING
+    settings.WRITE_BEHIND_LEDGER_RETENTION = 0.5
+    settings.WRITE_BEHIND_WAIT_REPLICAS, settings.WRITE_BEHIND_WAIT_TIMEOUT_MS = 1, 1000
+    assert [e.id for e in check_write_behind(None)] == ["users.E005", "users.E006", "users.E007"]
+
+
 def test_views_of_a_deleted_user_are_dropped_not_kept_claimed():
     users = make_users(3, prefix="del")
     expected = buffer_views(users, 2)
