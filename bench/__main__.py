@@ -2,10 +2,11 @@
 
 Sections: data layer (routing overhead, replica share), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
-per check, breaker overhead), write-behind (buffered vs direct views; flush rows/s vs raw COPY +
-UPDATE), idempotency keys (state Redis memory of the records one client can make, with the per-caller
-cap). Results are printed and written to artifacts/bench.json. This machine is shared and noisy:
-read the ratios, not the absolute numbers.
+per check, breaker overhead), write-behind (buffered vs direct views; buffered views with and without
+WRITE_BEHIND_WAIT_REPLICAS=1 against a temporary state replica; flush rows/s vs raw COPY + UPDATE),
+idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
+Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
+ratios, not the absolute numbers.
 """
 
 import contextlib
@@ -41,6 +42,7 @@ from users import selectors, services  # noqa: E402
 from users.models import User  # noqa: E402
 from users.sharding.access import group_for_user_id  # noqa: E402
 from users.writebehind import buffer, flush  # noqa: E402
+from users.writebehind.keys import COUNT_FIELD, group_keys, views_field  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -315,13 +317,14 @@ def bulk_users(n, prefix="bulk"):
         logicals = [ls for ls, g in enumerate(table) if g == group]
         with connections[group].cursor() as cursor:
             cursor.execute(
-                """INSERT INTO users_user (id, logical_shard, username, email, password, display_name, bio,
-                       created_at, updated_at, version, rev, view_count)
-                   SELECT users_next_id(ls), ls, %s || g || %s, %s || g || %s || '@example.com', '!', '',
-                          '', now(), now(), 1, 1, 0
+                """INSERT INTO users_user (id, logical_shard, username, username_key, email, password,
+                       display_name, bio, created_at, updated_at, version, rev, view_count)
+                   SELECT users_next_id(ls), ls, %s || g || %s, lower(%s || g || %s),
+                          %s || g || %s || '@example.com', '!', '', '', now(), now(), 1, 1, 0
                      FROM (SELECT g, (%s::int[])[1 + g %% %s] AS ls FROM generate_series(1, %s) g) s
                    RETURNING id""",
-                [prefix, group, prefix, group, logicals, len(logicals), n],
+                # username_key: identity_key() of these ASCII names is their lower case.
+                [prefix, group, prefix, group, prefix, group, logicals, len(logicals), n],
             )
             ids += [r[0] for r in cursor.fetchall()]
     return ids
@@ -335,7 +338,12 @@ def bench_flush():
     for start in range(0, len(ids), 1000):
         pipe = state.pipeline(transaction=False)
         for uid in ids[start : start + 1000]:
-            ingest(keys=[buffer.VIEWS, buffer.SEEN, buffer.SINCE], args=["views", uid, 3, 0, 0], client=pipe)
+            k = group_keys(group_for_user_id(uid))
+            ingest(
+                keys=[k.buffer, k.since, k.batches],
+                args=["views", uid, views_field(uid), 3, 0, 0, COUNT_FIELD, 0],
+                client=pipe,
+            )
         pipe.execute()
     started = time.perf_counter()
     result = flush.flush()
@@ -403,6 +411,77 @@ def bench_idempotency(users):
     )
 
 
+@contextlib.contextmanager
+def state_replica():
+    """A temporary redis-server replicating the state Redis, on a spare port under /tmp, for the
+    length of one section (the stack itself has no state replica)."""
+    import socket
+
+    import redis
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = get_redis_connection("state")
+    master = state.connection_pool.connection_kwargs["port"]
+    workdir = tempfile.mkdtemp(prefix="bulwark-bench-replica-")
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            workdir,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--replicaof",
+            "127.0.0.1",
+            str(master),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        replica, deadline = redis.Redis(host="127.0.0.1", port=port), time.monotonic() + 60
+        while True:
+            try:
+                if replica.info("replication").get("master_link_status") == "up" and state.execute_command(
+                    "WAIT", 1, 200
+                ):
+                    break
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the temporary state replica did not sync")
+            time.sleep(0.2)
+        yield port
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def bench_wait(users):
+    """Buffered views acknowledged at once vs after WAIT 1 (a replica confirmed them), same run, the
+    same replica attached to the state Redis for both (only the WAIT differs)."""
+    print("write-behind WAIT", flush=True)
+    hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
+    with (
+        state_replica(),
+        server("granian", 18087) as url,
+        server("granian", 18088, WRITE_BEHIND_WAIT_REPLICAS="1") as wait_url,
+    ):
+        plain, waited = alternate(
+            lambda: wrk(url, method="POST", paths=hot), lambda: wrk(wait_url, method="POST", paths=hot)
+        )
+        http_row("writebehind", "POST /views/ buffered, acknowledged at once (replica attached)", plain)
+        http_row("writebehind", "POST /views/ buffered, WRITE_BEHIND_WAIT_REPLICAS=1", waited, plain)
+    flush.flush()
+
+
 def bench_reshard():
     """Move about a third of 10,000 users onto the spare shard while a client keeps updating them."""
     print("resharding", flush=True)
@@ -454,6 +533,7 @@ def main():
         ("http", lambda: bench_http(users, tokens)),
         ("flush", bench_flush),
         ("idempotency", lambda: bench_idempotency(users)),
+        ("wait", lambda: bench_wait(users)),
         ("reshard", bench_reshard),
     )
     for name, section in sections:

@@ -204,6 +204,10 @@ def run(scenario: Scenario, suite: Suite, port: int) -> dict:
     for name in ("stale_reads", "ryw_violations", "bad_signatures"):
         if result[name]:
             reasons.append(f"{result[name]} {name.replace('_', ' ')}")
+    if scenario.exact_reads and result["reads_above_acknowledged"]:
+        reasons.append(
+            f"{result['reads_above_acknowledged']} reads above acknowledged views: {result['reads_above_examples'][:2]}"
+        )
     if result["unexpected"]:
         reasons.append(f"unexpected answers: {result['unexpected'][:3]}")
     latencies = sorted(ledger.latencies) or [0.0]

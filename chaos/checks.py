@@ -169,6 +169,8 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
     stale = _stale_reads(port, {uid: rows[uid] for uid in ids if uid in rows})
     examples += [f"user {uid}: API shows {shown}, primary holds {held}" for uid, shown, held in stale[:3]]
     return {
+        "reads_above_acknowledged": len(ledger.reads_over),
+        "reads_above_examples": ledger.reads_over[:5],
         "lost": dict(lost),
         "duplicates": dict(dup),
         "redelivered": redelivered,

@@ -77,6 +77,8 @@ class Ledger:
     patch_acked_count: Counter = field(default_factory=Counter)
     views_acked: Counter = field(default_factory=Counter)  # user id -> views answered 202
     views_unsure: Counter = field(default_factory=Counter)  # user id -> views never acknowledged
+    views_open: Counter = field(default_factory=Counter)  # user id -> views sent, not yet final
+    reads_over: list = field(default_factory=list)  # reads showing more views than could have counted
     views_direct: int = 0
     ryw_violations: list = field(default_factory=list)
     latencies: list = field(default_factory=list)
@@ -186,8 +188,22 @@ class Load:
         client, rng = Http(self.port), random.Random(1)
         while not self._stop.is_set():
             ids = [u["id"] for u in self.users] + self._registered_ids[-20:]
-            self._send(client, "read", "GET", f"/api/v1/users/{rng.choice(ids)}/")
+            uid = rng.choice(ids)
+            status, _, data = self._send(client, "read", "GET", f"/api/v1/users/{uid}/")
+            if status == 200 and isinstance(data, dict) and isinstance(uid, int):
+                self._check_views_read(uid, data.get("view_count", 0))
             self._stop.wait(0.06)
+
+    def _check_views_read(self, uid: int, shown: int) -> None:
+        """A read may show views acknowledged, or still in flight (sent, maybe counted, not yet
+        answered), or given up unconfirmed; never more. Checked after the answer, when that bound
+        can only have grown since the server computed the count."""
+        with self.ledger.lock:
+            bound = self.ledger.views_acked[uid] + self.ledger.views_open[uid] + self.ledger.views_unsure[uid]
+            if shown > bound and len(self.ledger.reads_over) < 1000:
+                self.ledger.reads_over.append(
+                    {"user": uid, "shown": shown, "acknowledged": self.ledger.views_acked[uid], "bound": bound}
+                )
 
     # --- updates, each followed by a read of /me that must show it ---
     def _updater(self) -> None:
@@ -283,10 +299,13 @@ class Load:
 
         def new():
             uid = rng.choice(self.users)["id"]
+            with self.ledger.lock:
+                self.ledger.views_open[uid] += 1
             return Pending("view", f"/api/v1/users/{uid}/views/", None, uuid.uuid4().hex, uid, time.monotonic())
 
         def final(p: Pending, status, data, *, gave_up: bool):
             with self.ledger.lock:
+                self.ledger.views_open[p.subject] -= 1
                 if status == 202:
                     self.ledger.views_acked[p.subject] += 1
                     self.ledger.views_direct += (data or {}).get("status") == "direct"

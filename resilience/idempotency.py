@@ -14,6 +14,11 @@ keys per window of IDEMPOTENCY_TTL starting at its first one; past that, a reque
 429 `idempotency_keys_exhausted` with Retry-After (the end of the window) and is not run: running it
 without the key would silently drop the guarantee the client asked for. Requests without a key and
 retries with a known key are not affected.
+
+A 5xx with the code OUTCOME_UNKNOWN ("it may or may not have taken effect; retry with the same key")
+keeps the record in an "unknown" state instead of deleting it: a retry with the same key and body runs
+again, and the endpoint resolves the first attempt's outcome by `request.idempotency_id`, a stable id
+of the key (a view counted under that id is not counted again).
 """
 
 import functools
@@ -34,6 +39,7 @@ logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
 PENDING_TTL = 60
 CLAIMED, EXISTS, EXHAUSTED = 1, 0, -1  # idempotency_begin.lua's answers
+OUTCOME_UNKNOWN = "unconfirmed"  # the error code of a 5xx whose effect is unknown (the record is kept)
 _BEGIN_LUA = Path(__file__).resolve().parent / "idempotency_begin.lua"
 
 
@@ -85,6 +91,7 @@ def idempotent(*, store_body: bool = True):
                 return Response(error_body("Idempotency-Key is too long (max 200).", "invalid"), status=400)
             body_hash = hashlib.sha256(request.body).hexdigest()
             redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
+            request.idempotency_id = redis_key.removeprefix("idem:")
             try:
                 client = state_redis()
                 outcome, retry_after = _begin_script()(
@@ -99,8 +106,11 @@ def idempotent(*, store_body: bool = True):
                 )
                 if outcome == EXHAUSTED:
                     return _exhausted(retry_after)
-                if outcome == EXISTS:
-                    record = json.loads(client.get(redis_key) or "{}")
+                record = json.loads(client.get(redis_key) or "{}") if outcome == EXISTS else {}
+                if record.get("state") == "unknown" and record.get("hash") == body_hash:
+                    # Run again: the endpoint tells by request.idempotency_id whether the first took effect.
+                    client.set(redis_key, json.dumps({"state": "pending", "hash": body_hash}), ex=PENDING_TTL)
+                elif outcome == EXISTS:
                     if record.get("hash") != body_hash:
                         return Response(
                             error_body(
@@ -124,11 +134,12 @@ def idempotent(*, store_body: bool = True):
                 return method(self, request, *args, **kwargs)
             try:
                 response = method(self, request, *args, **kwargs)
-            except BaseException:
-                _forget(redis_key)
+            except BaseException as exc:
+                _forget(redis_key, body_hash, getattr(exc, "code", None))
                 raise
             if response.status_code >= 500:
-                _forget(redis_key)
+                data = getattr(response, "data", None)
+                _forget(redis_key, body_hash, data.get("code") if isinstance(data, dict) else None)
                 return response
             record = {"state": "done", "hash": body_hash, "status": response.status_code}
             if store_body:
@@ -144,8 +155,13 @@ def idempotent(*, store_body: bool = True):
     return decorator
 
 
-def _forget(redis_key: str) -> None:
+def _forget(redis_key: str, body_hash: str, code=None) -> None:
+    """Forget a failed attempt (a retry runs afresh), unless its outcome is unknown."""
     try:
-        state_redis().delete(redis_key)
+        if code == OUTCOME_UNKNOWN:
+            record = json.dumps({"state": "unknown", "hash": body_hash})
+            state_redis().set(redis_key, record, ex=IDEMPOTENCY_TTL)
+        else:
+            state_redis().delete(redis_key)
     except RedisError:
         pass

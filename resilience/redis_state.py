@@ -20,7 +20,7 @@ CACHE_ALIAS = "default"
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "the server cannot answer", as opposed to a bug in a script or a call."""
 
-_scripts: dict[tuple[str, Path], Script] = {}
+_scripts: dict[tuple[str, Path, tuple[Path, ...]], Script] = {}
 _lock = threading.Lock()
 
 
@@ -29,16 +29,17 @@ def state_redis() -> Redis:
     return get_redis_connection(STATE_ALIAS)
 
 
-def lua_script(path: Path, *, alias: str = STATE_ALIAS) -> Script:
-    """The script in `path`, registered with the `alias` server's client (read from disk once per
-    process). redis-py runs it with EVALSHA and falls back to SCRIPT LOAD when the server forgot it
-    (after a restart, say)."""
-    key = (alias, path)
+def lua_script(path: Path, *, alias: str = STATE_ALIAS, include: tuple[Path, ...] = ()) -> Script:
+    """The script in `path`, preceded by the files in `include` (shared Lua functions), registered with
+    the `alias` server's client (read from disk once per process). redis-py runs it with EVALSHA and
+    falls back to SCRIPT LOAD when the server forgot it (after a restart, say)."""
+    key = (alias, path, include)
     script = _scripts.get(key)
     if script is None:
         with _lock:
             script = _scripts.get(key)
             if script is None:
-                script = get_redis_connection(alias).register_script(path.read_text())
+                source = "".join(part.read_text() for part in (*include, path))
+                script = get_redis_connection(alias).register_script(source)
                 _scripts[key] = script
     return script

@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience.errors import ApiError
-from resilience.idempotency import idempotent
+from resilience.idempotency import OUTCOME_UNKNOWN, idempotent
 from resilience.ratelimit.drf import RateLimitedApiMixin
 from resilience.ratelimit.http import client_ip
 
@@ -166,7 +166,7 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         values = params.validated_data
         if "username" in values:
             row = selectors.user_get_by_username(username=values["username"])
-            pending = 0 if row is None else buffer.pending_views(user_id=row["id"])
+            pending = 0 if row is None else buffer.pending_views(user_id=row["id"], rev=row["rev"])
             results = [] if row is None else [public_profile(row, pending_views=pending)]
             return Response({"results": results, "next": None})
         if not IsAdminUser().has_permission(request, self):
@@ -201,7 +201,7 @@ def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) ->
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
     sent = sent or {}
     row = _existing_user(raw_id, probed=sent.get("row"))
-    pending = buffer.pending_views(user_id=row["id"], result=sent.get("pending"))
+    pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
     etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
     if etag in [t.strip() for t in if_none_match.split(",")]:
         return status.HTTP_304_NOT_MODIFIED, None, etag
@@ -249,7 +249,8 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     def post(self, request, user_id: str):
         row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         try:
-            how = buffer.views_add(user_id=row["id"])
+            # With an Idempotency-Key the view has an id: a retry after "unconfirmed" counts it once.
+            how = buffer.views_add(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
         except buffer.BufferFull:
             raise ApiError(
                 503, "Too many pending views; retry shortly.", "backpressure", headers={"Retry-After": "2"}
@@ -258,7 +259,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
             raise ApiError(
                 503,
                 "The view could not be confirmed; retry with the same Idempotency-Key.",
-                "unconfirmed",
+                OUTCOME_UNKNOWN,
                 headers={"Retry-After": "1"},
             ) from None
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)

@@ -94,7 +94,8 @@ def _client():
 
 
 def _script(name: str):
-    return lua_script(_LUA / f"{name}.lua", alias=CACHE_ALIAS)
+    # Every script gets the version comparison (_version.lua): one definition, never doubles.
+    return lua_script(_LUA / f"{name}.lua", alias=CACHE_ALIAS, include=(_LUA / "_version.lua",))
 
 
 def _call(fn):

@@ -44,3 +44,44 @@ def check_sharding(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@checks.register()
+def check_write_behind(app_configs, **kwargs):
+    errors = []
+    total, per_shard = settings.WRITE_BEHIND_MAX_PENDING, settings.WRITE_BEHIND_MAX_PENDING_PER_SHARD
+    if total and per_shard and per_shard * len(settings.SHARD_GROUPS) > total:
+        errors.append(
+            checks.Error(
+                f"WRITE_BEHIND_MAX_PENDING_PER_SHARD={per_shard} over {len(settings.SHARD_GROUPS)} shard groups "
+                f"exceeds WRITE_BEHIND_MAX_PENDING={total}.",
+                hint="Each group enforces its own limit; they must add up to at most the total (or set it to 0 "
+                "for an even share).",
+                id="users.E005",
+            )
+        )
+    # The ledger makes a re-claimed batch's re-application a no-op only while its rows exist. prune_ledger
+    # never deletes rows as young as the oldest claimed batch; this keeps the floor well above the
+    # re-claim period as well.
+    floor_hours = 1.0
+    if settings.WRITE_BEHIND_LEDGER_RETENTION < floor_hours or (
+        settings.WRITE_BEHIND_LEDGER_RETENTION * 3600 < 100 * settings.WRITE_BEHIND_RECLAIM_AFTER
+    ):
+        errors.append(
+            checks.Error(
+                f"WRITE_BEHIND_LEDGER_RETENTION={settings.WRITE_BEHIND_LEDGER_RETENTION} h is too short.",
+                hint=f"Keep at least {floor_hours} h and 100 x WRITE_BEHIND_RECLAIM_AFTER.",
+                id="users.E006",
+            )
+        )
+    timeout_ms = settings.CACHES["state"]["OPTIONS"].get("SOCKET_TIMEOUT", 0) * 1000
+    if settings.WRITE_BEHIND_WAIT_REPLICAS and timeout_ms and settings.WRITE_BEHIND_WAIT_TIMEOUT_MS >= timeout_ms:
+        errors.append(
+            checks.Error(
+                f"WRITE_BEHIND_WAIT_TIMEOUT_MS={settings.WRITE_BEHIND_WAIT_TIMEOUT_MS} is not below the state "
+                f"Redis socket timeout ({timeout_ms:.0f} ms).",
+                hint="The WAIT would be cut off by the socket timeout (an uncertain outcome for every view).",
+                id="users.E007",
+            )
+        )
+    return errors

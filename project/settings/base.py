@@ -143,8 +143,18 @@ LOGGING = {
 # --- write-behind (users/writebehind/) ---
 WRITE_BEHIND_ENABLED = env("WRITE_BEHIND_ENABLED", True, bool)  # off = an UPDATE per view (baseline)
 WRITE_BEHIND_INTERVAL = env("WRITE_BEHIND_INTERVAL", 2.0, float)  # seconds between beat flushes
-WRITE_BEHIND_MAX_PENDING = env("WRITE_BEHIND_MAX_PENDING", 100_000, int)  # users with pending views: then 503
+# Users with pending views (buffered or in a claimed batch), over all shard groups: then 503. Each
+# group holds at most WRITE_BEHIND_MAX_PENDING_PER_SHARD of them (0: an even share of the total), so a
+# shard that is down sheds its own views only.
+WRITE_BEHIND_MAX_PENDING = env("WRITE_BEHIND_MAX_PENDING", 100_000, int)
+WRITE_BEHIND_MAX_PENDING_PER_SHARD = env("WRITE_BEHIND_MAX_PENDING_PER_SHARD", 0, int)
 WRITE_BEHIND_RECLAIM_AFTER = env("WRITE_BEHIND_RECLAIM_AFTER", 10.0, float)  # seconds before a batch is re-claimed
+# Hours the shards keep write-behind ledger rows; never less than the oldest claimed batch's age (prune checks).
+WRITE_BEHIND_LEDGER_RETENTION = env("WRITE_BEHIND_LEDGER_RETENTION", 24.0, float)
+# Replicas of the state Redis that must confirm a buffered view before it is acknowledged (0 = off):
+# WAIT after the add, in the same round trip; no confirmation within the timeout -> 503 "unconfirmed".
+WRITE_BEHIND_WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)
+WRITE_BEHIND_WAIT_TIMEOUT_MS = env("WRITE_BEHIND_WAIT_TIMEOUT_MS", 100, int)
 # Crash tests only: SIGKILL the flushing process once at this point (after_claim, before_commit,
 # after_commit, before_ack); the marker file records that it fired. Empty in every real deployment.
 WRITE_BEHIND_FAULT = env("WRITE_BEHIND_FAULT", "")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from project.db.pinning import use_primary
 from users import cache, selectors, services
+from users.identity import identity_key
 
 from ..stack import run_together, stack, wait_for
 
@@ -208,3 +209,40 @@ def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_h
 
     wait_for(caching_again, timeout=10, message="caching to resume")
     assert selectors.user_get_by_id(user_id=int(profile["id"]))["bio"] == "while down"
+
+
+def _cached_version(key: str) -> int:
+    return int(get_redis_connection("default").get(key).split(b":", 1)[0])
+
+
+@hsettings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    base=st.sampled_from([1 << 53, 1 << 59, 1 << 62, (1 << 63) - 4096]),
+    offset=st.integers(min_value=-2048, max_value=2048),
+    step=st.integers(min_value=1, max_value=3),
+)
+def test_versions_compare_exactly_near_2_59_and_2_62(base, offset, step):
+    """The Lua scripts compare versions as integers of any size, not as doubles (53-bit mantissa), so
+    one more than a 59-bit id (a username's tombstone after its user's id) is newer than the id."""
+    version = base + offset
+    key = f"test:version:{version}:{step}"
+    get_redis_connection("default").delete(key)
+    assert cache._set(key, version, '"row"', 60)
+    assert not cache._set(key, version, '"same version"', 60)  # equal: refused
+    assert not cache._set(key, version - step, '"older"', 60)
+    assert cache._set(key, version + step, '"newer"', 60)
+    assert _cached_version(key) == version + step
+    cache.invalidate_many([(key, version + 2 * step)])  # a floor above what is cached
+    assert _cached_version(key) == version + 2 * step
+    assert not cache._set(key, version + 2 * step - 1, '"stale reader"', 60)
+    assert cache._set(key, version + 2 * step, '"the floored version"', 60)
+    get_redis_connection("default").delete(key)
+
+
+def test_a_username_tombstone_beats_its_59_bit_id():
+    user = new_user("tombed")
+    key = cache.username_key(identity_key("tombed"))
+    cache.write_through(key, user["id"], version=user["id"])
+    services.user_delete(user_id=user["id"])
+    assert _cached_version(key) == user["id"] + 1  # the tombstone, not the id it would equal as a double
+    assert get_redis_connection("default").get(key).endswith(b":")  # an empty payload: deleted

@@ -43,6 +43,7 @@ def bulk_users(n: int, prefix: str) -> list[int]:
     for group, (names, shards) in by_group.items():
         with connections[group].cursor() as cursor:
             cursor.execute(
+                # username_key: identity_key() of these ASCII names is their lower case.
                 """INSERT INTO users_user (id, logical_shard, username, username_key, email, password, display_name,
                        bio, created_at, updated_at, version, rev, view_count)
                    SELECT users_next_id(ls), ls, name, lower(name), name || '@example.com', '!', '', '', now(), now(),

@@ -4,7 +4,8 @@
 -- ("<version>:~", left by an invalidation) admits that version itself: it is what the next reader
 -- loads from the database.
 -- KEYS[1] entry key   KEYS[2] lease key (deleted, may be "")
--- ARGV[1] version (integer)   ARGV[2] payload   ARGV[3] ttl seconds
+-- ARGV[1] version (a non-negative integer, compared with version_cmp from _version.lua)
+-- ARGV[2] payload   ARGV[3] ttl seconds
 -- Returns 1 when stored, 0 when refused because the cached version is not older.
 local current = redis.call("GET", KEYS[1])
 if KEYS[2] ~= "" then
@@ -12,10 +13,9 @@ if KEYS[2] ~= "" then
 end
 if current then
   local sep = string.find(current, ":", 1, true)
-  local cached_version = tonumber(string.sub(current, 1, sep - 1))
+  local order = version_cmp(string.sub(current, 1, sep - 1), ARGV[1])
   local is_floor = string.sub(current, sep + 1) == "~"
-  local version = tonumber(ARGV[1])
-  if cached_version > version or (cached_version == version and not is_floor) then
+  if order > 0 or (order == 0 and not is_floor) then
     return 0
   end
 end

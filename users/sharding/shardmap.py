@@ -76,6 +76,14 @@ class ShardMap:
     def invalidate(self) -> None:
         self._loaded_at = 0.0
 
+    def reload(self) -> list[str]:
+        """Load the map from the default database now and return it; raise if it cannot be read
+        (unlike the TTL refresh, which keeps using the last copy)."""
+        with self._lock:
+            self._table = self._load()
+            self._loaded_at = time.monotonic()
+            return list(self._table)
+
     def _current(self) -> list[str]:
         table = self._table
         if table is not None and time.monotonic() - self._loaded_at < settings.SHARDING_MAP_TTL:
