@@ -9,7 +9,8 @@ import logging
 from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
@@ -64,6 +65,8 @@ def _domain_error(exc: BaseException) -> ApiError | None:
 
 
 def exception_handler(exc, context):
+    if isinstance(exc, Http404):  # Django's (DRF raises it for an unknown ?format=): no message of its own
+        exc = ApiError(404, "Not found.", "not_found")
     if isinstance(exc, RequestDataTooBig):
         return Response(error_body("Request body too large (max 64 KiB).", "request_too_large"), status=413)
     domain = _domain_error(exc)
@@ -107,8 +110,15 @@ def error_response(exc: Exception) -> HttpResponse | None:
     return response
 
 
+@csrf_exempt  # an unknown path is a 404 whatever the method, never a CSRF failure page
 def json_404(request, exception=None):
     return JsonResponse(error_body("Not found.", "not_found"), status=404)
+
+
+def csrf_failure(request, reason=""):
+    """CSRF_FAILURE_VIEW: the JSON error shape instead of Django's HTML page (an API client sending a
+    session cookie without the CSRF token gets this)."""
+    return JsonResponse(error_body(f"CSRF verification failed: {reason}", "csrf_failed"), status=403)
 
 
 def json_500(request):

@@ -7,7 +7,7 @@ DRF's JSONParser turns malformed JSON into a 400 but lets a RecursionError throu
 serializer or in the error renderer).
 """
 
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
 MAX_DEPTH = 32
@@ -29,9 +29,14 @@ def json_depth(value) -> int:
 
 
 class BoundedJSONParser(JSONParser):
-    """JSONParser that answers 400 (ParseError) for documents nested deeper than MAX_DEPTH."""
+    """JSONParser that answers 400 (ParseError) for documents nested deeper than MAX_DEPTH, and 415 for
+    a compressed body (Content-Encoding other than identity)."""
 
     def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower() if request is not None else ""
+        if encoding not in ("", "identity"):  # nothing here decompresses a body: say so instead of misreading it
+            raise UnsupportedMediaType(media_type, detail=f"Content-Encoding {encoding!r} is not supported.")
         try:
             data = super().parse(stream, media_type, parser_context)
         except RecursionError:

@@ -203,9 +203,16 @@ def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) ->
     row = _existing_user(raw_id, probed=sent.get("row"))
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
     etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
-    if etag in [t.strip() for t in if_none_match.split(",")]:
+    if _etag_matches(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
+
+
+def _etag_matches(etag: str, if_none_match: str) -> bool:
+    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/ is ignored, and * matches any
+    current representation."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
 
 
 def row_companions(raw_id: str, *, pending: bool = False) -> dict:
@@ -284,6 +291,9 @@ class UserMeApi(RateLimitedApiMixin, APIView):
                     raise serializers.ValidationError({"current_password": [f"Required to change the {field}."]})
             return attrs
 
+    class DeleteInput(StrictSerializer):
+        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
+
     def rate_limit_companions(self, request):
         # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
         probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
@@ -333,9 +343,18 @@ class UserMeApi(RateLimitedApiMixin, APIView):
             body["token"] = row["token"]
         return Response(body, headers={"ETag": _version_etag(row)})
 
-    @extend_schema(responses={204: None, 401: ErrorBody})
+    @extend_schema(
+        description="Deleting the account needs `current_password`: a token alone must not end it.",
+        request=DeleteInput,
+        responses={204: None, 400: ErrorBody, 401: ErrorBody},
+    )
     def delete(self, request):
-        services.user_delete(user_id=request.user.id)
+        data = self.DeleteInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            services.user_delete(user_id=request.user.id, current_password=data.validated_data["current_password"])
+        except services.InvalidCredentials:
+            raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 

@@ -36,9 +36,15 @@ def display_form(value: str) -> str:
     return unicodedata.normalize("NFKC", value).strip()  # after NFKC: it can turn a character into spaces
 
 
+# Turkish dotted capital I and dotless small i: full case folding keeps them apart from "i" ("İ" folds
+# to "i" + a combining dot), so "ALİCE" and "alıce" would sit beside "alice". They are one identity.
+_TURKISH_I = str.maketrans({"\u0130": "i", "\u0131": "i"})
+
+
 def identity_key(value: str) -> str:
-    """The case-insensitive identity of a username or email: NFKC_Casefold of the trimmed value."""
-    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value).casefold()).strip()
+    """The case-insensitive identity of a username or email: NFKC_Casefold of the trimmed value, with
+    the Turkish dotted and dotless i folded to "i"."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", value.translate(_TURKISH_I)).casefold()).strip()
 
 
 def _script(char: str) -> str | None:

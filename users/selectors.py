@@ -11,6 +11,7 @@ import heapq
 from datetime import datetime
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from project.db import pinning
 
@@ -125,6 +126,16 @@ def user_get_by_email(*, email: str) -> dict | None:
     if row is None or identity_key(row["email"]) != identity_key(email):
         return None
     return row
+
+
+def username_reserved(*, username_key: str) -> bool:
+    """Whether a username (by its identity key) is kept from product accounts: a name in
+    USERS_RESERVED_USERNAMES, or the name of a staff account (the admin's users live apart from product
+    users, so nothing else would stop "ＡＤＭＩＮ" from showing up as "ADMIN" beside the superuser)."""
+    if username_key in {identity_key(name) for name in settings.USERS_RESERVED_USERNAMES}:
+        return True
+    staff = get_user_model().objects.using("default").filter(is_staff=True).values_list("username", flat=True)
+    return any(identity_key(name) == username_key for name in staff)
 
 
 def user_get_credentials(*, username: str) -> tuple[int, str] | None:

@@ -124,8 +124,11 @@ def _row(user: User) -> dict:
 
 # --- users ---
 def user_create(*, username: str, email: str, password: str, display_name: str = "") -> dict:
-    """Create a user on the shard its username hashes to. Raise Conflict, ShardUnavailable."""
+    """Create a user on the shard its username hashes to. Raise Conflict (a reserved username is
+    "taken" too), ShardUnavailable."""
     username_n, email_n = identity_key(username), identity_key(email)
+    if selectors.username_reserved(username_key=username_n):
+        raise Conflict(["username"])
     logical = logical_shard_for_username(username_n)
     group = shard_map.group_for_logical(logical)
 
@@ -248,8 +251,10 @@ def user_update(
     return row if token is None else {**row, "token": token}
 
 
-def user_delete(*, user_id: int) -> None:
-    """Delete the user, its tokens and its claims; tombstone its cache entries. Raise UserNotFound."""
+def user_delete(*, user_id: int, current_password: str | None = None) -> None:
+    """Delete the user, its tokens and its claims; tombstone its cache entries. Raise UserNotFound, and
+    InvalidCredentials when `current_password` (required when the user deletes itself: a stolen token
+    alone must not end an account) is given and wrong."""
     group = group_for_user_id(user_id)
 
     def delete(alias):
@@ -257,6 +262,8 @@ def user_delete(*, user_id: int) -> None:
             user = User.objects.using(alias).select_for_update().filter(id=user_id).first()
             if user is None:
                 raise UserNotFound
+            if current_password is not None and not check_password(current_password, user.password):
+                raise InvalidCredentials
             digests = list(Token.objects.using(alias).filter(user_id=user_id).values_list("digest", flat=True))
             outbox_record(alias=alias, event="user.deleted", user_id=user_id, data=_public(user))
             user.delete(using=alias)

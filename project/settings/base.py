@@ -42,6 +42,7 @@ MIDDLEWARE = [
 ]
 
 ROOT_URLCONF = "project.urls"
+CSRF_FAILURE_VIEW = "resilience.errors.csrf_failure"
 WSGI_APPLICATION = "project.wsgi.application"
 
 TEMPLATES = [
@@ -79,6 +80,13 @@ SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trus
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
 USERS_FAST_READ = env("USERS_FAST_READ", True, bool)
+# Usernames product accounts may not take (compared by identity: case and width do not matter), besides
+# the names of staff accounts.
+USERS_RESERVED_USERNAMES = env(
+    "USERS_RESERVED_USERNAMES",
+    ["admin", "administrator", "root", "superuser", "staff", "support", "security", "system", "bulwark"],
+    list,
+)
 # API tokens end USERS_TOKEN_MAX_AGE seconds after issue, or USERS_TOKEN_IDLE_TIMEOUT after their last use.
 USERS_TOKEN_MAX_AGE = env("USERS_TOKEN_MAX_AGE", 30 * 86400, int)
 USERS_TOKEN_IDLE_TIMEOUT = env("USERS_TOKEN_IDLE_TIMEOUT", 7 * 86400, int)

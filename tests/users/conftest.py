@@ -37,8 +37,9 @@ class Api:
             path, json.dumps(body), content_type="application/json", headers=self._headers(headers)
         )
 
-    def delete(self, path, headers=None):
-        return self.client.delete(path, headers=self._headers(headers))
+    def delete(self, path, body=None, headers=None):
+        data = json.dumps(body) if body is not None else ""
+        return self.client.delete(path, data, content_type="application/json", headers=self._headers(headers))
 
     def register(self, username, email=None, password=PASSWORD, **extra):
         return self.post(

@@ -157,7 +157,10 @@ def test_patch_me_password_needs_the_current_one(user):
 
 def test_delete_me_removes_the_account_everywhere(user, make_api):
     api, profile = user
-    assert api.delete(ME).status_code == 204
+    assert_error(api.delete(ME), 400, "invalid")  # a token alone cannot end the account ...
+    assert_error(api.delete(ME, {"current_password": "wrong-wrong"}), 400, "invalid")
+    assert Client().get(detail(profile["id"])).status_code == 200
+    assert api.delete(ME, {"current_password": PASSWORD}).status_code == 204  # ... its password can
     assert_error(Client().get(detail(profile["id"])), 404)
     assert_error(api.get(ME), 401)
     again = make_api().register("ALICE", email="alice@example.com")

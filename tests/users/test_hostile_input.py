@@ -121,3 +121,39 @@ def test_any_login_body_gets_a_4xx_never_a_5xx(real_db, username, password):
         TOKEN, json.dumps({"username": username, "password": password}), content_type="application/json"
     )
     assert response.status_code in (400, 401, 429), response.content
+
+
+# --- found by the black-box review of a served fresh clone ---
+@pytest.mark.parametrize("path", ["/api/v1/nope/", "/api/v1/auth/tokens/a%2fb/", "/api/v1/auth/tokens/..%2f/"])
+def test_any_method_on_an_unknown_api_path_is_a_json_404_not_a_csrf_page(api, path):
+    for method in (api.client.delete, api.client.post, api.client.put):
+        assert_error(method(path), 404, "not_found")
+
+
+def test_a_csrf_failure_answers_in_the_json_error_shape(real_db):
+    response = Client(enforce_csrf_checks=True).post("/admin/login/", {"username": "x", "password": "y"})
+    assert_error(response, 403, "csrf_failed")
+
+
+def test_an_unknown_format_is_a_404_with_a_message(user):
+    _, profile = user
+    body = assert_error(Client().get(f"/api/v1/users/{profile['id']}/", {"format": "api"}), 404, "not_found")
+    assert body["detail"] == "Not found."
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "deflate"])
+def test_a_compressed_body_is_a_415(api, encoding):
+    body = json.dumps({"username": "zipped", "password": "whatever-pass"})
+    response = api.client.post(TOKEN, body, content_type="application/json", headers={"Content-Encoding": encoding})
+    assert_error(response, 415)
+
+
+@pytest.mark.parametrize("through_drf", [False, True])  # the fast path, and DRF's (a token holder)
+def test_if_none_match_uses_the_weak_comparison_and_star(user, through_drf):
+    api, profile = user
+    url = f"/api/v1/users/{profile['id']}/"
+    headers = {"Authorization": f"Token {api.token}"} if through_drf else {}
+    etag = Client().get(url, headers=headers)["ETag"]
+    for tag in (etag, f"W/{etag}", "*", f'"other", W/{etag}'):
+        assert Client().get(url, headers={**headers, "If-None-Match": tag}).status_code == 304, tag
+    assert Client().get(url, headers={**headers, "If-None-Match": '"r0.0"'}).status_code == 200

@@ -2,6 +2,7 @@
 login, placement and the admin search; look-alikes from other scripts refused. Real stack."""
 
 import pytest
+from django.contrib.auth import get_user_model
 
 from users import selectors
 from users.admin import user_search
@@ -28,12 +29,19 @@ def test_the_identity_key_is_stored_and_is_the_shard_backstop(api):
 
 
 def test_case_and_compatibility_forms_are_one_identity(api):
-    assert api.register("admin", email="admin@example.com").status_code == 201
-    for i, other in enumerate(("ADMIN", "ａｄｍｉｎ", "ＡＤＭＩＮ")):
+    assert api.register("alice", email="alice@example.com").status_code == 201
+    for i, other in enumerate(("ALICE", "ａｌｉｃｅ", "ＡＬＩＣＥ", "ALİCE", "alıce")):  # Turkish İ and ı too
         body = assert_error(api.register(other, email=f"other{i}@example.net"), 409, "conflict")
         assert body["fields"] == {"username": ["This username is already taken."]}
-    assert api.get(REGISTER, username="ａｄｍｉｎ").json()["results"][0]["username"] == "admin"
-    assert api.post(TOKEN, {"username": "ＡＤＭＩＮ", "password": PASSWORD}).status_code == 200
+    assert api.get(REGISTER, username="ａｌｉｃｅ").json()["results"][0]["username"] == "alice"
+    assert api.post(TOKEN, {"username": "ＡＬＩＣＥ", "password": PASSWORD}).status_code == 200
+
+
+@pytest.mark.parametrize("name", ["admin", "ＡＤＭＩＮ", "Root", "ops-lead"])
+def test_reserved_names_and_staff_names_cannot_be_registered(api, name):
+    get_user_model().objects.create_user("ops-lead", password="x-ops-pass-2026", is_staff=True)
+    body = assert_error(api.register(name, email="reserved@example.com"), 409, "conflict")
+    assert "username" in body["fields"]
 
 
 def test_a_full_width_name_is_stored_in_its_plain_form(api):
