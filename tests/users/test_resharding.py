@@ -14,7 +14,7 @@ from django.db import connections
 from django.test import Client
 
 from users import selectors, services
-from users.models import ShardMove
+from users.models import ShardMapEntry, ShardMove
 from users.sharding import resharding
 from users.sharding.access import ShardUnavailable, group_for_user_id
 from users.sharding.hashing import logical_shard_for_username
@@ -187,6 +187,9 @@ def _run_move_killed_at(state: str, logical: str) -> int:
         ("fenced", "rollback"),
         ("verified", "resume"),
         ("verified", "rollback"),
+        # Killed inside the switch: the map entries were updated, the move's state not yet.
+        ("map_switched", "resume"),
+        ("map_switched", "rollback"),
         ("switched", "resume"),
     ],
 )
@@ -197,7 +200,7 @@ def test_a_move_killed_after_any_step_resumes_or_rolls_back_with_nothing_lost(st
     before = fingerprint()
     assert _run_move_killed_at(state, "400-511") == -9
     move = ShardMove.objects.using("default").get()
-    assert move.state == state
+    assert move.state == (ShardMove.VERIFIED if state == "map_switched" else state)
     if recovery == "resume":
         resharding.move_run(move)
         assert move.state == ShardMove.DONE
@@ -220,6 +223,30 @@ def test_a_move_killed_after_any_step_resumes_or_rolls_back_with_nothing_lost(st
         assert resharding.plan(target="shard_2")  # the rest could still move
         with pytest.raises(resharding.MoveError):
             resharding.move_create(logical_shards=list(range(400, 512)), target="shard_2")
+
+
+def test_rollback_refuses_while_the_stored_map_points_at_the_target():
+    ids = bulk_users(200, "rbmap")
+    move = resharding.move_create(logical_shards=list(range(400, 512)), target="shard_2")
+    resharding.move_run(move, until=ShardMove.VERIFIED)
+    # The state a crash between two separate commits used to leave: the map switched, the move not.
+    ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(group="shard_2")
+    shard_map.invalidate()
+
+    def on_target():
+        with connections["shard_2"].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM users_user WHERE logical_shard = ANY(%s)", [move.logical_shards])
+            return cursor.fetchone()[0]
+
+    before = on_target()
+    assert before > 0
+    with pytest.raises(resharding.MoveError, match="points at shard_2"):
+        resharding.move_rollback(move)
+    move.refresh_from_db(using="default")
+    assert move.state == ShardMove.VERIFIED
+    assert on_target() == before  # the target's rows, now live, are all still there
+    for uid in ids:
+        assert selectors.user_get_by_id(user_id=uid)["id"] == uid
 
 
 def test_writes_during_the_fence_are_refused_with_a_retryable_503():

@@ -224,13 +224,30 @@ def _verify(move: ShardMove) -> None:
 
 
 def _switch(move: ShardMove) -> None:
-    with transaction.atomic(using="default"):
-        ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(group=move.target)
-    shard_map.invalidate()
+    # The map entries and the move's `switched` state commit together (both live in the default
+    # database): a crash can leave the move `verified` with the old map or `switched` with the new
+    # one, never `verified` with the new map, where a rollback would delete the live target rows.
     move.longest_fence_ms = round(
         (time.time() - move.detail.get("fenced_at", time.time())) * 1000 + settings.SHARDING_MAP_TTL * 1000
     )
-    _save(move, ShardMove.SWITCHED, switched_at=time.time())
+    try:
+        with transaction.atomic(using="default"):
+            ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(
+                group=move.target
+            )
+            _fault("map_switched")
+            _save(move, ShardMove.SWITCHED, switched_at=time.time())
+    except BaseException:
+        move.state = ShardMove.VERIFIED  # nothing committed: the object must say so too
+        raise
+    shard_map.invalidate()
+
+
+def _map_points_at_target(move: ShardMove) -> bool:
+    """Read the stored map (not this process's copy) for any of the move's logical shards on its target."""
+    return (
+        ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards, group=move.target).exists()
+    )
 
 
 def _delete_logical_shards(alias: str, lss: list[int], *, unfreeze: bool = False) -> None:
@@ -275,7 +292,8 @@ def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
 
 
 def _fault(state: str) -> None:
-    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT)."""
+    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT), or at the
+    named point inside a step (`map_switched`: inside the switch's transaction, before its commit)."""
     if settings.RESHARD_FAULT == state:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -286,6 +304,9 @@ def move_rollback(move: ShardMove) -> ShardMove:
         raise MoveError(f"{move} has switched the map; move the logical shards back with a new move instead")
     if move.state == ShardMove.ROLLED_BACK:
         return move
+    # Whatever the recorded state says, rows the map serves from the target are live: never delete them.
+    if _map_points_at_target(move):
+        raise MoveError(f"{move}: the shard map already points at {move.target}; resume the move instead")
     _delete_logical_shards(move.target, move.logical_shards)
     with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
         cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [move.logical_shards])
