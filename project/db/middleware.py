@@ -10,6 +10,7 @@ import time
 from django.conf import settings
 
 from . import pinning
+from .fleet import heartbeat
 
 COOKIE = "bulwark_rpu"
 HEADER = "Bulwark-Read-Primary-Until"
@@ -27,6 +28,8 @@ def _parse_deadline(raw: str | None) -> float:
 class ReadYourWritesMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
+        # Built once per serving process: it then announces the groups it knows (reshard checks them).
+        heartbeat.ensure_started()
 
     def __call__(self, request):
         deadline = max(_parse_deadline(request.COOKIES.get(COOKIE)), _parse_deadline(request.headers.get(HEADER)))

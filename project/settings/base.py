@@ -73,6 +73,8 @@ SHARDING_LOGICAL_SHARDS = env("SHARDING_LOGICAL_SHARDS", 1024, int)
 SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 512-1023:shard_1"; empty = even
 RESHARD_FAULT = env("RESHARD_FAULT", "")  # crash tests only: SIGKILL `reshard` after it records this state
 SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
+# seconds between a process's fleet heartbeats (the groups it knows; project/db/fleet.py); expiry: 3x
+SHARDING_HEARTBEAT_INTERVAL = env("SHARDING_HEARTBEAT_INTERVAL", 2.0, float)
 
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.

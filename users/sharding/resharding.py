@@ -25,6 +25,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from project.db import fleet
 from users.models import ShardMapEntry, ShardMove, Token, User
 from users.sharding.ids import logical_shard_sql
 from users.sharding.shardmap import shard_map
@@ -223,7 +224,26 @@ def _verify(move: ShardMove) -> None:
     _save(move, ShardMove.VERIFIED, users=sum(n for n, _ in source.values()))
 
 
+def check_fleet(target: str) -> None:
+    """Raise MoveError unless every live process (web, worker, beat: project/db/fleet.py) knows `target`.
+
+    A process started before the target group was configured has no connection for it: once the map
+    points there, the moved users would get 503s from it until it restarts. The state Redis down means
+    we cannot know, so the move refuses then too."""
+    try:
+        lacking = fleet.processes_lacking(target)
+    except Exception as exc:  # any failure to read the heartbeats: refuse, never guess
+        raise MoveError(f"cannot check that every running process knows {target}: {exc}") from exc
+    if lacking:
+        names = "; ".join(str(p) for p in lacking[:10])
+        raise MoveError(
+            f"{len(lacking)} running process(es) do not know {target}: {names}. Restart them with {target} "
+            "configured (e.g. SHARD_COUNT), then `reshard resume`."
+        )
+
+
 def _switch(move: ShardMove) -> None:
+    check_fleet(move.target)
     # The map entries and the move's `switched` state commit together (both live in the default
     # database): a crash can leave the move `verified` with the old map or `switched` with the new
     # one, never `verified` with the new map, where a rollback would delete the live target rows.
@@ -285,6 +305,8 @@ STEPS = {
 def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
     """Run (or resume) `move` step by step until it reaches `until`. Each step is idempotent."""
     order = ShardMove.STATES
+    if move.state in (ShardMove.PLANNED, ShardMove.COPIED, ShardMove.FENCED, ShardMove.VERIFIED):
+        check_fleet(move.target)  # before copying or freezing anything; checked again at the switch
     while move.state in STEPS and order.index(move.state) < order.index(until):
         STEPS[move.state](move)
         _fault(move.state)
