@@ -8,8 +8,10 @@ rolls back with one command (`manage.py reshard`):
   copied   -> fence: freeze the logical shards on the source (triggers refuse writes: 503 + Retry-After),
               wait for in-flight writers (LOCK ... IN SHARE MODE), copy the last changes
   fenced   -> verify counts and checksums per logical shard on both sides
-  verified -> switch the shard map (one transaction in the default database); every process picks it
-              up within SHARDING_MAP_TTL; writers still holding the old map hit the fence and retry
+  verified -> check that every live process knows the target (project/db/fleet.py), then switch the
+              shard map and record `switched` in one transaction in the default database; every
+              process picks it up within SHARDING_MAP_TTL; writers still holding the old map hit the
+              fence and retry
   switched -> after the map TTL has passed everywhere, delete the moved rows from the source, unfreeze
   done
 
