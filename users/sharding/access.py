@@ -87,9 +87,22 @@ def read_on(group: str, fn):
 def write_on(group: str, fn):
     """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
     unless `fn` committed before failing, which callers design for)."""
-    alias = routing.write_alias(group)
+    synced = routing.sync_apply(group)
+    alias = routing.write_alias(group, synced=synced)
     try:
-        return fn(alias)
+        if not synced:
+            return fn(alias)
+        # `fn` owns its transactions (it may commit more than one), so the setting is made for the
+        # session around it, or for the caller's transaction when one is open, and undone after.
+        local = connections[alias].in_atomic_block
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f"SET {'LOCAL ' if local else ''}synchronous_commit = remote_apply")
+        try:
+            return fn(alias)
+        finally:
+            if not local and connections[alias].connection is not None:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("RESET synchronous_commit")
     except CONNECTION_ERRORS as exc:
         if not connections[alias].in_atomic_block:
             _discard(alias)
