@@ -322,8 +322,10 @@ def test_a_move_beside_a_serving_process_that_lacks_the_target_never_answers_404
     ids = bulk_users(300, "fleet")
     moving = sorted({(uid >> 10) & 8191 for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
     movers = [uid for uid in ids if (uid >> 10) & 8191 in moving]
-    old_config = {"SHARD_COUNT": "2", "SHARDING_HEARTBEAT_INTERVAL": "0.5"}
-    new_config = {"SHARD_COUNT": "3", "SHARDING_HEARTBEAT_INTERVAL": "0.5"}
+    # One reader from one address: limits are not under test.
+    common = {"SHARDING_HEARTBEAT_INTERVAL": "0.5", "RESILIENCE_RATELIMIT_ENABLED": "false"}
+    old_config = {"SHARD_COUNT": "2", **common}
+    new_config = {"SHARD_COUNT": "3", **common}
     ports, stop, answers, wrong = [], threading.Event(), {}, []
 
     def reader():
