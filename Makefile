@@ -65,12 +65,12 @@ lb-demo: $(VENV)/.installed stack
 sentinel-demo: $(VENV)/.installed stack
 	$(PY) deploy/sentinel_demo.py
 
-# Add the local stack's third shard database and move about a third of the logical shards onto it,
-# online. Keep SHARD_COUNT=3 exported for later `make run`s.
+# Move about a third of the logical shards onto the local stack's third shard, online, beside a serving
+# `make run` (local settings configure shard_2 in every process; the seeded map uses two shards).
+# reshard refuses to switch while a running process does not know shard_2, and names it.
 add-shard: $(VENV)/.installed stack
-	SHARD_COUNT=3 $(PY) manage.py migrate_all
-	SHARD_COUNT=3 $(PY) manage.py reshard plan --to shard_2 --apply
-	@echo "shard_2 added: export SHARD_COUNT=3 before the next 'make run'"
+	$(PY) manage.py migrate_all
+	$(PY) manage.py reshard plan --to shard_2 --apply
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import task_prerun
+from celery.signals import beat_init, task_prerun, worker_init
 from celery.worker.consumer import Consumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
@@ -51,3 +51,12 @@ def _fresh_read_context(**_kwargs):
     from project.db import pinning
 
     pinning.reset()
+
+
+@worker_init.connect
+@beat_init.connect
+def _announce_groups(**_kwargs):
+    # Workers and beat announce the shard groups they know, like web processes (reshard checks them).
+    from project.db.fleet import heartbeat
+
+    heartbeat.ensure_started()

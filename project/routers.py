@@ -9,6 +9,11 @@ from django.conf import settings
 
 from project.db import routing
 
+# Sessions and accounts decide who may act: a logged-out session or a deactivated staff user read from
+# a lagging replica would live on for as long as the replica lags. They are small, hot only on admin
+# requests, and always read from the default primary.
+PRIMARY_READ_APPS = frozenset({"sessions", "auth"})
+
 
 def is_sharded(model) -> bool:
     return getattr(model, "sharded", False)
@@ -18,6 +23,8 @@ class GroupRouter:
     def db_for_read(self, model, **hints):
         if is_sharded(model):
             return None
+        if model._meta.app_label in PRIMARY_READ_APPS:
+            return routing.primary_alias("default")
         return routing.read_alias("default")
 
     def db_for_write(self, model, **hints):

@@ -126,10 +126,16 @@ def probe() -> dict:
     checks = dependency_checks()
     with ThreadPoolExecutor(max_workers=len(checks)) as pool:
         entries = list(pool.map(lambda c: _timed(*c), checks))
-    lag = {s.alias: s.lag for s in monitor.states()}
+    replicas = {s.alias: s for s in monitor.states()}
     for entry in entries:
-        if entry["kind"] == "postgres-replica" and entry["name"] in lag:
-            entry["replay_lag_s"] = None if lag[entry["name"]] == float("inf") else round(lag[entry["name"]], 3)
+        if entry["kind"] == "postgres-replica" and (state := replicas.get(entry["name"])) is not None:
+            entry["replay_lag_s"] = None if state.lag == float("inf") else round(state.lag, 3)
+            entry["wal_receiver"] = state.receiver or None
+            # Answering is not serving: a replica the router skips (lagging, cut off from its primary)
+            # is reported as such, with the monitor's reason, so "up, lag 0" never hides a stale one.
+            if entry["status"] == "up" and not state.usable:
+                entry["status"] = "skipped"
+                entry["reason"] = state.reason
     failed = [e["name"] for e in entries if e["required"] and e["status"] != "up"]
     degraded = [e["name"] for e in entries if not e["required"] and e["status"] != "up"]
     if failed:

@@ -78,7 +78,7 @@ def real_db(django_db_setup, django_db_blocker):
 def restore_stack():
     """Bring every stack component back up after a fault test, whatever happened in it."""
     yield
-    for component in ("primary", "replica", "cache", "state"):
+    for component in ("primary", "replica", "sync-replica", "cache", "state"):
         try:
             stack("resume", component)
         except RuntimeError:

@@ -61,3 +61,32 @@ def _stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=15)
+
+
+@contextmanager
+def web_server(*, port: int, env: dict | None = None, log_path: Path | None = None):
+    """Serve the app on 127.0.0.1:`port` in its own process (runserver, as `make run` does)."""
+    import urllib.request
+
+    from .stack import wait_for
+
+    log = open(log_path or os.devnull, "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT,
+        env=_env(env or {}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def answers():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2) as response:  # noqa: S310
+            return response.status == 200
+
+    try:
+        wait_for(answers, timeout=60, interval=0.2, message=f"the web server on port {port}")
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()

@@ -26,9 +26,8 @@ from . import cache, selectors
 from .identity import display_form, identity_key
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
-from .sharding.access import ShardUnavailable, group_for_user_id, write_on
+from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, write_on
 from .sharding.hashing import logical_shard_for_username
-from .sharding.shardmap import shard_map
 from .tokens import (
     TOKEN_TOUCH_INTERVAL,
     UNKNOWN_CLIENT,
@@ -130,7 +129,7 @@ def user_create(*, username: str, email: str, password: str, display_name: str =
     if selectors.username_reserved(username_key=username_n):
         raise Conflict(["username"])
     logical = logical_shard_for_username(username_n)
-    group = shard_map.group_for_logical(logical)
+    group = group_for_logical(logical)
 
     def next_id(alias):
         with connections[alias].cursor() as cursor:

@@ -1,11 +1,22 @@
 """Replica health: replay lag measured cheaply in the background, never a query per request.
 
-One daemon thread per process probes each replica *server* (host:port; several aliases can share one)
-every REPLICA_CHECK_INTERVAL seconds on its own short-timeout connection. Lag is measured the way
-postgres_exporter does: when everything received has been replayed the replica is current (lag 0,
-even if the primary has been idle for an hour); otherwise lag is the age of the last replayed commit.
+One daemon thread per process probes every REPLICA_CHECK_INTERVAL seconds, on its own short-timeout
+connections, first each primary *server* (`pg_current_wal_lsn()`), then each replica server (host:port;
+several aliases can share one): its replay LSN and its WAL receiver (`pg_stat_wal_receiver`).
+
+Lag is measured against the primary, not the replica's own view: the monitor keeps, per primary
+server, the moments its WAL position was first seen to pass each value, and a replica's lag is the
+age of the oldest primary position it has not replayed (0 when it has replayed everything the primary
+had at the last probe, even if the primary has been idle for an hour). Comparing the replica's
+received LSN with its replayed LSN is not enough: a replica whose WAL receiver has stopped (network
+cut, slot dropped) has replayed all it received and looks current forever while the primary moves on.
+A replica whose receiver has not been streaming for MAX_REPLICA_LAG while its primary answers is
+skipped too, even if the primary wrote nothing meanwhile. When the primary does not answer, nothing
+newer than its last known position can have been committed there, so the replica is judged against that.
+
 A replica that does not answer, or lags more than MAX_REPLICA_LAG, is unusable until a probe says
-otherwise. Requests only read the in-memory verdict.
+otherwise; `reason` says why. Requests only read the in-memory verdict, including each replica's
+replayed LSN for read-your-writes (project/db/routing.py).
 """
 
 import logging
@@ -20,13 +31,20 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-LAG_SQL = """
-SELECT CASE
-         WHEN pg_last_wal_receive_lsn() IS NULL THEN NULL
-         WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0
-         ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())
-       END
+PRIMARY_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
+
+# One row even when pg_stat_wal_receiver has none (the receiver is not running). Its status and
+# times are visible to superusers and pg_read_all_stats members only: grant that role in production.
+REPLICA_SQL = """
+SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint,
+       CASE WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
+            THEN EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp()) END,
+       r.pid IS NOT NULL,
+       r.status,
+       EXTRACT(EPOCH FROM clock_timestamp() - r.last_msg_receipt_time)
+  FROM (SELECT 1) AS one LEFT JOIN pg_stat_wal_receiver AS r ON true
 """
+HISTORY_SECONDS = 300.0  # older primary positions only ever prove a lag far above any sane MAX_REPLICA_LAG
 
 
 def probe_connect(alias: str) -> psycopg.Connection:
@@ -49,10 +67,14 @@ def probe_connect(alias: str) -> psycopg.Connection:
 class ReplicaState:
     alias: str
     server: str
+    primary_server: str = ""
     lag: float = math.inf  # seconds; inf = unknown or unreachable
     reachable: bool = False
     checked_at: float = 0.0
     error: str = ""
+    replay_lsn: int = -1  # replayed WAL position at the last probe; -1 = unknown
+    receiver: str = ""  # the WAL receiver's status ("streaming", ...), "stopped" when it has no row
+    reason: str = ""  # why the replica is skipped (empty when usable)
 
     @property
     def usable(self) -> bool:
@@ -63,18 +85,32 @@ def _server_key(db: dict) -> str:
     return f"{db['HOST']}:{db['PORT']}"
 
 
+def _lsn_text(lsn: int) -> str:
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
 class ReplicaMonitor:
     def __init__(self):
         self._lock = threading.Lock()
+        self._probe_lock = threading.Lock()  # the thread and refresh_now() share the connections
         self._pid = None
         self._states: dict[str, ReplicaState] = {}
         self._conns: dict[str, psycopg.Connection] = {}
+        self._primaries: dict[str, str] = {}  # primary server -> an alias on it (to connect)
+        self._history: dict[str, list[tuple[float, int]]] = {}  # primary server -> [(first seen, lsn)]
+        self._primary_ok: dict[str, bool] = {}
+        self._cut_since: dict[str, float] = {}  # replica server -> when its receiver was first seen stopped
         self._wake = threading.Event()
 
     # --- read side, used on every routed read ---
     def usable(self, aliases: list[str]) -> list[str]:
         self._ensure_started()
         return [a for a in aliases if (s := self._states.get(a)) is not None and s.usable]
+
+    def replayed(self, alias: str) -> int:
+        """The WAL position `alias` had replayed at its last probe (-1 when unknown)."""
+        state = self._states.get(alias)
+        return state.replay_lsn if state is not None else -1
 
     def states(self) -> list[ReplicaState]:
         self._ensure_started()
@@ -88,10 +124,11 @@ class ReplicaMonitor:
         for s in self._states.values():
             if s.server == state.server:
                 s.reachable, s.error = False, str(error)[:200]
+                s.reason = f"a query failed: {s.error}"
         self._wake.set()
 
     def refresh_now(self) -> None:
-        """Probe every replica server synchronously (tests, management commands)."""
+        """Probe every server synchronously (tests, management commands)."""
         self._ensure_started()
         self._probe_all()
 
@@ -103,12 +140,16 @@ class ReplicaMonitor:
             if self._pid == os.getpid():
                 return
             # After a fork the parent's thread and connections are not ours.
-            self._conns = {}
-            self._states = {}
+            self._conns, self._states, self._primaries, self._history = {}, {}, {}, {}
+            self._primary_ok, self._cut_since = {}, {}
             for group in settings.DATABASE_GROUPS.values():
+                primary = settings.DATABASES[group["primary"]]
                 for alias in group["replicas"]:
                     db = settings.DATABASES[alias]
-                    self._states[alias] = ReplicaState(alias=alias, server=_server_key(db))
+                    self._primaries.setdefault(_server_key(primary), group["primary"])
+                    self._states[alias] = ReplicaState(
+                        alias=alias, server=_server_key(db), primary_server=_server_key(primary)
+                    )
             self._pid = os.getpid()
             if self._states:
                 threading.Thread(target=self._run, name="replica-monitor", daemon=True).start()
@@ -123,31 +164,84 @@ class ReplicaMonitor:
             self._wake.clear()
 
     def _probe_all(self) -> None:
-        by_server: dict[str, list[ReplicaState]] = {}
-        for state in list(self._states.values()):
-            by_server.setdefault(state.server, []).append(state)
-        for server, states in by_server.items():
-            lag, error = self._probe(server, states[0].alias)
-            now = time.time()
-            for s in states:
-                was_usable = s.usable
-                s.reachable = error is None
-                s.lag = math.inf if lag is None else lag
-                s.error = error or ""
-                s.checked_at = now
-                if was_usable != s.usable:
-                    log = logger.info if s.usable else logger.warning
-                    verdict = "usable" if s.usable else "skipped"
-                    log("replica %s %s (lag=%s, error=%s)", s.alias, verdict, s.lag, s.error)
+        with self._probe_lock:
+            # Primaries first: a replica is then compared with a position the primary had already
+            # reached when the replica was asked, never with a later one.
+            for server, alias in self._primaries.items():
+                row, _error = self._query(server, alias, PRIMARY_SQL)
+                self._primary_ok[server] = row is not None
+                if row is not None:
+                    self._remember(server, int(row[0]))
+            by_server: dict[str, list[ReplicaState]] = {}
+            for state in list(self._states.values()):
+                by_server.setdefault(state.server, []).append(state)
+            for server, states in by_server.items():
+                row, error = self._query(server, states[0].alias, REPLICA_SQL)
+                verdict = self._judge(states[0], row, error)
+                for s in states:
+                    self._apply(s, *verdict)
 
-    def _probe(self, server: str, alias: str) -> tuple[float | None, str | None]:
+    def _remember(self, server: str, lsn: int) -> None:
+        now = time.time()
+        history = self._history.setdefault(server, [])
+        if not history or lsn > history[-1][1]:
+            history.append((now, lsn))
+        # Drop an entry only when the next one is beyond the horizon too: a replica behind the oldest
+        # kept entry is then still judged at least HISTORY_SECONDS behind, never against a newer one.
+        while len(history) > 1 and now - history[1][0] > HISTORY_SECONDS:
+            history.pop(0)
+
+    def _judge(self, state: ReplicaState, row, error) -> tuple:
+        """Return (reachable, lag, error, replay_lsn, receiver, reason) for one replica server."""
+        if row is None:
+            return False, math.inf, error, -1, "", f"unreachable: {error}"
+        replay, legacy_lag, has_receiver, status, _last_msg_age = row
+        if replay is None:
+            return True, math.inf, "", -1, "", "not a standby (pg_last_wal_replay_lsn() is NULL)"
+        replay, now = int(replay), time.time()
+        receiver = (status or "unknown") if has_receiver else "stopped"
+        history = self._history.get(state.primary_server) or []
+        lag, reason = 0.0, ""
+        behind = next(((t, lsn) for t, lsn in history if lsn > replay), None)
+        if behind is not None:
+            lag = max(now - behind[0], float(legacy_lag or 0.0))
+            reason = (
+                f"replayed {_lsn_text(replay)}, behind the primary's {_lsn_text(behind[1])} "
+                f"for {now - behind[0]:.1f} s (WAL receiver: {receiver})"
+            )
+        elif not history and legacy_lag is not None:
+            lag = float(legacy_lag)  # the primary never answered: the replica's own view is all there is
+            reason = f"last replayed commit {lag:.1f} s old (primary not probed yet)"
+        # A receiver that is not streaming gets nothing the primary writes from now on; skipped once
+        # that has lasted MAX_REPLICA_LAG, while the primary answers (a primary that answers nobody
+        # commits nothing, so then the replica has everything it can have).
+        if receiver not in ("streaming", "unknown") and self._primary_ok.get(state.primary_server):
+            since = self._cut_since.setdefault(state.server, now)
+            if now - since > lag:
+                lag = now - since
+                reason = f"WAL receiver {receiver} for {lag:.1f} s; replayed {_lsn_text(replay)}"
+        else:
+            self._cut_since.pop(state.server, None)
+        return True, lag, "", replay, receiver, reason
+
+    def _apply(self, s: ReplicaState, reachable, lag, error, replay, receiver, reason) -> None:
+        was_usable = s.usable
+        s.reachable, s.lag, s.error = reachable, lag, error or ""
+        s.replay_lsn, s.receiver, s.checked_at = replay, receiver, time.time()
+        s.reason = "" if s.usable else (reason or f"lag {lag:.1f} s > MAX_REPLICA_LAG")
+        if was_usable != s.usable:
+            log = logger.info if s.usable else logger.warning
+            verdict = "usable" if s.usable else "skipped"
+            log("replica %s %s (lag=%s, %s)", s.alias, verdict, s.lag, s.reason or "current")
+
+    def _query(self, server: str, alias: str, sql: str):
+        """Return (row, None) or (None, error) for one query on `server`, reconnecting as needed."""
         conn = self._conns.get(server)
         try:
             if conn is None or conn.closed:
                 conn = probe_connect(alias)
                 self._conns[server] = conn
-            row = conn.execute(LAG_SQL).fetchone()
-            return (None if row[0] is None else float(row[0])), None
+            return conn.execute(sql).fetchone(), None
         except psycopg.Error as exc:
             if conn is not None:
                 conn.close()

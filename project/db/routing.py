@@ -10,7 +10,7 @@ import itertools
 import logging
 
 from django.conf import settings
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from . import pinning
 from .replicas import monitor
@@ -23,22 +23,70 @@ def primary_alias(group: str) -> str:
     return settings.DATABASE_GROUPS[group]["primary"]
 
 
-def write_alias(group: str) -> str:
-    """Return the primary of `group` and pin the context's reads to primaries (read-your-writes)."""
-    pinning.note_write()
+def write_alias(group: str, *, synced: bool = False) -> str:
+    """Return the primary of `group` and record the write for read-your-writes (`synced`: it commits
+    with remote_apply, so the group's synchronous standbys will have applied it)."""
+    pinning.note_write(group, synced=synced)
     return primary_alias(group)
 
 
+def sync_apply(group: str) -> bool:
+    """Whether writes on `group` should commit with `synchronous_commit = remote_apply` now: the group
+    has a synchronous standby and the monitor last saw it usable. A standby that is down would make
+    those commits wait for it; asking only while it answers keeps that wait to an outage's first
+    moments (docs/operations.md)."""
+    spec = settings.DATABASE_GROUPS[group]
+    return bool(
+        settings.READ_YOUR_WRITES_SYNC_APPLY and spec.get("sync_replicas") and monitor.usable(spec["sync_replicas"])
+    )
+
+
 def read_alias(group: str) -> str:
-    """Return the alias a read on `group` should use now."""
+    """Return the alias a read on `group` should use now.
+
+    After this context's own write on `group` only replicas that hold it qualify, each judged on its
+    own (GitLab's bug 413203 ended stickiness when *any* replica caught up, then read another one):
+    a synchronous standby for a remote_apply write, or a replica whose replayed LSN (last probe) is at
+    least the write's. Otherwise the primary."""
     spec = settings.DATABASE_GROUPS[group]
     primary = spec["primary"]
-    if not spec["replicas"] or pinning.must_use_primary() or connections[primary].in_atomic_block:
+    if not spec["replicas"] or connections[primary].in_atomic_block:
+        return primary
+    need = pinning.requirement(group)
+    if need == "primary":
         return primary
     usable = monitor.usable(spec["replicas"])
+    if need is not None:
+        lsn, synced = need
+        sync = spec.get("sync_replicas", ())
+        usable = [a for a in usable if (synced and a in sync) or monitor.replayed(a) >= lsn]
     if not usable:
         return primary
     return usable[next(_round_robin) % len(usable)]
+
+
+def commit_lsn(group: str) -> int:
+    """The primary's current WAL position (an integer): read after a write committed, it is at or past
+    that commit, so a replica that has replayed it shows the write."""
+    with connections[primary_alias(group)].cursor() as cursor:
+        cursor.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+        return int(cursor.fetchone()[0])
+
+
+NO_REPLICA_LSN = 2**63 - 1  # no replica reaches it: reads go to the primary (or a synced standby)
+
+
+def record_commit_lsns() -> None:
+    """Read the commit LSN of every group this context wrote (one query per group, at the end of a
+    request or when a task is queued), so later reads can be judged against it. A primary that does
+    not answer now leaves an LSN no replica reaches: the write stands, its reads go to the primary."""
+    for group in pinning.pending_groups():
+        try:
+            lsn = commit_lsn(group)
+        except DatabaseError:
+            logger.warning("commit LSN of %s not read; its reads stay on the primary", group)
+            lsn = NO_REPLICA_LSN
+        pinning.record_lsn(group, lsn)
 
 
 def group_of_alias(alias: str) -> str:

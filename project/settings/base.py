@@ -69,13 +69,18 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Replica routing (project/db/): a replica lagging more than this is skipped until it catches up.
 MAX_REPLICA_LAG = env("MAX_REPLICA_LAG", 2.0, float)  # seconds
 REPLICA_CHECK_INTERVAL = env("REPLICA_CHECK_INTERVAL", 0.5, float)  # seconds between lag probes
-READ_YOUR_WRITES_WINDOW = env("READ_YOUR_WRITES_WINDOW", 5.0, float)  # seconds pinned to primaries
+# seconds a client's own writes constrain its reads (by LSN; the old time-window clients: to primaries)
+READ_YOUR_WRITES_WINDOW = env("READ_YOUR_WRITES_WINDOW", 5.0, float)
+# commit with remote_apply where a group has a usable synchronous standby (its authors read it there)
+READ_YOUR_WRITES_SYNC_APPLY = env("READ_YOUR_WRITES_SYNC_APPLY", True, bool)
 
 # --- sharding (users/sharding/) ---
 SHARDING_LOGICAL_SHARDS = env("SHARDING_LOGICAL_SHARDS", 1024, int)
 SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 512-1023:shard_1"; empty = even
 RESHARD_FAULT = env("RESHARD_FAULT", "")  # crash tests only: SIGKILL `reshard` after it records this state
 SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
+# seconds between a process's fleet heartbeats (the groups it knows; project/db/fleet.py); expiry: 3x
+SHARDING_HEARTBEAT_INTERVAL = env("SHARDING_HEARTBEAT_INTERVAL", 2.0, float)
 
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.

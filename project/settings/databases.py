@@ -8,6 +8,11 @@ A group is a primary plus zero or more replicas. Aliases: `default`, `default_r0
   SHARD_DATABASE_URLS     one primary per shard, space-separated (libpq multi-host URLs keep commas)
   SHARD_REPLICA_URLS      one entry per shard, space-separated; '|' separates several replicas of a
                           shard, '-' means none
+  DATABASE_SYNC_REPLICAS  host:port of the replica servers that are synchronous standbys of their
+                          primary (listed in its synchronous_standby_names), space-separated: writes
+                          then commit with remote_apply and their authors read them there at once
+
+Locally each group has two replicas: `_r0` on the asynchronous standby, `_r1` on the synchronous one.
 """
 
 from django.core.exceptions import ImproperlyConfigured
@@ -29,9 +34,10 @@ def build_databases(*, db_prefix: str, shard_count_default: int = 2):
     """
     local_shards = env("SHARD_COUNT", shard_count_default, int)
     primary_url = env("DATABASE_URL", _local_url("BULWARK_PG_PORT", 55432, db_prefix))
+    local_replica_ports = [("BULWARK_PG_REPLICA_PORT", 55433), ("BULWARK_PG_SYNC_REPLICA_PORT", 55434)]
     replica_urls = env(
         "DATABASE_REPLICA_URLS",
-        [_local_url("BULWARK_PG_REPLICA_PORT", 55433, db_prefix)],
+        [_local_url(var, port, db_prefix) for var, port in local_replica_ports],
         list,
     )
     shard_urls = env(
@@ -41,8 +47,14 @@ def build_databases(*, db_prefix: str, shard_count_default: int = 2):
     )
     shard_replica_specs = env(
         "SHARD_REPLICA_URLS",
-        [_local_url("BULWARK_PG_REPLICA_PORT", 55433, f"{db_prefix}_shard_{i}") for i in range(len(shard_urls))],
+        [
+            "|".join(_local_url(var, port, f"{db_prefix}_shard_{i}") for var, port in local_replica_ports)
+            for i in range(len(shard_urls))
+        ],
         list,
+    )
+    sync_servers = set(
+        env("DATABASE_SYNC_REPLICAS", [f"127.0.0.1:{env('BULWARK_PG_SYNC_REPLICA_PORT', 55434, int)}"], list)
     )
     if len(shard_replica_specs) != len(shard_urls):
         raise ImproperlyConfigured(
@@ -55,14 +67,16 @@ def build_databases(*, db_prefix: str, shard_count_default: int = 2):
 
     def add_group(name, url, replicas):
         databases[name] = parse_database_url(url)
-        replica_aliases = []
+        replica_aliases, sync_aliases = [], []
         for i, replica_url in enumerate(replicas):
             alias = f"{name}_r{i}"
             databases[alias] = parse_database_url(replica_url)
             # Tests never create or flush a replica: it receives what the primary writes.
             databases[alias]["TEST"] = {"MIRROR": name}
             replica_aliases.append(alias)
-        groups[name] = {"primary": name, "replicas": replica_aliases}
+            if f"{databases[alias]['HOST']}:{databases[alias]['PORT']}" in sync_servers:
+                sync_aliases.append(alias)
+        groups[name] = {"primary": name, "replicas": replica_aliases, "sync_replicas": sync_aliases}
 
     add_group("default", primary_url, replica_urls)
     shard_groups = []

@@ -1,7 +1,15 @@
 """Local development against the project's own stack (scripts/stack)."""
 
-from .base import *  # noqa: F403
-from .env import env
+import os
+
+# The stack creates three shard databases; every process is configured with all three from the start
+# while the map seeds only two, so `make add-shard` can move logical shards onto shard_2 beside a
+# serving `make run` (reshard refuses to switch while a running process lacks the target group).
+os.environ.setdefault("SHARD_COUNT", "3")
+os.environ.setdefault("SHARDING_INITIAL_MAP", "0-511:shard_0 512-1023:shard_1")
+
+from .base import *  # noqa: E402, F403
+from .env import env  # noqa: E402
 
 DEBUG = env("DJANGO_DEBUG", True, bool)
 # Local only: a fixed key so `make run` needs no configuration. production.py has no default.

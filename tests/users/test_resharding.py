@@ -1,27 +1,32 @@
 """Online resharding against the real shard databases, under concurrent reads, writes and views."""
 
 import hashlib
+import json
 import os
 import random
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from django.conf import settings
 from django.db import connections
 from django.test import Client
+from django_redis import get_redis_connection
 
+from project.db import fleet
 from users import selectors, services
-from users.models import ShardMove
+from users.models import ShardMapEntry, ShardMove
 from users.sharding import resharding
 from users.sharding.access import ShardUnavailable, group_for_user_id
 from users.sharding.hashing import logical_shard_for_username
 from users.sharding.shardmap import shard_map
 from users.writebehind import buffer, flush
 
-from ..processes import celery_beat, celery_worker
+from ..processes import celery_beat, celery_worker, web_server
 from ..stack import ROOT, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
@@ -188,6 +193,9 @@ def _run_move_killed_at(state: str, logical: str) -> int:
         ("fenced", "rollback"),
         ("verified", "resume"),
         ("verified", "rollback"),
+        # Killed inside the switch: the map entries were updated, the move's state not yet.
+        ("map_switched", "resume"),
+        ("map_switched", "rollback"),
         ("switched", "resume"),
     ],
 )
@@ -198,7 +206,7 @@ def test_a_move_killed_after_any_step_resumes_or_rolls_back_with_nothing_lost(st
     before = fingerprint()
     assert _run_move_killed_at(state, "400-511") == -9
     move = ShardMove.objects.using("default").get()
-    assert move.state == state
+    assert move.state == (ShardMove.VERIFIED if state == "map_switched" else state)
     if recovery == "resume":
         resharding.move_run(move)
         assert move.state == ShardMove.DONE
@@ -221,6 +229,30 @@ def test_a_move_killed_after_any_step_resumes_or_rolls_back_with_nothing_lost(st
         assert resharding.plan(target="shard_2")  # the rest could still move
         with pytest.raises(resharding.MoveError):
             resharding.move_create(logical_shards=list(range(400, 512)), target="shard_2")
+
+
+def test_rollback_refuses_while_the_stored_map_points_at_the_target():
+    ids = bulk_users(200, "rbmap")
+    move = resharding.move_create(logical_shards=list(range(400, 512)), target="shard_2")
+    resharding.move_run(move, until=ShardMove.VERIFIED)
+    # The state a crash between two separate commits used to leave: the map switched, the move not.
+    ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(group="shard_2")
+    shard_map.invalidate()
+
+    def on_target():
+        with connections["shard_2"].cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM users_user WHERE logical_shard = ANY(%s)", [move.logical_shards])
+            return cursor.fetchone()[0]
+
+    before = on_target()
+    assert before > 0
+    with pytest.raises(resharding.MoveError, match="points at shard_2"):
+        resharding.move_rollback(move)
+    move.refresh_from_db(using="default")
+    assert move.state == ShardMove.VERIFIED
+    assert on_target() == before  # the target's rows, now live, are all still there
+    for uid in ids:
+        assert selectors.user_get_by_id(user_id=uid)["id"] == uid
 
 
 def test_writes_during_the_fence_are_refused_with_a_retryable_503():
@@ -263,3 +295,87 @@ def test_a_running_celery_worker_follows_the_new_map(tmp_path):
     with connections["shard_2"].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM users_user WHERE id = ANY(%s) AND view_count = 2", [movers])
         assert cursor.fetchone()[0] == len(movers)
+
+
+def _get(port: int, uid: int) -> tuple[int, str, str | None]:
+    """GET a profile from a served process: (status, error code, Retry-After)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/users/{uid}/", timeout=10) as response:  # noqa: S310
+            return response.status, "", None
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        code = json.loads(body).get("code", "") if body.startswith(b"{") else ""
+        return exc.code, code, exc.headers.get("Retry-After")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_move_beside_a_serving_process_that_lacks_the_target_never_answers_404(tmp_path):
+    """A server started with two shard groups (SHARD_COUNT=2) is serving: the move refuses to start and
+    to switch, naming it; once it is replaced by one that knows shard_2 the move completes under load;
+    a process started later with the old configuration answers 503 shard_unavailable for moved users."""
+    ids = bulk_users(300, "fleet")
+    moving = sorted({(uid >> 10) & 8191 for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
+    movers = [uid for uid in ids if (uid >> 10) & 8191 in moving]
+    # One reader from one address: limits are not under test.
+    common = {"SHARDING_HEARTBEAT_INTERVAL": "0.5", "RESILIENCE_RATELIMIT_ENABLED": "false"}
+    old_config = {"SHARD_COUNT": "2", **common}
+    new_config = {"SHARD_COUNT": "3", **common}
+    ports, stop, answers, wrong = [], threading.Event(), {}, []
+
+    def reader():
+        rng = random.Random(3)
+        while not stop.is_set():
+            if not ports:
+                time.sleep(0.05)
+                continue
+            uid = rng.choice(ids)
+            try:
+                status, code, _ = _get(ports[-1], uid)
+            except OSError:  # between two servers: nobody listens, no answer to judge
+                continue
+            answers[status] = answers.get(status, 0) + 1
+            if status != 200:
+                wrong.append((uid, status, code))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        port = _free_port()
+        with web_server(port=port, env=old_config, log_path=tmp_path / "old.log") as old:
+            ports.append(port)
+            wait_for(lambda: old.pid in {p.pid for p in fleet.live_processes()}, timeout=20, message="heartbeat")
+            move = resharding.move_create(logical_shards=moving, target="shard_2")
+            with pytest.raises(resharding.MoveError, match=f"pid {old.pid} "):
+                resharding.move_run(move)
+            assert move.state == ShardMove.PLANNED
+            shard_map.invalidate()
+            assert {shard_map.group_for_logical(ls) for ls in moving} == {"shard_1"}
+        ports.clear()
+        wait_for(lambda: old.pid not in {p.pid for p in fleet.live_processes()}, timeout=20, message="expiry")
+        port = _free_port()
+        with web_server(port=port, env=new_config, log_path=tmp_path / "new.log"):
+            ports.append(port)
+            resharding.move_run(move)
+            assert move.state == ShardMove.DONE
+            time.sleep(0.5)  # let the reader run against the moved map too
+        ports.clear()
+        get_redis_connection("default").flushdb()  # cached profiles would be served (correctly) from Redis
+        port = _free_port()
+        with web_server(port=port, env=old_config, log_path=tmp_path / "late.log"):
+            late = [_get(port, uid) for uid in movers]
+            others = [_get(port, uid)[0] for uid in ids if uid not in movers][:50]
+    finally:
+        stop.set()
+        thread.join()
+    assert wrong == [], wrong[:5]
+    assert answers.get(200, 0) > 50, answers
+    # Started with the old configuration after the switch: the moved users exist, so never 404.
+    assert {(status, code, retry) for status, code, retry in late} == {(503, "shard_unavailable", "5")}
+    assert set(others) == {200}

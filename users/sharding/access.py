@@ -5,6 +5,7 @@ reported to the monitor and the read is retried once on the primary, so a dying 
 request. If the primary fails, ShardUnavailable is raised: the API answers 503 with Retry-After.
 """
 
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from project.db import routing
@@ -25,6 +26,11 @@ class ShardUnavailable(Exception):
         self.group = group
 
 
+class ShardNotConfigured(ShardUnavailable):
+    """The shard map names a group this process has no connection settings for (it was started before
+    the group was added). The user exists: answering "not found" would be a lie, so this is a 503."""
+
+
 class ShardFrozen(ShardUnavailable):
     """The user's logical shard is in the final switch of a move: writes are refused for a moment."""
 
@@ -36,12 +42,21 @@ def _frozen(exc: Exception) -> bool:
     return getattr(exc.__cause__, "sqlstate", None) == FROZEN_SQLSTATE
 
 
+def group_for_logical(logical_shard: int) -> str:
+    """The group holding `logical_shard`. Raise ShardNotConfigured when this process cannot reach it."""
+    group = shard_map.group_for_logical(logical_shard)
+    if group not in settings.DATABASE_GROUPS:
+        # Logged as a configuration error by the shard map when it loads (once, not per request).
+        raise ShardNotConfigured(group, "not configured in this process")
+    return group
+
+
 def group_for_user_id(user_id: int) -> str:
-    return shard_map.group_for_logical(logical_shard_of_id(user_id))
+    return group_for_logical(logical_shard_of_id(user_id))
 
 
 def group_for_username(username: str) -> str:
-    return shard_map.group_for_logical(logical_shard_for_username(username))
+    return group_for_logical(logical_shard_for_username(username))
 
 
 def _discard(alias: str) -> None:
@@ -72,9 +87,22 @@ def read_on(group: str, fn):
 def write_on(group: str, fn):
     """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
     unless `fn` committed before failing, which callers design for)."""
-    alias = routing.write_alias(group)
+    synced = routing.sync_apply(group)
+    alias = routing.write_alias(group, synced=synced)
     try:
-        return fn(alias)
+        if not synced:
+            return fn(alias)
+        # `fn` owns its transactions (it may commit more than one), so the setting is made for the
+        # session around it, or for the caller's transaction when one is open, and undone after.
+        local = connections[alias].in_atomic_block
+        with connections[alias].cursor() as cursor:
+            cursor.execute(f"SET {'LOCAL ' if local else ''}synchronous_commit = remote_apply")
+        try:
+            return fn(alias)
+        finally:
+            if not local and connections[alias].connection is not None:
+                with connections[alias].cursor() as cursor:
+                    cursor.execute("RESET synchronous_commit")
     except CONNECTION_ERRORS as exc:
         if not connections[alias].in_atomic_block:
             _discard(alias)

@@ -8,8 +8,10 @@ rolls back with one command (`manage.py reshard`):
   copied   -> fence: freeze the logical shards on the source (triggers refuse writes: 503 + Retry-After),
               wait for in-flight writers (LOCK ... IN SHARE MODE), copy the last changes
   fenced   -> verify counts and checksums per logical shard on both sides
-  verified -> switch the shard map (one transaction in the default database); every process picks it
-              up within SHARDING_MAP_TTL; writers still holding the old map hit the fence and retry
+  verified -> check that every live process knows the target (project/db/fleet.py), then switch the
+              shard map and record `switched` in one transaction in the default database; every
+              process picks it up within SHARDING_MAP_TTL; writers still holding the old map hit the
+              fence and retry
   switched -> after the map TTL has passed everywhere, delete the moved rows from the source, unfreeze
   done
 
@@ -25,6 +27,7 @@ from django.conf import settings
 from django.db import connections, transaction
 from django.utils import timezone
 
+from project.db import fleet
 from users.models import ShardMapEntry, ShardMove, Token, User
 from users.sharding.ids import logical_shard_sql
 from users.sharding.shardmap import shard_map
@@ -223,14 +226,50 @@ def _verify(move: ShardMove) -> None:
     _save(move, ShardMove.VERIFIED, users=sum(n for n, _ in source.values()))
 
 
+def check_fleet(target: str) -> None:
+    """Raise MoveError unless every live process (web, worker, beat: project/db/fleet.py) knows `target`.
+
+    A process started before the target group was configured has no connection for it: once the map
+    points there, the moved users would get 503s from it until it restarts. The state Redis down means
+    we cannot know, so the move refuses then too."""
+    try:
+        lacking = fleet.processes_lacking(target)
+    except Exception as exc:  # any failure to read the heartbeats: refuse, never guess
+        raise MoveError(f"cannot check that every running process knows {target}: {exc}") from exc
+    if lacking:
+        names = "; ".join(str(p) for p in lacking[:10])
+        raise MoveError(
+            f"{len(lacking)} running process(es) do not know {target}: {names}. Restart them with {target} "
+            "configured (e.g. SHARD_COUNT), then `reshard resume`."
+        )
+
+
 def _switch(move: ShardMove) -> None:
-    with transaction.atomic(using="default"):
-        ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(group=move.target)
-    shard_map.invalidate()
+    check_fleet(move.target)
+    # The map entries and the move's `switched` state commit together (both live in the default
+    # database): a crash can leave the move `verified` with the old map or `switched` with the new
+    # one, never `verified` with the new map, where a rollback would delete the live target rows.
     move.longest_fence_ms = round(
         (time.time() - move.detail.get("fenced_at", time.time())) * 1000 + settings.SHARDING_MAP_TTL * 1000
     )
-    _save(move, ShardMove.SWITCHED, switched_at=time.time())
+    try:
+        with transaction.atomic(using="default"):
+            ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(
+                group=move.target
+            )
+            _fault("map_switched")
+            _save(move, ShardMove.SWITCHED, switched_at=time.time())
+    except BaseException:
+        move.state = ShardMove.VERIFIED  # nothing committed: the object must say so too
+        raise
+    shard_map.invalidate()
+
+
+def _map_points_at_target(move: ShardMove) -> bool:
+    """Read the stored map (not this process's copy) for any of the move's logical shards on its target."""
+    return (
+        ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards, group=move.target).exists()
+    )
 
 
 def _delete_logical_shards(alias: str, lss: list[int], *, unfreeze: bool = False) -> None:
@@ -268,6 +307,8 @@ STEPS = {
 def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
     """Run (or resume) `move` step by step until it reaches `until`. Each step is idempotent."""
     order = ShardMove.STATES
+    if move.state in (ShardMove.PLANNED, ShardMove.COPIED, ShardMove.FENCED, ShardMove.VERIFIED):
+        check_fleet(move.target)  # before copying or freezing anything; checked again at the switch
     while move.state in STEPS and order.index(move.state) < order.index(until):
         STEPS[move.state](move)
         _fault(move.state)
@@ -275,7 +316,8 @@ def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
 
 
 def _fault(state: str) -> None:
-    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT)."""
+    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT), or at the
+    named point inside a step (`map_switched`: inside the switch's transaction, before its commit)."""
     if settings.RESHARD_FAULT == state:
         os.kill(os.getpid(), signal.SIGKILL)
 
@@ -286,6 +328,9 @@ def move_rollback(move: ShardMove) -> ShardMove:
         raise MoveError(f"{move} has switched the map; move the logical shards back with a new move instead")
     if move.state == ShardMove.ROLLED_BACK:
         return move
+    # Whatever the recorded state says, rows the map serves from the target are live: never delete them.
+    if _map_points_at_target(move):
+        raise MoveError(f"{move}: the shard map already points at {move.target}; resume the move instead")
     _delete_logical_shards(move.target, move.logical_shards)
     with transaction.atomic(using=move.source), connections[move.source].cursor() as cursor:
         cursor.execute("DELETE FROM users_frozenlogicalshard WHERE logical_shard = ANY(%s)", [move.logical_shards])

@@ -5,11 +5,14 @@ shards can move between databases. Each process keeps a copy for SHARDING_MAP_TT
 seeded from SHARDING_INITIAL_MAP (or an even split) by `manage.py migrate_all`.
 """
 
+import logging
 import threading
 import time
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+logger = logging.getLogger(__name__)
 
 
 def parse_map_spec(spec: str) -> list[tuple[int, int, str]]:
@@ -66,6 +69,7 @@ class ShardMap:
         self._lock = threading.Lock()
         self._table: list[str] | None = None
         self._loaded_at = 0.0
+        self._unknown: list[str] = []
 
     def group_for_logical(self, logical_shard: int) -> str:
         return self._current()[logical_shard]
@@ -109,13 +113,26 @@ class ShardMap:
         for ls, group in rows:
             if 0 <= ls < n:
                 table[ls] = group
-        problems = validate_ranges([(ls, ls, g) for ls, g in rows], logical_shards=n, groups=settings.SHARD_GROUPS)
+        # Only coverage is checked here. A group this process has no settings for (added after it
+        # started) must not make the whole map unreadable: the process would keep its old copy
+        # forever and answer "not found" for every user moved since. Lookups of those logical shards
+        # refuse instead (users.sharding.access.ShardNotConfigured: 503 + Retry-After).
+        problems = validate_ranges([(ls, ls, g) for ls, g in rows], logical_shards=n, groups=sorted(set(table)))
         if problems:
             raise ImproperlyConfigured(
                 "The stored shard map is invalid: "
                 + "; ".join(problems[:3])
                 + ". Run `manage.py migrate_all` to seed it."
             )
+        unknown = sorted(set(table) - set(settings.SHARD_GROUPS))
+        if unknown and unknown != self._unknown:
+            logger.error(
+                "configuration error: the shard map names %s, which this process was not configured with "
+                "(it knows %s); their users get 503 here until the process restarts with them",
+                ", ".join(unknown),
+                ", ".join(settings.SHARD_GROUPS),
+            )
+        self._unknown = unknown
         return table
 
 
