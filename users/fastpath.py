@@ -14,7 +14,7 @@ from django.conf import settings
 from django.http import HttpResponse
 
 from project.api import JsonContentNegotiation
-from resilience.errors import ApiError, error_response
+from resilience.errors import error_response
 from resilience.ratelimit.drf import admit
 from resilience.ratelimit.http import headers, request_key
 
@@ -38,8 +38,11 @@ def fast_get(drf_view):
             policy = _api.rate_limit_policy(request)
             key = functools.partial(request_key, policy, request, anonymous=True)
             decision, sent = admit(policy, key, row_companions(user_id, pending=True))
-        except ApiError as denied:
-            return _finish(error_response(denied), None)
+        except Exception as exc:  # a denial, or a domain error (an unknown shard group) naming the keys
+            response = error_response(exc)
+            if response is None:
+                raise  # not the API's to answer: Django's handler500, as from a DRF view
+            return _finish(response, None)
         try:
             status_code, body, etag = public_profile_answer(user_id, sent, request.headers.get("If-None-Match", ""))
         except Exception as exc:
