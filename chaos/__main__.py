@@ -31,6 +31,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
+from tests.stack import free_port, stack, wait_for  # noqa: E402
 from users import services  # noqa: E402
 from users.outbox import EVENTS  # noqa: E402
 from users.sharding.access import group_for_username  # noqa: E402
@@ -38,17 +39,7 @@ from webhooks.models import WebhookSubscriber  # noqa: E402
 
 from . import checks  # noqa: E402
 from .load import PASSWORD, Load  # noqa: E402
-from .processes import (  # noqa: E402
-    ROOT,
-    Receiver,
-    beat,
-    free_port,
-    server,
-    stack,
-    wait_for,
-    wait_until_serving,
-    worker,
-)
+from .processes import ROOT, Receiver, beat, server, wait_until_serving, worker  # noqa: E402
 from .scenarios import SCENARIOS, Scenario, Suite, replay, replicas_usable, shard_allow  # noqa: E402
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "5"))

@@ -7,7 +7,6 @@ Every child gets this process's environment, so BULWARK_* ports and BULWARK_STAC
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,20 +24,6 @@ from webhooks.signing import ID_HEADER, verify
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 SETTINGS = "chaos.settings"
-
-
-def stack(*args: str) -> str:
-    """Run scripts/stack with this process's environment (its ports, its stack directory)."""
-    result = subprocess.run([str(ROOT / "scripts" / "stack"), *args], capture_output=True, text=True, timeout=120)
-    if result.returncode != 0:
-        raise RuntimeError(f"scripts/stack {' '.join(args)} failed: {result.stderr or result.stdout}")
-    return result.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Process:

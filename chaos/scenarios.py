@@ -12,10 +12,11 @@ import psycopg
 from django.conf import settings
 
 from project.db.replicas import monitor
+from tests.stack import stack, wait_for
 
-from .processes import Process, Receiver, stack, wait_for
+from .processes import Process, Receiver
 
-FAULT_POINT = "after_commit"  # users/writebehind/flush.py: one shard committed, the batch not acknowledged
+FAULT_POINT = "flush.after_commit"  # users/writebehind/flush.py: one shard committed, the batch not acknowledged
 
 
 @dataclass
@@ -87,7 +88,7 @@ def kill_worker_mid_flush(suite: Suite) -> None:
     marker = suite.log_dir / "writebehind-fault-fired"
     marker.unlink(missing_ok=True)
     suite.worker.stop()
-    suite.worker.start(WRITE_BEHIND_FAULT=FAULT_POINT, WRITE_BEHIND_FAULT_MARKER=marker)
+    suite.worker.start(FAULT_POINT=FAULT_POINT, FAULT_POINT_MARKER=marker)
     wait_for(marker.exists, timeout=60, interval=0.05, message="a flush to be SIGKILLed after its first shard commit")
     suite.worker.kill()
 

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 
 def _address_allowed(address: str) -> bool:
-    allowed_ips = getattr(settings, "METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"]) or []
+    allowed_ips = settings.METRICS_ALLOWED_IPS or []
     try:
         client = ipaddress.ip_address(address)
     except ValueError:
@@ -34,7 +34,7 @@ def operator_allowed(request) -> bool:
     """Whether `request` may read operational details (metrics, health details): a matching bearer
     token, a staff session, or an allowed client address (resolved like the rate limiter does,
     honouring RESILIENCE_TRUSTED_PROXIES)."""
-    token = getattr(settings, "METRICS_TOKEN", None)
+    token = settings.METRICS_TOKEN
     scheme, _, presented = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
     if token and scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), str(token).encode()):
         return True

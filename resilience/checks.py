@@ -17,7 +17,7 @@ def check_trusted_proxies(app_configs=None, **kwargs) -> list[CheckMessage]:
     loopback, which METRICS_ALLOWED_IPS admits by default to /metrics and /health/ready's details.
     """
     trusting = [name for name in PROXY_HEADER_SETTINGS if getattr(settings, name, None)]
-    if not trusting or getattr(settings, "RESILIENCE_TRUSTED_PROXIES", None):
+    if not trusting or settings.RESILIENCE_TRUSTED_PROXIES:
         return []
     return [
         Warning(
@@ -35,7 +35,7 @@ def check_trusted_proxies(app_configs=None, **kwargs) -> list[CheckMessage]:
 @register("resilience")
 def check_idempotency_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
     """resilience.E031: RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER is not a positive integer."""
-    cap = getattr(settings, "RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER", None)
+    cap = settings.RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER
     if isinstance(cap, int) and not isinstance(cap, bool) and cap > 0:
         return []
     return [

@@ -27,7 +27,6 @@ from project.db.replicas import monitor, probe_connect
 from .access import operator_allowed as sees_details
 
 TIMEOUT = 1.5
-DEFAULT_PROBE_INTERVAL = 1.0
 
 
 def _check_postgres(alias: str) -> dict:
@@ -154,7 +153,7 @@ probes = 0  # probes run by this process (tests count them)
 
 
 def _interval() -> float:
-    return float(getattr(settings, "RESILIENCE_HEALTH_PROBE_INTERVAL", DEFAULT_PROBE_INTERVAL))
+    return float(settings.RESILIENCE_HEALTH_PROBE_INTERVAL)
 
 
 def last_result() -> tuple[dict, float]:

@@ -26,7 +26,7 @@ class Outage:
         return time.monotonic() < self._until
 
     def failed(self, exc: BaseException) -> None:
-        backoff = float(getattr(settings, "RESILIENCE_STATE_RETRY_SECONDS", 1.0))
+        backoff = float(settings.RESILIENCE_STATE_RETRY_SECONDS)
         with self._lock:
             self._until = time.monotonic() + backoff
             first, self.down = not self.down, True

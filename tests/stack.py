@@ -1,5 +1,6 @@
 """Drive the real local stack from tests: stop, start, kill and pause its processes."""
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +13,13 @@ def stack(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"scripts/stack {' '.join(args)} failed: {result.stderr or result.stdout}")
     return result.stdout.strip()
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now (for a server a test or the chaos suite starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):

@@ -3,7 +3,6 @@ response conforms to the schema (status codes, bodies, headers)."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -13,16 +12,10 @@ import pytest
 
 from project.server import granian_argv
 
-from .stack import ROOT, wait_for
+from .stack import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 ST = str(Path(sys.executable).with_name("st"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

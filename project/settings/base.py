@@ -77,10 +77,14 @@ READ_YOUR_WRITES_SYNC_APPLY = env("READ_YOUR_WRITES_SYNC_APPLY", True, bool)
 # --- sharding (users/sharding/) ---
 SHARDING_LOGICAL_SHARDS = env("SHARDING_LOGICAL_SHARDS", 1024, int)
 SHARDING_INITIAL_MAP = env("SHARDING_INITIAL_MAP", "")  # e.g. "0-511:shard_0 512-1023:shard_1"; empty = even
-RESHARD_FAULT = env("RESHARD_FAULT", "")  # crash tests only: SIGKILL `reshard` after it records this state
 SHARDING_MAP_TTL = env("SHARDING_MAP_TTL", 2.0, float)  # seconds a process trusts its copy of the map
 # seconds between a process's fleet heartbeats (the groups it knows; project/db/fleet.py); expiry: 3x
 SHARDING_HEARTBEAT_INTERVAL = env("SHARDING_HEARTBEAT_INTERVAL", 2.0, float)
+
+# Crash tests only (resilience/faults.py): SIGKILL the process at this named point, once if a marker
+# file is named. Empty in every real deployment.
+FAULT_POINT = env("FAULT_POINT", "")
+FAULT_POINT_MARKER = env("FAULT_POINT_MARKER", "")
 
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
@@ -170,8 +174,6 @@ WRITE_BEHIND_WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)
 WRITE_BEHIND_WAIT_TIMEOUT_MS = env("WRITE_BEHIND_WAIT_TIMEOUT_MS", 100, int)
 # Crash tests only: SIGKILL the flushing process once at this point (after_claim, before_commit,
 # after_commit, before_ack); the marker file records that it fired. Empty in every real deployment.
-WRITE_BEHIND_FAULT = env("WRITE_BEHIND_FAULT", "")
-WRITE_BEHIND_FAULT_MARKER = env("WRITE_BEHIND_FAULT_MARKER", "")  # if set, the fault fires only once
 
 CELERY_BEAT_SCHEDULE = {
     "writebehind-flush": {
@@ -193,8 +195,15 @@ CELERY_BEAT_SCHEDULE = {
 
 # --- rate limiting and circuit breakers (resilience/) ---
 # Policies: resilience/ratelimit/policies.py has the defaults; RESILIENCE_RATELIMIT_POLICIES overrides them.
+RESILIENCE_RATELIMIT_POLICIES: dict = {}  # name -> options, merged over the built-in policies
+RESILIENCE_BREAKERS: dict = {}  # name -> options, merged over resilience/breaker/options.py's defaults
 RESILIENCE_TRUSTED_PROXIES = env("RESILIENCE_TRUSTED_PROXIES", [], list)  # IPs/CIDRs whose X-Forwarded-For we trust
 RESILIENCE_RATELIMIT_ENABLED = env("RESILIENCE_RATELIMIT_ENABLED", True, bool)
+RESILIENCE_RATELIMIT_STATS_MINUTES = 60  # how long denial statistics are kept (the rate-limits page)
+RESILIENCE_STATE_RETRY_SECONDS = 1.0  # after a failed call, the state Redis is not asked again for this long
+# Who may read /metrics and /health/ready's details besides staff (resilience/access.py).
+METRICS_TOKEN = env("METRICS_TOKEN", "")  # a bearer token for the scraper; empty = none
+METRICS_ALLOWED_IPS = env("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"], list)
 # /health/ready serves a process's last probe until it is this old (s): callers cannot make it probe more.
 RESILIENCE_HEALTH_PROBE_INTERVAL = env("RESILIENCE_HEALTH_PROBE_INTERVAL", 1.0, float)
 # New Idempotency-Keys one caller (user, else client address) may use per 24 h: each keeps a record in

@@ -103,7 +103,7 @@ def _build(name: str, overrides: dict[str, Any]) -> BreakerOptions:
 
 def configured_breakers() -> dict[str, dict[str, Any]]:
     """Return `RESILIENCE_BREAKERS` (default empty); raise ImproperlyConfigured if it is not a dict."""
-    configured = getattr(settings, "RESILIENCE_BREAKERS", None) or {}
+    configured = settings.RESILIENCE_BREAKERS or {}
     if not isinstance(configured, dict) or not all(isinstance(v, dict) for v in configured.values()):
         raise ImproperlyConfigured("RESILIENCE_BREAKERS must be a dict of name or pattern -> dict of options")
     return configured

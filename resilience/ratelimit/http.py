@@ -28,7 +28,7 @@ def _networks(trusted: tuple[str, ...]) -> tuple[IPNetwork, ...]:
 
 def trusted_proxies() -> tuple[IPNetwork, ...]:
     """Return `RESILIENCE_TRUSTED_PROXIES` (IPs or CIDRs, default none) as networks, read at call time."""
-    return _networks(tuple(getattr(settings, "RESILIENCE_TRUSTED_PROXIES", ()) or ()))
+    return _networks(tuple(settings.RESILIENCE_TRUSTED_PROXIES or ()))
 
 
 @lru_cache(maxsize=4096)  # addresses repeat; ip_address() is costly next to a request

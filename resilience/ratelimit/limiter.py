@@ -59,7 +59,7 @@ def denied_by_policy_key(minute: int) -> str:
 
 
 def _stats_minutes() -> int:
-    return int(getattr(settings, "RESILIENCE_RATELIMIT_STATS_MINUTES", 60))
+    return int(settings.RESILIENCE_RATELIMIT_STATS_MINUTES)
 
 
 def _degraded(policy: Policy) -> Decision:

@@ -95,7 +95,7 @@ def all_policies() -> dict[str, Policy]:
     reports the same at start-up).
     """
     global _cache
-    configured = getattr(settings, "RESILIENCE_RATELIMIT_POLICIES", None)
+    configured = settings.RESILIENCE_RATELIMIT_POLICIES
     if _cache is not None and _cache[0] is configured:
         return _cache[1]
     if configured is not None and not isinstance(configured, dict):

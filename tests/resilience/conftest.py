@@ -54,4 +54,4 @@ def state_down(settings):
 @pytest.fixture(autouse=True)
 def builtin_policies(settings):
     """Limiter tests see the built-in policies, not the relaxed ones of the test settings."""
-    del settings.RESILIENCE_RATELIMIT_POLICIES
+    settings.RESILIENCE_RATELIMIT_POLICIES = {}

@@ -7,7 +7,6 @@ artifacts/screenshots/.
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -19,7 +18,7 @@ from resilience.breaker import State, get_breaker
 from resilience.ratelimit import check, peek
 from users import selectors, services
 
-from ..stack import ROOT, wait_for
+from ..stack import ROOT, free_port, wait_for
 from .test_admin import caught_up
 
 CHROMIUM = "/usr/bin/chromium"
@@ -35,12 +34,6 @@ CHROMIUM_ARGS = [
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 PASSWORD = "pw-ops-0123456789"
 TIMEOUT_MS = 30_000  # the machine is small and busy: generous deadlines, never timings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def answers(url: str) -> bool:

@@ -173,7 +173,7 @@ def test_two_to_three_shards_with_ten_thousand_users_under_concurrent_load(setti
 
 
 def _run_move_killed_at(state: str, logical: str) -> int:
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", RESHARD_FAULT=state)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", FAULT_POINT=f"reshard.{state}")
     result = subprocess.run(
         [sys.executable, "manage.py", "reshard", "move", "--logical", logical, "--to", "shard_2"],
         cwd=ROOT,

@@ -97,8 +97,8 @@ def test_a_flusher_sigkilled_at_any_point_loses_nothing_and_counts_nothing_twice
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="project.settings.test",
-        WRITE_BEHIND_FAULT=point,
-        WRITE_BEHIND_FAULT_MARKER=str(tmp_path / "fired"),
+        FAULT_POINT=f"flush.{point}",
+        FAULT_POINT_MARKER=str(tmp_path / "fired"),
     )
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
@@ -183,8 +183,8 @@ def test_reads_never_count_a_batch_committed_but_not_yet_acknowledged(point, set
     env = dict(
         os.environ,
         DJANGO_SETTINGS_MODULE="project.settings.test",
-        WRITE_BEHIND_FAULT=point,
-        WRITE_BEHIND_FAULT_MARKER=str(tmp_path / "fired"),
+        FAULT_POINT=f"flush.{point}",
+        FAULT_POINT_MARKER=str(tmp_path / "fired"),
     )
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
@@ -234,7 +234,7 @@ def test_a_shard_backlog_beyond_its_limit_refuses_that_shard_only_and_claimed_ba
 def test_the_ledger_is_never_pruned_below_a_batch_still_claimed(settings, tmp_path):
     users = make_users(4, prefix="pl")
     expected = buffer_views(users, 2)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", WRITE_BEHIND_FAULT="before_ack")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test", FAULT_POINT="flush.before_ack")
     result = subprocess.run(
         [sys.executable, "-c", "import django; django.setup(); from users.writebehind.flush import flush; flush()"],
         cwd=ROOT,
@@ -401,8 +401,8 @@ def test_end_to_end_with_a_real_celery_worker_and_beat_including_a_sigkill_mid_f
     env = {
         "WRITE_BEHIND_INTERVAL": "0.5",
         "WRITE_BEHIND_RECLAIM_AFTER": "1",
-        "WRITE_BEHIND_FAULT": "after_commit",
-        "WRITE_BEHIND_FAULT_MARKER": tmp_path / "fired",
+        "FAULT_POINT": "flush.after_commit",
+        "FAULT_POINT_MARKER": tmp_path / "fired",
     }
     client = Client()
     expected = {}

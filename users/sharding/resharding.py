@@ -19,8 +19,6 @@ Reads never fail: until cleanup the source still holds every row (frozen, so ide
 """
 
 import logging
-import os
-import signal
 import time
 
 from django.conf import settings
@@ -28,6 +26,7 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 from project.db import fleet
+from resilience import faults
 from users.models import ShardMapEntry, ShardMove, Token, User
 from users.sharding.ids import logical_shard_sql
 from users.sharding.shardmap import shard_map
@@ -257,7 +256,7 @@ def _switch(move: ShardMove) -> None:
             ShardMapEntry.objects.using("default").filter(logical_shard__in=move.logical_shards).update(
                 group=move.target
             )
-            _fault("map_switched")
+            faults.point("reshard.map_switched")  # inside the switch transaction, before its commit
             _save(move, ShardMove.SWITCHED, switched_at=time.time())
     except BaseException:
         move.state = ShardMove.VERIFIED  # nothing committed: the object must say so too
@@ -311,15 +310,8 @@ def move_run(move: ShardMove, *, until: str = ShardMove.DONE) -> ShardMove:
         check_fleet(move.target)  # before copying or freezing anything; checked again at the switch
     while move.state in STEPS and order.index(move.state) < order.index(until):
         STEPS[move.state](move)
-        _fault(move.state)
+        faults.point(f"reshard.{move.state}")  # right after the step was recorded
     return move
-
-
-def _fault(state: str) -> None:
-    """Crash tests only: SIGKILL the mover right after it recorded `state` (RESHARD_FAULT), or at the
-    named point inside a step (`map_switched`: inside the switch's transaction, before its commit)."""
-    if settings.RESHARD_FAULT == state:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def move_rollback(move: ShardMove) -> ShardMove:

@@ -22,8 +22,6 @@ Exactly-once effect, whatever dies when:
 
 import hashlib
 import logging
-import os
-import signal
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -32,6 +30,7 @@ from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from redis.exceptions import RedisError
 
+from resilience import faults
 from users import cache
 from users.sharding.access import ShardUnavailable, group_for_user_id, write_on
 from users.sharding.ids import logical_shard_of_id
@@ -76,20 +75,6 @@ class RowsMissing(Exception):
         self.group, self.user_ids = group, user_ids
 
 
-def _fault(point: str) -> None:
-    """Fault injection for the crash tests: SIGKILL this process at `point` once, when
-    WRITE_BEHIND_FAULT names it (unset in every real deployment; the marker file makes it fire once)."""
-    if settings.WRITE_BEHIND_FAULT != point:
-        return
-    if not settings.WRITE_BEHIND_FAULT_MARKER:
-        os.kill(os.getpid(), signal.SIGKILL)
-    try:
-        os.close(os.open(settings.WRITE_BEHIND_FAULT_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
 def ledger_id(batch_key: str) -> str:
     """The batch's id in the shards' ledgers (32 characters), derived from its key name."""
     return hashlib.blake2b(batch_key.encode(), digest_size=16).hexdigest()
@@ -119,7 +104,7 @@ def _apply_on_shard(group: str, batch_key: str, items: dict[int, tuple[int, int 
             if marks:
                 # Before the commit: once the rows are visible, readers must already find the marks.
                 redis_state().hset(batch_key, mapping=marks)
-            _fault("before_commit")
+            faults.point("flush.before_commit")
             return updated
 
     return write_on(group, apply)
@@ -148,7 +133,7 @@ def _apply_batch(k: GroupKeys, batch_key: str) -> tuple[int, bool]:
                 complete = False
                 logger.warning("write-behind batch %s: shard %s failed (%s); it stays claimed", batch_key, group, exc)
                 continue
-            _fault("after_commit")
+            faults.point("flush.after_commit")
             rows += len(updated)
             cache.invalidate_many([(cache.user_key(uid), rev) for uid, rev in updated])
         if missing is None:
@@ -169,7 +154,7 @@ def _apply_batch(k: GroupKeys, batch_key: str) -> tuple[int, bool]:
             logger.info("write-behind batch %s: dropping items of %s deleted user(s)", batch_key, len(gone))
         dropped |= gone
     if complete:
-        _fault("before_ack")
+        faults.point("flush.before_ack")
         pipe = r.pipeline(transaction=True)
         pipe.delete(batch_key)
         pipe.zrem(k.batches, batch_key)
@@ -200,7 +185,7 @@ def flush() -> dict:
         # behind it (a shard back from an outage) goes out now, not one interval later.
         for _ in range(2):
             claimed, new = _claim(k)
-            _fault("after_claim")
+            faults.point("flush.after_claim")
             done = True
             for batch_key in claimed:
                 applied, ok = _apply_batch(k, batch_key)

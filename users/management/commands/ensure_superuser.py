@@ -4,11 +4,12 @@ Uses DJANGO_SUPERUSER_USERNAME / _PASSWORD / _EMAIL when set; otherwise generate
 prints it once.
 """
 
-import os
 import secrets
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
+
+from project.settings.env import env
 
 
 class Command(BaseCommand):
@@ -18,10 +19,11 @@ class Command(BaseCommand):
         User = get_user_model()
         if User.objects.filter(is_superuser=True).exists():
             return
-        username = os.environ.get("DJANGO_SUPERUSER_USERNAME", "admin")
-        email = os.environ.get("DJANGO_SUPERUSER_EMAIL", "admin@example.com")
-        password = os.environ.get("DJANGO_SUPERUSER_PASSWORD")
-        generated = password is None
+        # Read when the command runs (not settings: they are `make run`'s bootstrap inputs, not config).
+        username = env("DJANGO_SUPERUSER_USERNAME", "admin")
+        email = env("DJANGO_SUPERUSER_EMAIL", "admin@example.com")
+        password = env("DJANGO_SUPERUSER_PASSWORD", "")
+        generated = not password
         if generated:
             password = secrets.token_urlsafe(12)
         User.objects.create_superuser(username=username, email=email, password=password)
