@@ -119,12 +119,14 @@ def read_on(group: str, fn):
 def write_on(group: str, fn):
     """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
     unless `fn` committed before failing, which callers design for)."""
+    # The breaker first: a refused write must not be noted for read-your-writes either (whose commit
+    # LSN would then be asked of the refused primary at the end of the request).
+    return _on_primary(group, routing.primary_alias(group), lambda: _write(group, fn))
+
+
+def _write(group: str, fn):
     synced = routing.sync_apply(group)
     alias = routing.write_alias(group, synced=synced)
-    return _on_primary(group, alias, lambda: _write(group, alias, synced, fn))
-
-
-def _write(group: str, alias: str, synced: bool, fn):
     try:
         if not synced:
             return fn(alias)
