@@ -201,7 +201,7 @@ def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_h
         stack("resume" if fault == "pause" else "start", "cache")
 
     # When the cache returns, caching resumes without a restart; the lost write-through was queued
-    # and is replayed (beat does this every few seconds; the local breaker lets calls through again).
+    # and is replayed (beat does this every few seconds; the redis:cache breaker lets a probe through again).
     def caching_again():
         cache.replay_invalidations()
         selectors.user_get_by_id(user_id=int(profile["id"]))
