@@ -2,8 +2,9 @@
 
 Sections: data layer (routing overhead, replica share), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
-per check, breaker overhead), write-behind (buffered vs direct views; buffered views with and without
-WRITE_BEHIND_WAIT_REPLICAS=1 against a temporary state replica; flush rows/s vs raw COPY + UPDATE),
+per check, breaker overhead), dependency breakers (the cached read with them on vs off), write-behind
+(buffered vs direct views; buffered views with and without WRITE_BEHIND_WAIT_REPLICAS=1 against a
+temporary state replica; flush rows/s vs raw COPY + UPDATE),
 idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
 ratios, not the absolute numbers.
@@ -264,6 +265,30 @@ def bench_http(users, tokens):
         http_row("writebehind", "POST /views/ direct UPDATE per request (5 hot users)", direct)
         http_row("writebehind", "POST /views/ through the buffer (5 hot users)", buffered, direct, ">= 3")
     flush.flush()
+
+
+# ---------------------------------------------------------------- dependency breakers on the hot read
+def bench_breakers(users):
+    """The cached read with the dependency breakers (cache Redis, databases) on vs off, same run, the
+    median of alternating pairs; and the state-Redis round trips the breakers add per cached read."""
+    print("dependency breakers", flush=True)
+    uid = users[0]["id"]
+    Client().get(f"/api/v1/users/{uid}/")  # warm the cache
+    with (
+        server("granian", 18091, RESILIENCE_DEPENDENCY_BREAKERS="false") as off_url,
+        server("granian", 18092) as on_url,
+    ):
+        off, on = alternate(lambda: wrk(f"{off_url}/api/v1/users/{uid}/"), lambda: wrk(f"{on_url}/api/v1/users/{uid}/"))
+    http_row("breakers", "cached GET, dependency breakers off", off)
+    http_row("breakers", "cached GET, dependency breakers on", on, off, ">= 0.95")
+    client = Client()
+    client.get(f"/api/v1/users/{uid}/")
+    with roundtrips.counting() as counts:
+        for _ in range(200):
+            client.get(f"/api/v1/users/{uid}/")
+    state = counts.by_port(settings.REDIS_STATE_URL)
+    # The limiter's call is 1 per request; anything above that is the breakers' (a sync per interval).
+    report("breakers", "state-Redis round trips per cached read (limiter's 1 included)", state / 200)
 
 
 # ---------------------------------------------------------------- round trips, breaker
@@ -531,6 +556,7 @@ def main():
         ("data", lambda: bench_data_layer(users)),
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
         ("http", lambda: bench_http(users, tokens)),
+        ("breakers", lambda: bench_breakers(users)),
         ("flush", bench_flush),
         ("idempotency", lambda: bench_idempotency(users)),
         ("wait", lambda: bench_wait(users)),

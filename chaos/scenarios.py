@@ -106,7 +106,7 @@ SCENARIOS = [
         "cache Redis hung (SIGSTOP), then SIGCONT",
         lambda s: stack("pause", "cache"),
         lambda s: stack("resume", "cache"),
-        "each call waits at most the 0.25 s socket timeout, then a local breaker skips the cache",
+        "each call waits at most the 0.25 s socket timeout, then the shared redis:cache breaker skips the cache",
     ),
     Scenario(
         "state-kill",

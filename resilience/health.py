@@ -132,9 +132,9 @@ def probe() -> dict:
             entry["wal_receiver"] = state.receiver or None
             # Answering is not serving: a replica the router skips (lagging, cut off from its primary)
             # is reported as such, with the monitor's reason, so "up, lag 0" never hides a stale one.
-            if entry["status"] == "up" and not state.usable:
+            if entry["status"] == "up" and not monitor.usable([state.alias]):
                 entry["status"] = "skipped"
-                entry["reason"] = state.reason
+                entry["reason"] = state.reason or "its circuit breaker is open (forced from the admin?)"
     failed = [e["name"] for e in entries if e["required"] and e["status"] != "up"]
     degraded = [e["name"] for e in entries if not e["required"] and e["status"] != "up"]
     if failed:

@@ -91,3 +91,34 @@ def web_server(*, port: int, env: dict | None = None, log_path: Path | None = No
     finally:
         _stop(proc)
         log.close()
+
+
+@contextmanager
+def granian_server(*, port: int, env: dict | None = None, workers: int = 1, log_path: Path | None = None):
+    """Serve the app on 127.0.0.1:`port` with granian, as production does (project/server.py)."""
+    import urllib.request
+
+    from project.server import granian_argv
+
+    from .stack import wait_for
+
+    log = open(log_path or os.devnull, "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        granian_argv(port, workers=workers, threads=2, log_level="info"),
+        cwd=ROOT,
+        env=_env(env or {}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def answers():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2) as response:  # noqa: S310
+            return proc.poll() is None and response.status == 200
+
+    try:
+        wait_for(answers, timeout=60, interval=0.2, message=f"granian on port {port}")
+        yield proc
+    finally:
+        _stop(proc)
+        log.close()

@@ -8,7 +8,9 @@
   others poll the cache for at most STAMPEDE_WAIT seconds and then load anyway, so nobody waits on a
   lock for long, and 50 concurrent cold reads cost about one database query.
 - Redis down or hung: every call degrades to "miss, don't fill" after at most the socket timeout, and
-  a local breaker skips Redis entirely for a few seconds after repeated failures. Failed
+  the cache Redis's breaker (`redis:cache`, shared by every process through the state Redis, this
+  process's own while that is down) skips Redis entirely for a few seconds after repeated failures;
+  forced open from the admin, every process serves from the databases within one sync interval. Failed
   invalidations are queued in the state Redis and replayed (see `replay_invalidations`).
 """
 
@@ -23,6 +25,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
+from resilience.breaker import guard
 from resilience.redis_fanout import Call, command
 from resilience.redis_state import CACHE_ALIAS, lua_script, state_redis
 
@@ -62,26 +65,18 @@ def _ttl(base: int) -> int:
     return int(base * random.uniform(0.9, 1.1))  # jitter: entries filled together expire apart
 
 
-# --- a small in-process breaker: a dead cache costs one timeout per few seconds, not one per call ---
-class _LocalBreaker:
-    def __init__(self, threshold=3, open_seconds=2.0):
-        self.threshold, self.open_seconds = threshold, open_seconds
-        self.failures, self.open_until = 0, 0.0
-
-    def allow(self) -> bool:
-        return time.monotonic() >= self.open_until
-
-    def success(self):
-        self.failures = 0
-
-    def failure(self):
-        self.failures += 1
-        if self.failures >= self.threshold:
-            self.open_until = time.monotonic() + self.open_seconds
-            self.failures = 0
-
-
-_breaker = _LocalBreaker()
+# --- the cache Redis's breaker: a dead cache costs a few timeouts, then nothing until it is probed ---
+CACHE_BREAKER = "redis:cache"
+# Declared in users/apps.py. As the old in-process switch did: 3 failures in a row open it for 2 s; then
+# one probe. The state is shared (state Redis), read by each process at most every sync interval.
+CACHE_BREAKER_OPTIONS = {
+    "consecutive_failures": 3,
+    "open_seconds": 2.0,
+    "half_open_max_calls": 1,
+    "success_threshold": 1,
+    "permit_timeout_seconds": 5.0,
+}
+_breaker = guard(CACHE_BREAKER)
 stats = {"hits": 0, "misses": 0, "errors": 0, "refused_sets": 0}
 
 
@@ -99,7 +94,7 @@ def _script(name: str):
 
 
 def _call(fn):
-    if not _breaker.allow():
+    if not _breaker.allows():
         raise CacheUnavailable("cache breaker open")
     try:
         result = fn()
@@ -111,7 +106,7 @@ def _call(fn):
 def _settle(result):
     """Return a cache call's result, or count its failure and raise CacheUnavailable."""
     if isinstance(result, RedisError | OSError):
-        _breaker.failure()
+        _breaker.failure(result)
         stats["errors"] += 1
         logger.warning("cache redis error: %s", result)
         raise CacheUnavailable(str(result)) from result
@@ -132,7 +127,7 @@ def probe(key: str) -> Call | None:
     probed=result)`. It only peeks: the lease is taken on a miss by get_or_load, so a request refused
     after the probe (rate limited, say) leaves no lease behind. A GET, not get_or_lease.lua: on this
     path, the hottest read, a script costs the cache Redis several times as much."""
-    if not _breaker.allow():
+    if not _breaker.allows():
         return None
     return command(_client(), "GET", key)
 

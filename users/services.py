@@ -26,7 +26,7 @@ from . import cache, selectors
 from .identity import display_form, identity_key
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
-from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, write_on
+from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, read_on, write_on
 from .sharding.hashing import logical_shard_for_username
 from .tokens import (
     TOKEN_TOUCH_INTERVAL,
@@ -364,12 +364,17 @@ def token_authenticate(
     def load():
         if before_lookup is not None:
             before_lookup()
-        with use_primary():  # a token must work at once after issue and fail at once after revocation
-            found = (
-                Token.objects.using(group_for_user_id(user_id))
-                .filter(digest=digest, user_id=user_id)
-                .values_list("created_at", "last_used_at")
-                .first()
+        # On the primary: a token must work at once after issue and fail at once after revocation. Through
+        # read_on, so the primary's breaker guards it (an open one answers 503 without connecting).
+        with use_primary():
+            found = read_on(
+                group_for_user_id(user_id),
+                lambda alias: (
+                    Token.objects.using(alias)
+                    .filter(digest=digest, user_id=user_id)
+                    .values_list("created_at", "last_used_at")
+                    .first()
+                ),
             )
         return None if found is None else _token_entry(user_id, *found)
 

@@ -218,11 +218,15 @@ def write_behind() -> dict:
     return buffer.stats()
 
 
+BREAKER_GROUPS = ("Databases", "Redis", "Webhooks")  # the page's order; any other group comes after
+
+
 def breakers(*, only_not_closed: bool = False) -> list[dict]:
-    """A snapshot per known breaker (as dicts), optionally only those not CLOSED."""
+    """A snapshot per known breaker (as dicts, with its dependency group and description), ordered by
+    group then name, optionally only those not CLOSED. Declared dependencies are listed before use."""
     from dataclasses import asdict
 
-    from resilience.breaker import State, all_breakers, get_breaker
+    from resilience.breaker import State, all_breakers, describe, get_breaker
 
     result = []
     for name in all_breakers():
@@ -232,7 +236,10 @@ def breakers(*, only_not_closed: bool = False) -> list[dict]:
         entry = asdict(snap)
         entry["state"] = str(snap.state)
         entry["colour"] = state_colour(snap.state)
+        entry["group"], entry["description"] = describe(name)
         result.append(entry)
+    order = {group: i for i, group in enumerate(BREAKER_GROUPS)}
+    result.sort(key=lambda e: (order.get(e["group"], len(order)), e["group"], e["name"]))
     return result
 
 

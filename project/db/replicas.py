@@ -15,8 +15,11 @@ skipped too, even if the primary wrote nothing meanwhile. When the primary does 
 newer than its last known position can have been committed there, so the replica is judged against that.
 
 A replica that does not answer, or lags more than MAX_REPLICA_LAG, is unusable until a probe says
-otherwise; `reason` says why. Requests only read the in-memory verdict, including each replica's
-replayed LSN for read-your-writes (project/db/routing.py).
+otherwise; `reason` says why. Every verdict is also reported to the replica's circuit breaker
+(project/db/breakers.py): a bad one opens it, a good probe after its open period closes it, and an
+operator can force it. A replica is used only while its verdict is good and its breaker is CLOSED.
+Requests only read the in-memory verdict and the breaker's cached state (no query, no Redis call per
+request), including each replica's replayed LSN for read-your-writes (project/db/routing.py).
 """
 
 import logging
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 
 import psycopg
 from django.conf import settings
+
+from .breakers import alias_guard
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +110,7 @@ class ReplicaMonitor:
     # --- read side, used on every routed read ---
     def usable(self, aliases: list[str]) -> list[str]:
         self._ensure_started()
-        return [a for a in aliases if (s := self._states.get(a)) is not None and s.usable]
+        return [a for a in aliases if (s := self._states.get(a)) is not None and s.usable and alias_guard(a).admits()]
 
     def replayed(self, alias: str) -> int:
         """The WAL position `alias` had replayed at its last probe (-1 when unknown)."""
@@ -117,7 +122,8 @@ class ReplicaMonitor:
         return list(self._states.values())
 
     def report_failure(self, alias: str, error: Exception) -> None:
-        """A query on `alias` failed: skip its server until the next successful probe."""
+        """A query on `alias` failed: open the breakers of its server's aliases (skipped until a probe
+        after the open period finds them good) and probe now."""
         state = self._states.get(alias)
         if state is None:
             return
@@ -125,6 +131,7 @@ class ReplicaMonitor:
             if s.server == state.server:
                 s.reachable, s.error = False, str(error)[:200]
                 s.reason = f"a query failed: {s.error}"
+                alias_guard(s.alias).failure(f"a query failed: {s.error}")
         self._wake.set()
 
     def refresh_now(self) -> None:
@@ -233,6 +240,14 @@ class ReplicaMonitor:
             log = logger.info if s.usable else logger.warning
             verdict = "usable" if s.usable else "skipped"
             log("replica %s %s (lag=%s, %s)", s.alias, verdict, s.lag, s.reason or "current")
+        # The probe is the breaker's call: requests never probe a replica. A refused probe (open
+        # period, forced) reports nothing.
+        breaker = alias_guard(s.alias)
+        if breaker.allows():
+            if s.usable:
+                breaker.success()
+            else:
+                breaker.failure(s.reason)
 
     def _query(self, server: str, alias: str, sql: str):
         """Return (row, None) or (None, error) for one query on `server`, reconnecting as needed."""

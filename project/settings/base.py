@@ -209,4 +209,9 @@ RESILIENCE_HEALTH_PROBE_INTERVAL = env("RESILIENCE_HEALTH_PROBE_INTERVAL", 1.0, 
 # New Idempotency-Keys one caller (user, else client address) may use per 24 h: each keeps a record in
 # the state Redis for 24 h, so this bounds that memory (docs/operations.md, "Idempotency keys").
 RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER = env("RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER", 1000, int)
+# A breaker per dependency (cache Redis, every database alias, webhook hosts): off = always admit, record
+# nothing (the benchmark's baseline). Each process re-reads a breaker's shared state at most this often
+# (s), so forcing one from the admin reaches every process within it (resilience/breaker/guard.py).
+RESILIENCE_DEPENDENCY_BREAKERS = env("RESILIENCE_DEPENDENCY_BREAKERS", True, bool)
+RESILIENCE_BREAKER_SYNC_SECONDS = env("RESILIENCE_BREAKER_SYNC_SECONDS", 0.5, float)
 RATELIMIT_USE_CACHE = "state"  # django-ratelimit (fixed-window policies) counts on the state Redis

@@ -7,11 +7,17 @@
     except CircuitOpenError as exc:
         retry_later(countdown=exc.retry_after)
 
+A dependency used on every request is guarded by a `guard(name)` instead (guard.py): the same shared
+breaker, read from the state Redis at most every RESILIENCE_BREAKER_SYNC_SECONDS. Apps declare their
+dependencies (dependencies.py) so their breakers are listed before first use.
+
 While the state Redis is down, each process falls back to an in-process breaker with the same
 algorithm and `breaker.degraded` is true; calls are not failed because Redis is down.
 """
 
 from .breaker import CircuitBreaker, CircuitOpenError, Permit, add_listener, listeners, remove_listener
+from .dependencies import declare, declare_provider, describe
+from .guard import Guard, forget_guards, guard
 from .options import BreakerOptions, State, options_for
 from .registry import all_breakers, get_breaker
 from .storage import MemoryStorage, Snapshot, Storage, Transition
@@ -20,6 +26,7 @@ __all__ = [
     "BreakerOptions",
     "CircuitBreaker",
     "CircuitOpenError",
+    "Guard",
     "MemoryStorage",
     "Permit",
     "Snapshot",
@@ -28,7 +35,12 @@ __all__ = [
     "Transition",
     "add_listener",
     "all_breakers",
+    "declare",
+    "declare_provider",
+    "describe",
+    "forget_guards",
     "get_breaker",
+    "guard",
     "listeners",
     "options_for",
     "remove_listener",

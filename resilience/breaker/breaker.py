@@ -15,7 +15,7 @@ from typing import Any, TypeVar, overload
 
 from .options import BreakerOptions, State
 from .redis_storage import UNAVAILABLE, RedisStorage, outage
-from .storage import MemoryStorage, Outcome, Snapshot, Storage, Transition
+from .storage import MemoryStorage, Outcome, Recorded, Snapshot, Storage, Transition
 
 logger = logging.getLogger("resilience.breaker")
 
@@ -146,15 +146,19 @@ class CircuitBreaker:
             raise CircuitOpenError(self.name, acquired.state, acquired.retry_after)
         return Permit(self, storage, acquired.epoch, permit_id, acquired.state)
 
-    def _record(self, storage: Storage, epoch: int, permit_id: str, outcome: Outcome, error: str) -> None:
+    def _record(
+        self, storage: Storage, epoch: int, permit_id: str, outcome: Outcome, error: str, count: int = 1
+    ) -> Recorded | None:
+        """Record an outcome in `storage`; return what it recorded, None if the state Redis is down."""
         try:
             recorded = storage.record(
-                self.name, self.options, epoch=epoch, permit_id=permit_id, outcome=outcome, error=error
+                self.name, self.options, epoch=epoch, permit_id=permit_id, outcome=outcome, error=error, count=count
             )
         except UNAVAILABLE as exc:
             outage.failed(exc)  # the outcome is lost; an unreported probe permit expires by itself
-            return
+            return None
         _emit(recorded.transition)
+        return recorded
 
     @contextmanager
     def _guard(self) -> Iterator[Permit]:

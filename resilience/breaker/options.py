@@ -8,8 +8,9 @@
         "payments": {"excluded_exceptions": ["payments.errors.CardDeclined"]},
     }
 
-A name's options are the defaults below, overlaid by every matching pattern from the shortest to the
-longest, then by the exact entry. Unknown names work: they get the defaults.
+A name's options are the defaults below, overlaid by the options its declaration gives (an app's
+dependency, dependencies.py), then by every matching pattern from the shortest to the longest, then by
+the exact entry. Unknown names work: they get the defaults.
 
 The window is count-based: the outcomes of the last `window_size` calls made while CLOSED.
 """
@@ -22,6 +23,8 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
+
+from .dependencies import declared_options
 
 
 class State(enum.StrEnum):
@@ -113,7 +116,7 @@ def options_for(name: str) -> BreakerOptions:
     """Return the options of the breaker `name`; raise ImproperlyConfigured for invalid settings."""
     configured = configured_breakers()
     patterns = sorted((p for p in configured if p != name and fnmatch.fnmatchcase(name, p)), key=len)
-    merged: dict[str, Any] = {}
+    merged: dict[str, Any] = dict(declared_options(name))
     for key in [*patterns, name]:
         merged.update(configured.get(key, {}))
     return _build(name, merged)

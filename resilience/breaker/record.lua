@@ -9,20 +9,27 @@ OPEN, FORCED_OPEN, FORCED_CLOSED: outcomes are not counted. A permit from an old
 changed state since it was handed out) is not counted either. The last error is always kept.
 
 KEYS[1]  state hash            KEYS[2]  half-open permits (sorted set)
-KEYS[3]  transitions list      KEYS[4]  set of names (unused here; same KEYS as the other scripts)
+KEYS[3]  transitions list      KEYS[4]  set of names (a breaker first seen here joins it)
 ARGV[1]  breaker name          ARGV[2]  epoch of the permit           ARGV[3]  permit id
 ARGV[4]  outcome: 's' success, 'f' failure, 'l' slow success, 'i' ignored (excluded exception)
 ARGV[5]  error description ('' if none)
 ARGV[6]  window size N         ARGV[7]  minimum calls                 ARGV[8]  failure-rate threshold (%)
 ARGV[9]  consecutive bad outcomes that open (0 disables)            ARGV[10] successes that close
 ARGV[11] open duration (ms)    ARGV[12] transitions kept
+ARGV[13] how many calls had this outcome (CLOSED only; a hot path reports its successes in batches)
 Returns  {state after, transition from or '', transition to or '', reason or ''}
 ]]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then
-  return {'CLOSED', '', '', ''}
+  -- A hot path (guard.py) reports failures without asking for a permit first: a breaker never seen
+  -- is created CLOSED at epoch 0, as acquire.lua would. Any other epoch belongs to a deleted breaker.
+  if tonumber(ARGV[2]) ~= 0 then return {'CLOSED', '', '', ''} end
+  state = 'CLOSED'
+  redis.call('HSET', KEYS[1], 'state', state, 'epoch', 0, 'window', '', 'consecutive', 0, 'successes', 0,
+             'created_at', now, 'changed_at', now)
+  redis.call('SADD', KEYS[4], ARGV[1])
 end
 local outcome = ARGV[4]
 if ARGV[5] ~= '' then
@@ -50,11 +57,12 @@ end
 
 if state == 'CLOSED' then
   if outcome == 'i' then return {state, '', '', ''} end
-  local window = (redis.call('HGET', KEYS[1], 'window') or '') .. outcome
   local size = tonumber(ARGV[6])
+  local count = math.min(math.max(tonumber(ARGV[13] or '1'), 1), size)
+  local window = (redis.call('HGET', KEYS[1], 'window') or '') .. string.rep(outcome, count)
   if #window > size then window = string.sub(window, -size) end
   local consecutive = 0
-  if outcome ~= 's' then consecutive = tonumber(redis.call('HGET', KEYS[1], 'consecutive') or '0') + 1 end
+  if outcome ~= 's' then consecutive = tonumber(redis.call('HGET', KEYS[1], 'consecutive') or '0') + count end
   redis.call('HSET', KEYS[1], 'window', window, 'consecutive', consecutive)
   local threshold = tonumber(ARGV[9])
   if threshold > 0 and consecutive >= threshold then

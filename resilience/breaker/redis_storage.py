@@ -14,7 +14,7 @@ from resilience.outage import Outage
 from resilience.redis_state import UNAVAILABLE, lua_script, state_redis
 
 from .options import BreakerOptions, State
-from .storage import Acquired, Outcome, Recorded, Snapshot, Transition, build_snapshot
+from .storage import Acquired, Outcome, Peek, Recorded, Snapshot, Transition, build_snapshot
 
 logger = logging.getLogger("resilience.breaker")
 
@@ -65,7 +65,15 @@ class RedisStorage:
         )
 
     def record(
-        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+        self,
+        name: str,
+        options: BreakerOptions,
+        *,
+        epoch: int,
+        permit_id: str,
+        outcome: Outcome,
+        error: str,
+        count: int = 1,
     ) -> Recorded:
         state, *transition = _script("record")(
             keys=breaker_keys(name),
@@ -82,6 +90,7 @@ class RedisStorage:
                 options.success_threshold,
                 int(options.open_seconds * 1000),
                 options.transitions_kept,
+                count,
             ],
             client=state_redis(),
         )
@@ -94,6 +103,17 @@ class RedisStorage:
             client=state_redis(),
         )
         return Transition(name, State(_text(from_state)), State(_text(to_state)), reason, time.time())
+
+    def peek(self, name: str, options: BreakerOptions) -> Peek:
+        """One HMGET (no script, nothing written): a breaker never used reads as CLOSED."""
+        state, epoch, due, window, consecutive = state_redis().hmget(
+            breaker_keys(name)[0], "state", "epoch", "next_probe_at", "window", "consecutive"
+        )
+        state = State(_text(state)) if state else State.CLOSED
+        retry = max(int(due) / 1000 - time.time(), 0.0) if state == State.OPEN and due else 0.0
+        window = _text(window or b"")
+        bad = int(consecutive or 0) > 0 or "f" in window or "l" in window
+        return Peek(state, int(epoch or 0), retry, bad)
 
     def snapshot(self, name: str, options: BreakerOptions) -> Snapshot:
         state_key, permits_key, transitions_key, _ = breaker_keys(name)

@@ -47,6 +47,18 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class Peek:
+    """What a hot path needs to decide locally: the state, its epoch, seconds until an OPEN breaker
+    lets probes through (0 otherwise), and whether the window holds bad outcomes (successes only
+    matter then, so a caller may skip reporting them while it holds none)."""
+
+    state: State
+    epoch: int
+    retry_after: float
+    bad_in_window: bool
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """Everything an admin page shows about one breaker. Times are epoch seconds or None."""
 
@@ -79,8 +91,18 @@ class Storage(Protocol):
     def acquire(self, name: str, options: BreakerOptions, permit_id: str) -> Acquired: ...
 
     def record(
-        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+        self,
+        name: str,
+        options: BreakerOptions,
+        *,
+        epoch: int,
+        permit_id: str,
+        outcome: Outcome,
+        error: str,
+        count: int = 1,
     ) -> Recorded: ...
+
+    def peek(self, name: str, options: BreakerOptions) -> Peek: ...
 
     def force(self, name: str, options: BreakerOptions, target: State, reason: str) -> Transition: ...
 
@@ -203,20 +225,31 @@ class MemoryStorage:
             return Acquired(False, b.state, b.epoch, retry / 1000, transition)
 
     def record(
-        self, name: str, options: BreakerOptions, *, epoch: int, permit_id: str, outcome: Outcome, error: str
+        self,
+        name: str,
+        options: BreakerOptions,
+        *,
+        epoch: int,
+        permit_id: str,
+        outcome: Outcome,
+        error: str,
+        count: int = 1,
     ) -> Recorded:
         with self._lock:
             now = self._now()
             b = self._breakers.get(name)
             if b is None:
-                return Recorded(State.CLOSED)
+                if epoch != 0:  # as record.lua: only a first-epoch outcome creates the breaker
+                    return Recorded(State.CLOSED)
+                b = self._get(name, now)
             if error:
                 b.last_error, b.last_error_at = error, now
             if epoch != b.epoch:
                 return Recorded(b.state)
             if b.state == State.CLOSED and outcome != "i":
-                b.window = (b.window + outcome)[-options.window_size :]
-                b.consecutive = 0 if outcome == "s" else b.consecutive + 1
+                count = min(max(count, 1), options.window_size)
+                b.window = (b.window + outcome * count)[-options.window_size :]
+                b.consecutive = 0 if outcome == "s" else b.consecutive + count
                 if options.consecutive_failures and b.consecutive >= options.consecutive_failures:
                     reason = f"{b.consecutive} consecutive failures"
                     return Recorded(State.OPEN, self._transition(name, b, State.OPEN, reason, now, options))
@@ -234,6 +267,13 @@ class MemoryStorage:
                     reason = "probe failed" if outcome == "f" else "probe was slow"
                     return Recorded(State.OPEN, self._transition(name, b, State.OPEN, reason, now, options))
             return Recorded(b.state)
+
+    def peek(self, name: str, options: BreakerOptions) -> Peek:
+        with self._lock:
+            now = self._now()
+            b = self._get(name, now)
+            due = (b.next_probe_at or 0) - now if b.state == State.OPEN else 0
+            return Peek(b.state, b.epoch, max(due, 0) / 1000, b.consecutive > 0 or any(o in "fl" for o in b.window))
 
     def force(self, name: str, options: BreakerOptions, target: State, reason: str) -> Transition:
         with self._lock:

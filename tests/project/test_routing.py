@@ -309,3 +309,28 @@ def test_an_lsn_pin_checks_the_replica_actually_chosen(settings, async_replay_pa
     wait_for(caught_up_sync, timeout=10, message="the synchronous standby to replay the write")
     assert monitor.replayed(f"{group}_r0") < lsn
     assert _reads(group, 20) == {f"{group}_r1"}
+
+
+def test_a_replica_whose_breaker_is_forced_open_is_skipped_and_the_health_page_says_so():
+    from project.db.breakers import alias_guard, breaker_name
+    from resilience.breaker import get_breaker
+
+    _fresh_client_context()
+    group = "shard_0"
+    replicas = settings.DATABASE_GROUPS[group]["replicas"]
+    assert _reads(group) == set(replicas)
+    first = replicas[0]
+    get_breaker(breaker_name(first)).force_open("maintenance")
+    wait_for(lambda: not alias_guard(first).admits(), timeout=5, message="this process to see it")
+    assert _reads(group) == set(replicas[1:]) or {group}
+    for alias in replicas[1:]:
+        get_breaker(breaker_name(alias)).force_open("maintenance")
+    wait_for(lambda: _reads(group) == {group}, timeout=5, message="every read of the group on its primary")
+    entry = next(e for e in health.probe()["checks"] if e["name"] == first)
+    assert entry["status"] == "skipped"
+    # The monitor's probes do not close a forced breaker; a reset does.
+    monitor.refresh_now()
+    assert _reads(group) == {group}
+    for alias in replicas:
+        get_breaker(breaker_name(alias)).reset("done")
+    wait_for(lambda: _reads(group) == set(replicas), timeout=5, message="the replicas to be read again")

@@ -4,6 +4,7 @@ stopped. Run with REDIS_DB=5 so these tests never share a Redis DB with other te
 import pytest
 
 from resilience.breaker import breaker as breaker_module
+from resilience.breaker import forget_guards
 from resilience.breaker.redis_storage import outage as breaker_outage
 from resilience.ratelimit.scripts import outage as ratelimit_outage
 from resilience.ratelimit.scripts import state_redis
@@ -15,6 +16,7 @@ def _forget_process_state() -> None:
     breaker_outage.clear()
     breaker_module.local_storage.clear()
     breaker_module.listeners.clear()
+    forget_guards()
 
 
 @pytest.fixture(autouse=True)

@@ -14,10 +14,13 @@ from resilience.breaker import (
     State,
     add_listener,
     all_breakers,
+    describe,
     get_breaker,
+    guard,
     options_for,
 )
 from resilience.breaker.checks import check_breaker_settings
+from resilience.breaker.dependencies import declared_names
 from resilience.breaker.redis_storage import RedisStorage
 from tests.stack import wait_for
 
@@ -326,7 +329,85 @@ def test_options_come_from_patterns_then_exact_names(settings):
         open_seconds=30, failure_rate_threshold=25, excluded_exceptions=(LookupError,)
     )
     assert get_breaker("webhook:slow.example").options.open_seconds == 120
-    assert all_breakers() == ["webhook:slow.example"]
+    assert set(all_breakers()) - declared_names() == {"webhook:slow.example"}
     assert check_breaker_settings() == []
     settings.RESILIENCE_BREAKERS = {"bad": {"success_threshold": 5, "half_open_max_calls": 3}}
     assert [e.id for e in check_breaker_settings()] == ["resilience.E010"]
+
+
+# --- guards: the hot-path view of a shared breaker (resilience/breaker/guard.py) ---
+GUARDED = {"consecutive_failures": 3, "open_seconds": 0.5, "half_open_max_calls": 1, "success_threshold": 1}
+
+
+@pytest.fixture
+def guarded(settings):
+    settings.RESILIENCE_BREAKERS = {"dep:guarded": GUARDED}
+    settings.RESILIENCE_BREAKER_SYNC_SECONDS = 0.2
+    return guard("dep:guarded")
+
+
+def test_guard_learns_a_forced_state_within_one_sync_interval_without_a_redis_call_per_call(guarded):
+    from bench.roundtrips import counting
+
+    assert guarded.allows()
+    get_breaker("dep:guarded").force_open("drill")  # another process, say the admin's
+    wait_for(lambda: not guarded.allows(), timeout=5, message="the guard to see the forced state")
+    with counting() as counts:
+        refused = sum(1 for _ in range(2000) if not guarded.allows())
+    assert refused == 2000
+    # At most one HMGET per sync interval (plus the replica monitor's own, if it runs in this process).
+    assert counts.total() < 50
+    get_breaker("dep:guarded").reset("drill over")
+    wait_for(guarded.allows, timeout=5, message="the guard to see the reset")
+
+
+def test_guard_records_failures_at_once_and_successes_only_while_they_matter(guarded):
+    breaker = get_breaker("dep:guarded")
+    for _ in range(1000):
+        assert guarded.allows()
+        guarded.success()
+    assert breaker.snapshot().window_calls == 0  # no bad outcome: successes were not sent
+    guarded.allows()
+    guarded.failure(ConnectionError("refused"))
+    snap = breaker.snapshot()
+    assert (snap.window_failures, snap.last_error) == (1, "ConnectionError: refused")
+    for _ in range(5):
+        guarded.allows()
+        guarded.success()
+    # Sent with the next sync, which a later call makes once the interval has passed.
+    wait_for(
+        lambda: guarded.allows() and breaker.snapshot().window_calls >= 6,
+        timeout=5,
+        message="the successes to be sent in a batch",
+    )
+    assert breaker.snapshot().consecutive_failures == 0
+    for _ in range(3):
+        assert guarded.allows()
+        guarded.failure(ConnectionError("refused"))
+    assert breaker.state == State.OPEN and not guarded.allows()  # this process knows at once
+    # After the open period one probe goes through; its success closes the breaker for everyone.
+    wait_for(guarded.allows, timeout=5, message="a probe")
+    assert breaker.state == State.HALF_OPEN
+    guarded.success()
+    assert breaker.state == State.CLOSED and guarded.allows()
+
+
+def test_guard_falls_back_to_this_process_breaker_while_the_state_redis_is_down(guarded, state_down):
+    for _ in range(3):
+        assert guarded.allows()
+        guarded.failure(ConnectionError("refused"))
+    wait_for(lambda: not guarded.allows(), timeout=5, message="the local breaker to open")
+    assert guarded.breaker.degraded
+    state_down()  # back: the shared state (never told of the failures) is CLOSED
+    wait_for(guarded.allows, timeout=10, message="the guard to use the shared state again")
+
+
+def test_declared_dependencies_are_listed_before_their_first_use_with_their_group():
+    names = all_breakers()
+    for name in ("redis:cache", "db:default", "db:default_r0", "db:shard_0", "db:shard_0_r1", "db:shard_1_r0"):
+        assert name in names, name
+    assert describe("db:shard_0") == ("Databases", "shard_0 primary")
+    assert describe("db:shard_0_r1")[0] == "Databases"
+    assert describe("redis:cache") == ("Redis", "cache Redis")
+    assert describe("webhook:example.com")[0] == "Webhooks"
+    assert options_for("redis:cache").consecutive_failures == 3  # the declaration's defaults

@@ -246,3 +246,120 @@ def test_staff_without_the_action_permissions_sees_no_action_buttons_in_a_real_b
     refused = page.goto(f"{server}/admin/bulwark/breakers/action/?name=payments&action=force_open")
     assert refused.status == 403
     assert get_breaker("payments").state == State.CLOSED
+
+
+def _replica_reads_since(alias: str, since) -> int:
+    """Backends on `alias`'s server whose latest query read users_user and started after `since`."""
+    from project.db.replicas import probe_connect
+
+    with probe_connect(alias) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid() AND query LIKE %s AND query_start > %s",
+            ["%users_user%", since],
+        ).fetchone()[0]
+
+
+def _server_now(alias: str):
+    from project.db.replicas import probe_connect
+
+    with probe_connect(alias) as conn:
+        return conn.execute("SELECT clock_timestamp()").fetchone()[0]
+
+
+def test_every_dependency_is_listed_from_the_start_and_forcing_replicas_open_moves_reads_in_every_process(
+    server, browser
+):
+    """The breakers page lists the databases, the cache Redis and webhook hosts before any was used;
+    forcing the shard's replicas open there sends that group's reads to its primary in this process
+    and in a second, granian-served process (seen on the database servers themselves)."""
+    from django.conf import settings
+    from django.db import connections
+    from django_redis import get_redis_connection
+    from playwright.sync_api import expect
+
+    from project.db import routing
+    from webhooks.models import WebhookSubscriber
+
+    from ..processes import granian_server
+
+    StaffUser.objects.create_superuser("ops", "ops@example.com", PASSWORD)
+    WebhookSubscriber.objects.create(url="http://hooks.example.test/bulwark", events=["user.created"])
+    group = "shard_0"
+    primary, replicas = group, settings.DATABASE_GROUPS[group]["replicas"]
+    users = []
+    for i in range(200):
+        if len(users) == 3:
+            break
+        name = f"reader{i}"
+        if routing_group(name) == group:
+            users.append(services.user_create(username=name, email=f"{name}@example.com", password="pw-0123456789ab"))
+    caught_up()
+    connections.close_all()
+
+    port = free_port()
+    log_path = ROOT / "artifacts" / "browser-granian.log"
+    with granian_server(port=port, log_path=log_path):
+        second = f"http://127.0.0.1:{port}"
+
+        def read_all_uncached():
+            get_redis_connection("default").flushdb()  # every read below is a miss: it reads the group
+            for user in users:
+                assert answers(f"{second}/api/v1/users/{user['id']}/")
+
+        def reads_since(alias, since):
+            return _replica_reads_since(alias, since)
+
+        def on_replicas():
+            since = {alias: _server_now(alias) for alias in replicas}
+            read_all_uncached()
+            return sum(reads_since(alias, since[alias]) for alias in replicas) >= 1
+
+        # The measure sees replica reads (once the process's monitor has judged its replicas).
+        wait_for(on_replicas, timeout=15, interval=0.2, message="the granian process to read a replica")
+
+        page = browser.new_page(viewport={"width": 1400, "height": 1400})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{server}/admin/login/?next=/admin/bulwark/breakers/")
+        page.fill("#id_username", "ops")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url(re.compile(r".*/admin/bulwark/breakers/$"))
+        expect(page.locator("body")).not_to_contain_text("No circuit breaker")
+        databases = page.locator('tbody[data-group="Databases"]')
+        for alias in settings.DATABASES:
+            expect(databases.locator(f'tr[data-breaker="db:{alias}"]')).to_have_attribute("data-state", "CLOSED")
+        expect(page.locator('tbody[data-group="Redis"] tr[data-breaker="redis:cache"]')).to_have_count(1)
+        expect(
+            page.locator('tbody[data-group="Webhooks"] tr[data-breaker="webhook:hooks.example.test"]')
+        ).to_have_count(1)
+        page.screenshot(path=SCREENSHOTS / "breakers-every-dependency.png", full_page=True)
+
+        for alias in replicas:
+            page.locator(f'tr[data-breaker="db:{alias}"] a[data-action="force_open"]').click()
+            page.fill("#id_reason", "replica maintenance")
+            page.click("#confirm")
+            page.wait_for_url(re.compile(r".*/admin/bulwark/breakers/$"))
+            expect(page.locator(f'tr[data-breaker="db:{alias}"]')).to_have_attribute("data-state", "FORCED_OPEN")
+        page.screenshot(path=SCREENSHOTS / "breakers-replicas-forced.png", full_page=True)
+
+        # This process: its routing sends the group's reads to the primary within one sync interval.
+        wait_for(lambda: routing.read_alias(group) == primary, timeout=10, message="reads on the primary here")
+        assert {routing.read_alias(group) for _ in range(8)} == {primary}
+
+        # The granian process: its reads reach the primary and no replica.
+        def moved():
+            since = {alias: _server_now(alias) for alias in [primary, *replicas]}
+            read_all_uncached()
+            on_replicas = sum(reads_since(alias, since[alias]) for alias in replicas)
+            return on_replicas == 0 and reads_since(primary, since[primary]) >= 1
+
+        wait_for(moved, timeout=15, interval=0.2, message=f"the granian process to read {group} from its primary")
+        assert moved()
+        connections.close_all()
+
+
+def routing_group(username: str) -> str:
+    from users.sharding.access import group_for_username
+
+    return group_for_username(username)

@@ -262,3 +262,33 @@ def test_strong_reads_and_echoed_pins_go_to_the_primary(api):
     finally:
         with connections["default_r0"].cursor() as cursor:
             cursor.execute("SELECT pg_wal_replay_resume()")
+
+
+def test_a_shard_primary_whose_breaker_is_forced_open_answers_503_without_connecting(make_api):
+    from django.db import connections
+
+    from project.db.breakers import alias_guard, breaker_name
+    from resilience.breaker import get_breaker
+    from users.sharding.access import group_for_user_id, group_for_username
+
+    from ..stack import wait_for
+
+    api = make_api()
+    user_id = int(api.register("fenced").json()["id"])
+    api.login("fenced")
+    group = group_for_user_id(user_id)
+    get_breaker(breaker_name(group)).force_open("drill")
+    wait_for(lambda: not alias_guard(group).allows(), timeout=5, message="this process to see it")
+    connections[group].close()
+
+    response = api.patch("/api/v1/users/me/", {"bio": "refused"})
+    assert response.status_code == 503 and response.json()["code"] == "shard_unavailable"
+    assert response["Retry-After"]
+    assert connections[group].connection is None  # refused before any connection attempt
+    # Other shards are judged on their own: a user hashed elsewhere registers.
+    elsewhere = next(f"elsewhere{i}" for i in range(1000) if group_for_username(f"elsewhere{i}") != group)
+    assert make_api().register(elsewhere).status_code == 201
+
+    get_breaker(breaker_name(group)).reset("drill over")
+    wait_for(lambda: alias_guard(group).allows(), timeout=5, message="this process to see the reset")
+    assert api.patch("/api/v1/users/me/", {"bio": "accepted"}).status_code == 200

@@ -201,7 +201,7 @@ def test_every_endpoint_answers_from_the_database_when_the_cache_redis_dies_or_h
         stack("resume" if fault == "pause" else "start", "cache")
 
     # When the cache returns, caching resumes without a restart; the lost write-through was queued
-    # and is replayed (beat does this every few seconds; the local breaker lets calls through again).
+    # and is replayed (beat does this every few seconds; the redis:cache breaker lets a probe through again).
     def caching_again():
         cache.replay_invalidations()
         selectors.user_get_by_id(user_id=int(profile["id"]))
@@ -246,3 +246,36 @@ def test_a_username_tombstone_beats_its_59_bit_id():
     services.user_delete(user_id=user["id"])
     assert _cached_version(key) == user["id"] + 1  # the tombstone, not the id it would equal as a double
     assert get_redis_connection("default").get(key).endswith(b":")  # an empty payload: deleted
+
+
+def test_forcing_the_cache_breaker_open_serves_reads_from_the_database_without_asking_the_cache_redis(make_api):
+    from resilience.breaker import get_breaker, guard
+
+    api = make_api()
+    profile = api.register("bypassed").json()
+    api.login("bypassed")
+    uid = int(profile["id"])
+    anon = Client()
+    assert anon.get(f"/api/v1/users/{uid}/").status_code == 200
+    assert cached_row(uid) is not None
+
+    get_breaker(cache.CACHE_BREAKER).force_open("drill")  # as the admin does, from any process
+    wait_for(lambda: not guard(cache.CACHE_BREAKER).allows(), timeout=5, message="this process to see it")
+    redis = get_redis_connection("default")
+    before = redis.info("stats")["total_commands_processed"]
+    assert api.patch("/api/v1/users/me/", {"bio": "written while bypassed"}).status_code == 200
+    for _ in range(5):
+        response = anon.get(f"/api/v1/users/{uid}/")
+        assert response.status_code == 200 and response.json()["bio"] == "written while bypassed"
+    # Only the INFO calls of this test reached the cache Redis: no GET, no lease, no write-through.
+    assert redis.info("stats")["total_commands_processed"] - before <= 2
+    assert cached_row(uid)["bio"] != "written while bypassed"  # the write-through was skipped (queued)
+
+    get_breaker(cache.CACHE_BREAKER).reset("drill over")
+
+    def caching_again():
+        cache.replay_invalidations()
+        anon.get(f"/api/v1/users/{uid}/")
+        return (cached_row(uid) or {}).get("bio") == "written while bypassed"
+
+    wait_for(caching_again, timeout=10, message="caching to resume with the new row")

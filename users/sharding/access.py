@@ -3,12 +3,17 @@
 `read_on(group, fn)` calls `fn(alias)` on the alias routing chooses; if a replica fails mid-query it is
 reported to the monitor and the read is retried once on the primary, so a dying replica never fails a
 request. If the primary fails, ShardUnavailable is raised: the API answers 503 with Retry-After.
+
+Every call on a primary goes through its circuit breaker (project/db/breakers.py): connection failures
+open it, and while it is open (or forced open from the admin) ShardUnavailable is raised at once,
+without waiting for a connect timeout.
 """
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connections
 
 from project.db import routing
+from project.db.breakers import alias_guard
 from project.db.replicas import monitor
 
 from .hashing import logical_shard_for_username
@@ -67,18 +72,45 @@ def _discard(alias: str) -> None:
         pass
 
 
+class BreakerOpen(Exception):
+    """The cause of a ShardUnavailable raised without trying: the primary's breaker is open."""
+
+
+def _on_primary(group: str, alias: str, fn):
+    """Call `fn()` through the breaker of the primary `alias`; ShardUnavailable when it refuses.
+    Only connection failures count against it: an answer, even an error, means the server is up."""
+    breaker = alias_guard(alias)
+    if not breaker.allows():
+        raise ShardUnavailable(group, BreakerOpen(f"circuit {breaker.name} is {breaker.state}"))
+    try:
+        result = fn()
+    except CONNECTION_ERRORS as exc:
+        breaker.failure(exc)
+        raise
+    except ShardUnavailable as exc:  # write_on's own translation of a connection failure
+        if isinstance(exc.__cause__, CONNECTION_ERRORS):
+            breaker.failure(exc.__cause__)
+        else:
+            breaker.success()
+        raise
+    except BaseException:
+        breaker.success()
+        raise
+    breaker.success()
+    return result
+
+
 def read_on(group: str, fn):
     alias = routing.read_alias(group)
+    primary = routing.primary_alias(group)
+    if alias != primary:
+        try:
+            return fn(alias)
+        except CONNECTION_ERRORS as exc:
+            _discard(alias)
+            monitor.report_failure(alias, exc)
     try:
-        return fn(alias)
-    except CONNECTION_ERRORS as exc:
-        _discard(alias)
-        primary = routing.primary_alias(group)
-        if alias == primary:
-            raise ShardUnavailable(group, exc) from exc
-        monitor.report_failure(alias, exc)
-    try:
-        return fn(primary)
+        return _on_primary(group, primary, lambda: fn(primary))
     except CONNECTION_ERRORS as exc:
         _discard(primary)
         raise ShardUnavailable(group, exc) from exc
@@ -87,6 +119,12 @@ def read_on(group: str, fn):
 def write_on(group: str, fn):
     """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
     unless `fn` committed before failing, which callers design for)."""
+    # The breaker first: a refused write must not be noted for read-your-writes either (whose commit
+    # LSN would then be asked of the refused primary at the end of the request).
+    return _on_primary(group, routing.primary_alias(group), lambda: _write(group, fn))
+
+
+def _write(group: str, fn):
     synced = routing.sync_apply(group)
     alias = routing.write_alias(group, synced=synced)
     try:
