@@ -35,3 +35,16 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Static files (the admin, the dashboards' script, Swagger UI) are served by the app itself through
+# WhiteNoise, from STATIC_ROOT filled by `manage.py collectstatic` at deploy time (docs/operations.md,
+# "Static files"): every app server then answers /static/ the same way, behind nginx or without it, and
+# the proxy needs no shared directory. Hashed names let clients cache them for a year; right after the
+# security middleware so a static file costs no session, database or limiter work.
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles"))  # noqa: F405
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+_after = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1  # noqa: F405
+MIDDLEWARE = [*MIDDLEWARE[:_after], "whitenoise.middleware.WhiteNoiseMiddleware", *MIDDLEWARE[_after:]]  # noqa: F405
