@@ -28,6 +28,7 @@ from prometheus_client.core import GaugeMetricFamily
 from resilience import metrics as resilience_metrics  # noqa: F401  (its counters are scraped here)
 from resilience.access import operator_allowed
 from resilience.breaker import State
+from resilience.errors import error_body
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def metrics_view(request):
     """The Prometheus text exposition; 403 for a client that is not allowed."""
     if not operator_allowed(request):
         return JsonResponse(
-            {"detail": "Metrics are for staff, a bearer token or allowed addresses.", "code": "forbidden"}, status=403
+            error_body("Metrics are for staff, a bearer token or allowed addresses.", "forbidden"), status=403
         )
     count_cache_events()
     response = HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
