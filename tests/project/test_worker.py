@@ -62,3 +62,28 @@ def test_the_documented_worker_command_delivers_a_webhook_with_its_request_id(cl
         _stop(worker)
         log.close()
         receiver.stop()
+
+
+def test_the_overview_warns_of_a_queue_with_messages_and_no_consumer(tmp_path):
+    from django_redis import get_redis_connection
+
+    from ops.dashboard import panels
+    from project.worker import DEFAULT_QUEUE, WEBHOOKS_QUEUE
+
+    from ..processes import celery_worker
+
+    panels._celery_cache = None
+    # A worker that consumes only the default queue, as docs once told production to start it.
+    with celery_worker(extra_args=("-Q", DEFAULT_QUEUE)) as _worker:
+        webhooks_dispatch.delay()
+        wait_for(
+            lambda: (setattr(panels, "_celery_cache", None), panels.celery()["workers"])[1],
+            timeout=60,
+            message="the worker to answer",
+        )
+        data = panels.celery()
+        assert data["queues"][WEBHOOKS_QUEUE] >= 1
+        assert (
+            f"queue {WEBHOOKS_QUEUE}: {data['queues'][WEBHOOKS_QUEUE]} waiting, no consumer" in data["queue_warnings"]
+        )
+    get_redis_connection("state").delete(WEBHOOKS_QUEUE)
