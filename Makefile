@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: chromium run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo chaos
+.PHONY: chromium promtool run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo chaos
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,12 @@ chromium:
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && echo "installing chromium with apt-get" && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
 		|| { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
+
+# `make lint` checks deploy/prometheus/alerts.yml with promtool, from Debian's prometheus package.
+promtool:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && echo "installing promtool (prometheus) with apt-get" && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
+		|| { echo "install Debian's prometheus package (apt-get install prometheus) for promtool"; exit 1; }
 
 test: $(VENV)/.installed stack chromium
 	DJANGO_SETTINGS_MODULE=project.settings.test $(VENV)/bin/pytest
@@ -72,11 +78,12 @@ add-shard: $(VENV)/.installed stack
 	$(PY) manage.py migrate_all
 	$(PY) manage.py reshard plan --to shard_2 --apply
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed promtool
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 	DJANGO_SETTINGS_MODULE=project.settings.test $(PY) manage.py makemigrations --check --dry-run
+	promtool check rules deploy/prometheus/alerts.yml
 
 clean:
 	scripts/stack destroy

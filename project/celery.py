@@ -3,7 +3,7 @@
 import os
 
 from celery import Celery
-from celery.signals import beat_init, task_prerun, worker_init
+from celery.signals import beat_init, before_task_publish, task_postrun, task_prerun, worker_init
 from celery.worker.consumer import Consumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
@@ -51,6 +51,36 @@ def _fresh_read_context(**_kwargs):
     from project.db import pinning
 
     pinning.reset()
+
+
+# The message header carrying the id of the request (or task) that queued a task: its log lines then
+# name the request that caused it (resilience/request_id.py).
+REQUEST_ID_HEADER = "bulwark_request_id"
+
+
+@before_task_publish.connect
+def _carry_request_id(headers=None, **_kwargs):
+    from resilience import request_id
+
+    value = request_id.current()
+    if value and headers is not None:
+        headers[REQUEST_ID_HEADER] = value
+
+
+@task_prerun.connect
+def _restore_request_id(task=None, **_kwargs):
+    from resilience import request_id
+
+    value = task.request.get(REQUEST_ID_HEADER) if task is not None else None
+    # A worker process runs one task at a time: each task starts from its own id, or none.
+    request_id.set_current(value if isinstance(value, str) and request_id.valid(value) else "")
+
+
+@task_postrun.connect
+def _forget_request_id(**_kwargs):
+    from resilience import request_id
+
+    request_id.set_current("")
 
 
 @worker_init.connect

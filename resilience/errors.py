@@ -1,4 +1,4 @@
-"""One error shape everywhere: {"detail": ..., "code": ..., "fields": {...}?}.
+"""One error shape everywhere: {"detail": ..., "code": ..., "fields": {...}?, "request_id": ...}.
 
 Maps DRF's exceptions, and the domain exceptions apps register with `register_error` (conflicts,
 stale versions, unavailable shards: users/errors.py), to clear 4xx/503 answers, so bad input never
@@ -16,6 +16,8 @@ from rest_framework.renderers import JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from .request_id import current as current_request_id
+
 logger = logging.getLogger(__name__)
 _render_json = JSONRenderer().render  # DRF's own rendering: the same bytes as an APIView's answer
 
@@ -32,9 +34,14 @@ class ApiError(exceptions.APIException):
 
 
 def error_body(detail, code, fields=None) -> dict:
+    """The error shape; `request_id` names the request in the logs (resilience/request_id.py), so a
+    client reporting an error can quote it."""
     body = {"detail": str(detail), "code": code}
     if fields:
         body["fields"] = fields
+    request_id = current_request_id()
+    if request_id:
+        body["request_id"] = request_id
     return body
 
 

@@ -20,11 +20,14 @@ def _env(extra: dict) -> dict:
 
 
 @contextmanager
-def celery_worker(*, env: dict | None = None, concurrency: int = 1, log_path: Path | None = None):
-    """Run a real Celery worker (prefork) on the test broker; stop it afterwards."""
+def celery_worker(
+    *, env: dict | None = None, concurrency: int = 1, log_path: Path | None = None, extra_args: tuple[str, ...] = ()
+):
+    """Run a real Celery worker (prefork) on the test broker; stop it afterwards. `extra_args` go
+    last (a `-Q` there replaces the queues)."""
     log = open(log_path or os.devnull, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        worker_argv("--without-gossip", "--without-mingle", concurrency=concurrency),
+        worker_argv("--without-gossip", "--without-mingle", *extra_args, concurrency=concurrency),
         cwd=ROOT,
         env=_env(env or {}),
         stdout=log,

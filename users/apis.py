@@ -92,6 +92,7 @@ ErrorBody = inline_serializer(
         "detail": serializers.CharField(),
         "code": serializers.CharField(),
         "fields": serializers.DictField(required=False),
+        "request_id": serializers.CharField(required=False, help_text="The request's X-Request-ID."),
     },
 )
 

@@ -106,6 +106,9 @@ class OutboxEvent(models.Model):
     data = models.JSONField()
     created_at = models.DateTimeField(default=timezone.now)
     dispatched_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # The request that made the change (resilience/request_id.py): its webhooks carry it to receivers.
+    # db_default: processes of the previous release, still running during a roll-out, insert without it.
+    request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
 
     def __str__(self):
         return f"{self.event} {self.user_id}"

@@ -44,6 +44,7 @@ from django.utils import timezone
 
 from project.db import routing
 from resilience.breaker import CircuitOpenError, get_breaker
+from resilience.request_id import HEADER as REQUEST_ID_HEADER
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from . import transport
@@ -214,6 +215,8 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
             body=body,
             attempt=delivery.attempts,
         )
+        if delivery.request_id:  # the receiver can quote the request that caused the event
+            headers[REQUEST_ID_HEADER] = delivery.request_id
         response = transport.post(
             subscriber.url,
             body,

@@ -55,6 +55,7 @@ def webhook_deliveries_create(
             event_id=event.event_id,
             event=event.event,
             payload=webhook_payload(event),
+            request_id=event.request_id,
             next_attempt_at=now,
             created_at=now,
         )

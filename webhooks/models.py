@@ -79,6 +79,8 @@ class WebhookDelivery(models.Model):
     last_error = models.TextField(blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
+    # The id of the request whose change this delivers (the outbox event's), sent as X-Request-ID.
+    request_id = models.CharField(max_length=128, blank=True, default="", db_default="")
 
     class Meta:
         db_table = "resilience_webhookdelivery"

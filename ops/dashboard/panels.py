@@ -156,22 +156,31 @@ def redis_role(alias: str) -> dict:
 
 # --- Celery ---
 _celery_lock = threading.Lock()
-_celery_cache: tuple[float, list[str], str] | None = None  # (monotonic time, workers, error)
+# (monotonic time, workers, the queues each consumes, error)
+_celery_cache: tuple[float, list[str], dict[str, list[str]], str] | None = None
 _ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-celery-ping")
 
 
-def _ping_workers() -> list[str]:
+def _ping_workers() -> dict[str, list[str]]:
+    """Ask the workers which queues they consume (active_queues: an answer is also a ping)."""
     from project.celery import app
 
     # A connection of its own, closed here: a pooled one would keep the reply queue's BRPOP channel
     # open, and a process forked later (a server's workers, a test's) hangs closing it after the fork.
     with app.connection_for_write() as connection:
-        replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT, connection=connection).ping() or {}
-    return sorted(replies)
+        replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT, connection=connection).active_queues() or {}
+    return {worker: sorted(q.get("name", "") for q in queues or ()) for worker, queues in replies.items()}
 
 
 def celery_workers() -> tuple[list[str], str]:
-    """Return (names of workers that answered a ping, error or ""); cached for a few seconds.
+    """Return (names of workers that answered a ping, error or ""); cached for a few seconds."""
+    workers, _consumed, error = celery_consumers()
+    return workers, error
+
+
+def celery_consumers() -> tuple[list[str], dict[str, list[str]], str]:
+    """Return (workers that answered, worker -> the queues it consumes, error or ""); cached for a
+    few seconds.
 
     The ping runs in a helper thread with a hard deadline, so a broker that hangs costs the page at
     most about a second.
@@ -180,15 +189,29 @@ def celery_workers() -> tuple[list[str], str]:
     with _celery_lock:
         cached = _celery_cache
         if cached is not None and time.monotonic() - cached[0] < CELERY_CACHE_SECONDS:
-            return cached[1], cached[2]
+            return cached[1], cached[2], cached[3]
+        consumed: dict[str, list[str]] = {}
         try:
-            workers, error = _ping_pool.submit(_ping_workers).result(timeout=CELERY_PING_TIMEOUT + 1.0), ""
+            consumed, error = _ping_pool.submit(_ping_workers).result(timeout=CELERY_PING_TIMEOUT + 1.0), ""
         except FutureTimeout:
-            workers, error = [], "TimeoutError: no answer from the broker within 1.5 s"
+            error = "TimeoutError: no answer from the broker within 1.5 s"
         except Exception as exc:  # broker down: reported, not raised
-            workers, error = [], describe(exc)
-        _celery_cache = (time.monotonic(), workers, error)
-        return workers, error
+            error = describe(exc)
+        workers = sorted(consumed)
+        _celery_cache = (time.monotonic(), workers, consumed, error)
+        return workers, consumed, error
+
+
+def queue_warnings(depths: dict[str, int], consumed: dict[str, list[str]]) -> list[str]:
+    """ "queue webhooks: 3 waiting, no consumer" for each queue with messages that no worker that
+    answered consumes: a worker started without it (`-Q bulwark`) never runs them, and the queue grows
+    in a Redis that never evicts. Asked only when the workers answered (else the ping error says why)."""
+    consuming = {queue for queues in consumed.values() for queue in queues}
+    return [
+        f"queue {queue}: {depth} waiting, no consumer"
+        for queue, depth in depths.items()
+        if depth and queue not in consuming
+    ]
 
 
 def celery() -> dict:
@@ -200,12 +223,13 @@ def celery() -> dict:
     for queue in QUEUES:
         pipe.llen(queue)
     depths = dict(zip(QUEUES, pipe.execute(), strict=True))
-    workers, error = celery_workers()  # only asked once the broker (the state Redis) answered
+    workers, consumed, error = celery_consumers()  # only asked once the broker (the state Redis) answered
     last = safe(lambda: buffer.stats()["last_flush_at"])
     return {
         "workers": workers,
         "workers_error": error,
         "queues": depths,
+        "queue_warnings": [] if error else queue_warnings(depths, consumed),
         "last_beat_at": last.get("data"),
         "last_beat_error": last.get("error", ""),
     }

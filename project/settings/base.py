@@ -30,6 +30,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "resilience.request_id.RequestIdMiddleware",  # first: every later line and answer carries the id
     "django.middleware.security.SecurityMiddleware",
     "project.db.middleware.ReadYourWritesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -149,11 +150,14 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "resilience.schema.add_common_errors"],
 }
 
+# Human-readable lines (production.py switches the formatter to JSON). Every line names the request (or
+# the task, which carries its publisher's id) it was written for: resilience/request_id.py.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "resilience.request_id.RequestIdFilter"}},
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
 }
 

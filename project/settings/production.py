@@ -1,5 +1,7 @@
 """Production: every secret from the environment; refuses to start when misconfigured."""
 
+import copy
+
 from django.core.exceptions import ImproperlyConfigured
 
 from .base import *  # noqa: F403
@@ -35,3 +37,28 @@ SESSION_COOKIE_SECURE = True
 CSRF_COOKIE_SECURE = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+
+# Static files (the admin, the dashboards' script, Swagger UI) are served by the app itself through
+# WhiteNoise, from STATIC_ROOT filled by `manage.py collectstatic` at deploy time (docs/operations.md,
+# "Static files"): every app server then answers /static/ the same way, behind nginx or without it, and
+# the proxy needs no shared directory. Hashed names let clients cache them for a year; right after the
+# security middleware so a static file costs no session, database or limiter work.
+STATIC_ROOT = env("DJANGO_STATIC_ROOT", str(BASE_DIR / "staticfiles"))  # noqa: F405
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+_after = MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1  # noqa: F405
+MIDDLEWARE = [*MIDDLEWARE[:_after], "whitenoise.middleware.WhiteNoiseMiddleware", *MIDDLEWARE[_after:]]  # noqa: F405
+
+# One JSON object per line (for a log shipper), every line with its request id. The stdlib's logging
+# with python-json-logger's formatter rather than structlog: Django, Celery, redis-py and our modules all
+# log through the stdlib already, so one formatter on the one handler makes every line structured
+# without changing a call site, and `extra={...}` fields (the limiter's policy and key) become keys.
+LOGGING = copy.deepcopy(LOGGING)  # noqa: F405
+LOGGING["formatters"]["json"] = {
+    "()": "pythonjsonlogger.json.JsonFormatter",
+    "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s %(request_id)s",
+    "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+}
+LOGGING["handlers"]["console"]["formatter"] = "json"

@@ -2,6 +2,7 @@
 Retry-After and the IETF RateLimit headers on every limited response."""
 
 import functools
+import logging
 
 from django.conf import settings
 from django.http import JsonResponse
@@ -16,6 +17,21 @@ from .limiter import check, evaluate_with
 from .policies import get_policy
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+logger = logging.getLogger("resilience.ratelimit")
+
+
+def log_denial(decision, key: str) -> None:
+    """One line per denied request, naming the policy and the key (the log filter adds the request
+    id): who was limited, and by what, without a Redis lookup. `key` is an address, a user id, a
+    case-folded username or a token's hash, never a secret (resilience/ratelimit/http.py)."""
+    logger.info(
+        "rate limited: policy=%s key=%s retry_after=%ss%s",
+        decision.policy.name,
+        key,
+        decision.retry_after,
+        " [degraded]" if decision.degraded else "",
+        extra={"policy": decision.policy.name, "key": key},
+    )
 
 
 class RateLimitedApiMixin:
@@ -87,9 +103,11 @@ def admit(policy_name: str, key, companions: dict):
     with Retry-After and the RateLimit headers, when denied."""
     if not settings.RESILIENCE_RATELIMIT_ENABLED:
         return None, dict(zip(companions, run_all(list(companions.values())), strict=True))
-    decision, results = evaluate_with(get_policy(policy_name), key(), companions=companions)
+    counted_key = key()
+    decision, results = evaluate_with(get_policy(policy_name), counted_key, companions=companions)
     count_decision(decision)
     if not decision.allowed:
+        log_denial(decision, counted_key)
         raise ApiError(
             429, "Too many requests; retry after the time in Retry-After.", "rate_limited", headers=headers(decision)
         )
@@ -105,9 +123,11 @@ def rate_limited_view(policy_name: str, *, methods=("POST",)):
         def wrapper(request, *args, **kwargs):
             if request.method not in methods or not settings.RESILIENCE_RATELIMIT_ENABLED:
                 return view(request, *args, **kwargs)
-            decision = check(policy_name, request_key(policy_name, request))
+            counted_key = request_key(policy_name, request)
+            decision = check(policy_name, counted_key)
             count_decision(decision)
             if not decision.allowed:
+                log_denial(decision, counted_key)
                 response = JsonResponse(error_body("Too many attempts; retry later.", "rate_limited"), status=429)
             else:
                 response = view(request, *args, **kwargs)

@@ -47,6 +47,12 @@ def _parse(value: str) -> IPAddress | None:
     return address
 
 
+def from_trusted_proxy(request: HttpRequest) -> bool:
+    """Whether `request` came straight from one of `RESILIENCE_TRUSTED_PROXIES` (whose headers we believe)."""
+    remote = _parse(request.META.get("REMOTE_ADDR", ""))
+    return remote is not None and any(remote in network for network in trusted_proxies())
+
+
 def client_ip(request: HttpRequest) -> str:
     """Return the address of the client that sent `request`.
 

@@ -1,0 +1,89 @@
+"""The production worker command, exactly as docs/operations.md states it, delivers a webhook: it
+consumes the webhooks queue as well as the default one (a worker started with `-Q bulwark` alone
+never would)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from webhooks.models import WebhookDelivery, WebhookSubscriber
+from webhooks.tasks import webhooks_dispatch
+
+from ..processes import _env, _stop
+from ..resilience.test_webhooks import Receiver
+from ..stack import ROOT, wait_for
+
+pytestmark = pytest.mark.usefixtures("real_db")
+TRACE_ID = "edge-worker-test-0001"
+
+
+def documented_worker_command() -> list[str]:
+    """The worker command of docs/operations.md's "Run" section, run with this virtualenv's python."""
+    run = (ROOT / "docs" / "operations.md").read_text().split("## Run", 1)[1].split("\n## ", 1)[0]
+    (command,) = set(re.findall(r"`(python -m project\.worker)`", run))
+    return [sys.executable, *command.split()[1:]]
+
+
+def test_the_documented_worker_command_delivers_a_webhook_with_its_request_id(client, settings, tmp_path):
+    settings.RESILIENCE_TRUSTED_PROXIES = ["127.0.0.1"]
+    receiver = Receiver()
+    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
+    worker = subprocess.Popen(
+        documented_worker_command(),
+        cwd=ROOT,
+        env=_env({}),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        subscriber = WebhookSubscriber.objects.create(url=receiver.url, events=["user.created"])
+        receiver.secret = subscriber.secret
+        response = client.post(
+            "/api/v1/users/",
+            data={"username": "worked", "email": "worked@example.com", "password": "pw-worked-0123456789"},
+            content_type="application/json",
+            HTTP_X_REQUEST_ID=TRACE_ID,
+        )
+        assert response.status_code == 201
+        webhooks_dispatch.delay()  # what beat does every second; it queues the delivery run
+        wait_for(
+            lambda: WebhookDelivery.objects.filter(status="delivered").exists(),
+            timeout=90,
+            interval=0.25,
+            message=f"the documented worker to deliver (log: {tmp_path / 'worker.log'})",
+        )
+        assert worker.poll() is None
+        (sent,) = receiver.requests
+        assert sent["verified"] and sent["headers"]["X-Request-ID"] == TRACE_ID
+    finally:
+        _stop(worker)
+        log.close()
+        receiver.stop()
+
+
+def test_the_overview_warns_of_a_queue_with_messages_and_no_consumer(tmp_path):
+    from django_redis import get_redis_connection
+
+    from ops.dashboard import panels
+    from project.worker import DEFAULT_QUEUE, WEBHOOKS_QUEUE
+
+    from ..processes import celery_worker
+
+    panels._celery_cache = None
+    # A worker that consumes only the default queue, as docs once told production to start it.
+    with celery_worker(extra_args=("-Q", DEFAULT_QUEUE)) as _worker:
+        webhooks_dispatch.delay()
+        wait_for(
+            lambda: (setattr(panels, "_celery_cache", None), panels.celery()["workers"])[1],
+            timeout=60,
+            message="the worker to answer",
+        )
+        data = panels.celery()
+        assert data["queues"][WEBHOOKS_QUEUE] >= 1
+        assert (
+            f"queue {WEBHOOKS_QUEUE}: {data['queues'][WEBHOOKS_QUEUE]} waiting, no consumer" in data["queue_warnings"]
+        )
+    get_redis_connection("state").delete(WEBHOOKS_QUEUE)
