@@ -11,6 +11,18 @@ COMMON_ERRORS = {
     "429": "Rate limited (see Retry-After and the RateLimit headers)",
     "503": "A dependency is unavailable or a shard is moving (see Retry-After)",
 }
+# What an operation that honours Idempotency-Key (resilience/idempotency.py) may answer besides.
+IDEMPOTENCY_ERRORS = {
+    "409": "A request with this Idempotency-Key is in progress, or its answer cannot be replayed",
+    "422": "This Idempotency-Key was used with a different body",
+}
+
+
+def _takes_idempotency_key(operation: dict) -> bool:
+    return any(
+        p.get("in") == "header" and p.get("name", "").lower() == "idempotency-key"
+        for p in operation.get("parameters", [])
+    )
 
 
 def add_common_errors(result, generator, request, public):
@@ -22,6 +34,7 @@ def add_common_errors(result, generator, request, public):
             continue
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
-            for code, description in COMMON_ERRORS.items():
+            errors = {**COMMON_ERRORS, **(IDEMPOTENCY_ERRORS if _takes_idempotency_key(operation) else {})}
+            for code, description in errors.items():
                 responses.setdefault(code, {"content": error, "description": description})
     return result
