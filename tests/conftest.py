@@ -14,6 +14,7 @@ from users.models import ShardMapEntry
 from users.sharding.shardmap import initial_ranges, shard_map
 
 from .stack import stack
+from .staff import caught_up
 
 SHARD_TABLES = ["users_token", "users_outboxevent", "users_writebehindbatch", "users_frozenlogicalshard", "users_user"]
 DEFAULT_TABLES = [
@@ -87,3 +88,22 @@ def restore_stack():
         except RuntimeError:
             pass
     stack("up")
+
+
+@pytest.fixture
+def staff(real_db):
+    """A superuser of the admin (Django's auth user, default database)."""
+    from django.contrib.auth.models import User as StaffUser
+
+    return StaffUser.objects.create_superuser("ops", "ops@example.com", "pw-ops-0123456789")
+
+
+@pytest.fixture
+def admin_client(staff):
+    """A test client logged in as `staff`, once the replicas have the session."""
+    from django.test import Client
+
+    client = Client()
+    client.force_login(staff)
+    caught_up()
+    return client

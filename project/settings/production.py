@@ -7,7 +7,7 @@ from django.core.exceptions import ImproperlyConfigured
 from .base import *  # noqa: F403
 from .env import env
 
-# The example value in .env.example (tests/test_foundation.py checks they agree). It is long and varied
+# The example value in .env.example (tests/project/test_settings.py checks they agree). It is long and varied
 # enough for Django's security.W009, so only this comparison stops a copied example from signing every
 # session and token digest with a key anyone can read.
 PLACEHOLDER_SECRET_KEY = "change-me-to-a-random-string-of-at-least-fifty-characters-xxxxxxxx"  # noqa: S105 (refused)

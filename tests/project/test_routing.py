@@ -16,8 +16,8 @@ from users import selectors, services
 from users.models import ShardMapEntry, User
 from users.sharding.access import group_for_user_id
 
-from ..resilience.test_admin import caught_up
 from ..stack import stack, wait_for
+from ..staff import caught_up
 
 pytestmark = pytest.mark.usefixtures("real_db")
 

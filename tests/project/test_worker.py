@@ -12,8 +12,8 @@ from webhooks.models import WebhookDelivery, WebhookSubscriber
 from webhooks.tasks import webhooks_dispatch
 
 from ..processes import _env, _stop
-from ..resilience.test_webhooks import Receiver
 from ..stack import ROOT, wait_for
+from ..webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("real_db")
 TRACE_ID = "edge-worker-test-0001"

@@ -19,7 +19,7 @@ from resilience.ratelimit import check, peek
 from users import selectors, services
 
 from ..stack import ROOT, free_port, wait_for
-from .test_admin import caught_up
+from ..staff import caught_up
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

@@ -11,10 +11,11 @@ from django.conf import settings as django_settings
 from django.contrib.auth.models import User as StaffUser
 from django.test import Client
 
+from project.db.replicas import monitor
 from resilience import health
 
 from ..stack import run_together, stack, wait_for
-from .test_admin import caught_up
+from ..staff import caught_up
 
 OUTSIDER = {"REMOTE_ADDR": "203.0.113.9"}  # not loopback: METRICS_ALLOWED_IPS does not admit it
 TOKEN = "health-token-for-tests-0123456789"
@@ -109,3 +110,59 @@ def test_fifty_rapid_calls_probe_at_most_once_per_interval(real_db):
     # A probe starts only once the last one is an interval old, so a span of `elapsed` seconds holds at
     # most elapsed / interval + 1 of them, however many callers there were (before: one per call).
     assert 1 <= health.probes - before <= elapsed / interval + 1
+
+
+# --- the dependencies /health/ready reports (from the foundation tests) ---
+@pytest.mark.usefixtures("real_db")
+def test_ready_is_200_when_everything_answers(client):
+    response = client.get("/health/ready")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok"
+    names = {c["name"] for c in body["checks"]}
+    assert {
+        "default",
+        "default_r0",
+        "shard_0",
+        "shard_0_r0",
+        "shard_1",
+        "shard_1_r0",
+        "redis-cache",
+        "redis-state",
+    } <= names
+    assert all(c["status"] == "up" and c["latency_ms"] >= 0 for c in body["checks"])
+
+
+@pytest.mark.usefixtures("real_db")
+def test_live_is_200(client):
+    assert client.get("/health/live").status_code == 200
+
+
+@pytest.mark.usefixtures("real_db")
+def test_ready_is_degraded_but_200_with_the_replica_stopped(client, restore_stack):
+    stack("stop", "replica")
+    response = client.get("/health/ready")
+    body = response.json()
+    assert response.status_code == 200
+    assert body["status"] == "degraded"
+    assert set(body["degraded"]) == {f"{group}_r0" for group in django_settings.DATABASE_GROUPS}
+    stack("start", "replica")
+    wait_for(lambda: client.get("/health/ready").json()["status"] == "ok", timeout=20, message="replica back")
+    monitor.refresh_now()
+
+
+@pytest.mark.usefixtures("real_db")
+def test_ready_is_503_naming_the_state_redis_when_it_is_stopped(client, restore_stack):
+    stack("stop", "state")
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json()["failed"] == ["redis-state"]
+    assert response["Retry-After"]
+
+
+@pytest.mark.usefixtures("real_db")
+def test_ready_is_503_naming_every_primary_when_postgres_is_stopped(client, restore_stack):
+    stack("stop", "primary")
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert set(response.json()["failed"]) == {"default", *django_settings.SHARD_GROUPS}

@@ -19,7 +19,7 @@ from webhooks.tasks import webhooks_prune
 
 from ..processes import celery_worker
 from ..stack import wait_for
-from .test_webhooks import Receiver
+from ..webhooks.receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("real_db")
 PROXY_ID = "edge-4f1c2a9e-0001"

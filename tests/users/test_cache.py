@@ -15,13 +15,14 @@ from project.db.pinning import use_primary
 from users import cache, selectors, services
 from users.identity import identity_key
 
+from ..factories import UserFactory
 from ..stack import run_together, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
 
 def new_user(name="cached"):
-    return services.user_create(username=name, email=f"{name}@example.com", password="a-long-pass-2026")
+    return UserFactory(username=name)
 
 
 def db_row(user_id):

@@ -21,13 +21,14 @@ from users.sharding.hashing import logical_shard_for_username
 from users.sharding.ids import logical_shard_of_id, make_id
 from users.sharding.shardmap import shard_map
 
+from ..factories import UserFactory
 from ..stack import ROOT
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
 
 def make_user(name: str, **extra) -> dict:
-    return services.user_create(username=name, email=f"{name}@example.com", password="a-long-pass-2026", **extra)
+    return UserFactory(username=name, **extra)
 
 
 def test_ten_thousand_usernames_spread_evenly_and_real_users_land_where_predicted():

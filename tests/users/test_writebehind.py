@@ -21,6 +21,7 @@ from users.models import User
 from users.sharding.access import group_for_user_id
 from users.writebehind import buffer, flush, keys
 
+from ..factories import UserFactory
 from ..processes import celery_beat, celery_worker
 from ..stack import ROOT, run_together, stack, wait_for
 
@@ -28,10 +29,7 @@ pytestmark = pytest.mark.usefixtures("real_db")
 
 
 def make_users(n, prefix="wb"):
-    return [
-        services.user_create(username=f"{prefix}{i}", email=f"{prefix}{i}@example.com", password="a-long-pass-2026")
-        for i in range(n)
-    ]
+    return [UserFactory(username=f"{prefix}{i}") for i in range(n)]
 
 
 def db_views(user_ids):

@@ -1,30 +1,23 @@
 """The staff dashboards in the admin: every page and action through Django's test client, against the
-real databases and Redis (run with DB_NAME_PREFIX/REDIS_DB of your own, see tests/resilience/conftest.py).
-"""
+real databases and Redis."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-import textwrap
 
-import pytest
 from django.conf import settings as django_settings
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.contrib.auth.models import User as StaffUser
-from django.db import connections
 from django.test import Client
 
 from ops.dashboard import history, panels
 from resilience.breaker import State, get_breaker
 from resilience.ratelimit import check, peek
-from users import selectors, services
-from users.models import User
-from users.sharding.access import group_for_user_id
+from users import services
 
-from ..stack import ROOT, wait_for
+from ..stack import wait_for
+from ..staff import caught_up
+from .conftest import failing_breaker
 
 PAGES = [
     "/admin/bulwark/overview/",
@@ -35,56 +28,6 @@ PAGES = [
     "/admin/bulwark/ratelimits/reset/?policy=auth.token&key=ip:10.0.0.1",
     "/admin/users/user/",
 ]
-
-
-def replicas_caught_up() -> bool:
-    """True once every replica has replayed what the primary cluster has written so far (every database
-    of the local stack streams through one WAL), so admin reads routed to a replica see it."""
-    with connections["default"].cursor() as cursor:
-        cursor.execute("SELECT pg_current_wal_lsn()")
-        lsn = cursor.fetchone()[0]
-    for spec in django_settings.DATABASE_GROUPS.values():
-        for alias in spec["replicas"]:
-            with connections[alias].cursor() as cursor:
-                cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [lsn])
-                if not cursor.fetchone()[0]:
-                    return False
-    return True
-
-
-def caught_up() -> None:
-    wait_for(replicas_caught_up, timeout=20, interval=0.05, message="replicas to replay the test's writes")
-
-
-@pytest.fixture
-def staff(real_db):
-    return StaffUser.objects.create_superuser("ops", "ops@example.com", "pw-ops-0123456789")
-
-
-@pytest.fixture
-def admin_client(staff):
-    client = Client()
-    client.force_login(staff)
-    caught_up()
-    return client
-
-
-@pytest.fixture
-def daily(settings):
-    """A policy whose window is a day, so no window boundary passes during a test (the built-in
-    per-minute windows can roll over between a check and the page that shows it)."""
-    settings.RESILIENCE_RATELIMIT_POLICIES = {
-        "test.daily": {"rate": "5/d", "key": "ip+username", "algorithm": "sliding_window", "fail": "closed"}
-    }
-    return "test.daily"
-
-
-def failing_breaker(name: str, failures: int = 5):
-    breaker = get_breaker(name)
-    for _ in range(failures):
-        with pytest.raises(ConnectionError), breaker.call():
-            raise ConnectionError("refused by the test")
-    return breaker
 
 
 # --- access ---
@@ -421,183 +364,3 @@ def test_resetting_a_rate_limit_key_needs_its_permission_and_the_page_shows_who_
     assert recent_actions(viewer.get("/admin/bulwark/ratelimits/").content.decode()) == [
         ("resetter", f"{daily}|{key}", "Reset rate-limit key (had counters)")
     ]
-
-
-# --- sharded users ---
-def make_users():
-    return [
-        services.user_create(
-            username=f"user{i}", email=f"user{i}@example.com", password="pw-0123456789abc", display_name=f"User {i}"
-        )
-        for i in range(6)
-    ]
-
-
-def test_user_list_per_shard_and_find_by_id_username_and_email(admin_client):
-    rows = make_users()
-    caught_up()
-    by_shard = {}
-    for row in rows:
-        by_shard.setdefault(group_for_user_id(row["id"]), []).append(row)
-
-    for group in django_settings.SHARD_GROUPS:
-        body = admin_client.get("/admin/users/user/", {"shard": group}).content.decode()
-        listed = body[body.index('id="shard-users"') :] if 'id="shard-users"' in body else ""
-        for row in rows:
-            assert (f">{row['username']}<" in listed) == (row in by_shard.get(group, [])), (group, row["username"])
-    assert admin_client.get("/admin/users/user/", {"shard": "nope"}).status_code == 404
-
-    target = rows[3]
-    for query in (str(target["id"]), "USER3", "User3@Example.com"):
-        body = admin_client.get("/admin/users/user/", {"q": query}).content.decode()
-        found = body[body.index('id="search-results"') : body.index('id="user-list"')]
-        assert f'href="/admin/users/user/{target["id"]}/change/"' in found, query
-        assert "user2" not in found
-    assert "No user matches" in admin_client.get("/admin/users/user/", {"q": "nobody"}).content.decode()
-
-
-def test_user_list_is_paginated(admin_client, monkeypatch):
-    from users import admin as users_admin
-
-    monkeypatch.setattr(users_admin, "PER_PAGE", 1)
-    rows = make_users()
-    caught_up()
-    group = group_for_user_id(rows[0]["id"])
-    on_group = sorted(r["id"] for r in rows if group_for_user_id(r["id"]) == group)
-    seen = []
-    for page in range(1, len(on_group) + 1):
-        body = admin_client.get("/admin/users/user/", {"shard": group, "page": page}).content.decode()
-        seen += [int(m) for m in re.findall(r'href="/admin/users/user/(\d+)/change/"', body)]
-        assert ("next</a>" in body) == (page < len(on_group))
-    assert seen == on_group
-
-
-def test_user_edit_goes_through_the_service_and_shows_a_taken_email_as_a_form_error(admin_client, staff):
-    alice, bob = make_users()[:2]
-    caught_up()
-    url = f"/admin/users/user/{alice['id']}/change/"
-    page = admin_client.get(url)
-    assert page.status_code == 200 and alice["email"].encode() in page.content
-
-    response = admin_client.post(
-        url,
-        {"display_name": "Alice A.", "bio": "hello", "email": "alice@new.example.com", "version": alice["version"]},
-        follow=True,
-    )
-
-    assert response.status_code == 200 and b"saved" in response.content
-    row = selectors.user_get_by_id(user_id=alice["id"])
-    assert (row["display_name"], row["bio"], row["email"]) == ("Alice A.", "hello", "alice@new.example.com")
-    assert selectors.user_get_by_email(email="alice@new.example.com")["id"] == alice["id"]
-    assert selectors.user_get_by_email(email=alice["email"]) is None  # the old claim was released
-    entry = LogEntry.objects.get()
-    assert (entry.user_id, entry.object_id, entry.get_admin_url()) == (staff.pk, str(alice["id"]), url)
-    assert entry.change_message == "Changed display_name, bio, email."
-
-    taken = admin_client.post(url, {"display_name": "x", "bio": "", "email": bob["email"], "version": row["version"]})
-    assert taken.status_code == 200 and b"This email is already taken" in taken.content
-    assert selectors.user_get_by_id(user_id=alice["id"])["display_name"] == "Alice A."
-
-    stale = admin_client.post(url, {"display_name": "y", "bio": "", "email": row["email"], "version": 1})
-    assert b"Someone else changed this user" in stale.content
-    assert LogEntry.objects.count() == 1
-    assert admin_client.get("/admin/users/user/123/change/").status_code == 404
-    assert admin_client.get("/admin/users/user/not-an-id/change/").status_code == 404
-
-
-def test_the_user_admin_never_queries_the_unsharded_manager(admin_client):
-    from django.contrib import admin
-
-    assert list(admin.site._registry[User].get_queryset(None)) == []
-
-
-# --- metrics ---
-def metric(body: str, metric_name: str, /, **labels) -> float | None:
-    for line in body.splitlines():
-        if not line.startswith(metric_name + "{") and not line.startswith(metric_name + " "):
-            continue
-        found = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0])) if "{" in line else {}
-        if all(found.get(k) == v for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
-def test_metrics_are_served_to_staff_a_bearer_token_and_allowed_addresses_only(real_db, settings):
-    staff = StaffUser.objects.create_superuser("ops", "ops@example.com", "pw-ops-0123456789")
-    outsider = {"REMOTE_ADDR": "203.0.113.9"}
-
-    assert Client().get("/metrics").status_code == 200  # loopback is allowed by default
-    assert Client().get("/metrics", **outsider).status_code == 403
-    settings.METRICS_TOKEN = "s3cret-token-for-tests"
-    assert (
-        Client().get("/metrics", headers={"Authorization": "Bearer s3cret-token-for-tests"}, **outsider).status_code
-        == 200
-    )
-    assert Client().get("/metrics", headers={"Authorization": "Bearer wrong"}, **outsider).status_code == 403
-    settings.METRICS_ALLOWED_IPS = ["203.0.113.0/24"]
-    assert Client().get("/metrics", **outsider).status_code == 200
-    settings.METRICS_ALLOWED_IPS = []
-    assert Client().get("/metrics").status_code == 403
-    signed_in = Client()
-    signed_in.force_login(staff)
-    caught_up()
-    assert signed_in.get("/metrics", **outsider).status_code == 200
-
-
-def test_metrics_count_requests_limits_cache_and_expose_breakers_backlog_and_lag(real_db, settings):
-    from resilience import metrics
-
-    metrics.install_listener()  # the tests' conftest clears listeners between tests
-    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "ops.metrics.MetricsMiddleware"]
-    failing_breaker("payments")
-    client = Client()
-    before = client.get("/metrics").content.decode()
-    client.get("/health/live")
-    client.post("/admin/login/", {"username": "nobody", "password": "x"})  # counted by admin.login
-    from users import cache
-
-    cache.stats["hits"] += 2  # what users/cache.py does on hits in this process
-
-    body = client.get("/metrics").content.decode()
-
-    def grew(metric_name, /, by=1.0, **labels):
-        return (metric(body, metric_name, **labels) or 0) - (metric(before, metric_name, **labels) or 0) >= by
-
-    assert grew("bulwark_http_requests_total", method="GET", status="200", view="health-live")
-    assert grew("bulwark_ratelimit_decisions_total", policy="admin.login", decision="allowed", degraded="false")
-    assert grew("bulwark_user_cache_events_total", by=2, event="hits")
-    assert metric(body, "bulwark_circuit_breaker_state", name="payments", state="OPEN") == 1
-    assert metric(body, "bulwark_circuit_breaker_state", name="payments", state="CLOSED") == 0
-    assert metric(body, "bulwark_circuit_breaker_transitions_total", name="payments", to_state="OPEN") >= 1
-    assert metric(body, "bulwark_writebehind_pending_views_users") == 0
-    for spec in django_settings.DATABASE_GROUPS.values():
-        for alias in spec["replicas"]:
-            assert metric(body, "bulwark_replica_reachable", alias=alias) == 1
-            assert metric(body, "bulwark_replica_lag_seconds", alias=alias) is not None
-    assert metric(body, "bulwark_metrics_source_up", source="write_behind") == 1
-
-
-def test_metrics_add_up_every_process_in_multiprocess_mode(real_db, tmp_path):
-    """Two processes count; a third one, answering the scrape, reports the sum of both."""
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "project.settings.test"}
-    count = textwrap.dedent("""
-        import sys, django
-        django.setup()
-        from resilience import metrics
-        metrics.RATELIMIT_DECISIONS.labels("api.read", "denied", "false").inc(int(sys.argv[1]))
-    """)
-    scrape = textwrap.dedent("""
-        import django
-        django.setup()
-        from prometheus_client import generate_latest
-        from ops import metrics
-        print(generate_latest(metrics.registry()).decode())
-    """)
-    for n in ("3", "4"):
-        subprocess.run([sys.executable, "-c", count, n], cwd=ROOT, env=env, check=True, timeout=120)
-    out = subprocess.run(
-        [sys.executable, "-c", scrape], cwd=ROOT, env=env, check=True, timeout=120, capture_output=True, text=True
-    ).stdout
-
-    assert metric(out, "bulwark_ratelimit_decisions_total", policy="api.read", decision="denied") == 7
-    assert metric(out, "bulwark_writebehind_pending_views_users") == 0  # scrape-time gauges as well

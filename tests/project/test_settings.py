@@ -1,0 +1,98 @@
+"""Production settings refuse what would be unsafe, and `check --deploy` is clean."""
+
+import os
+import re
+import subprocess
+import sys
+
+from ..stack import ROOT
+
+
+def test_production_settings_refuse_to_start_without_a_secret_key():
+    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
+    env["DJANGO_SETTINGS_MODULE"] = "project.settings.production"
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+
+
+def test_production_settings_refuse_debug():
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.production",
+        DJANGO_DEBUG="true",
+        DJANGO_SECRET_KEY="x" * 60,
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DJANGO_DEBUG must be off" in result.stderr
+
+
+def test_production_settings_refuse_the_placeholder_secret_key_of_env_example():
+    example = (ROOT / ".env.example").read_text()
+    placeholder = re.search(r"^DJANGO_SECRET_KEY=(.*)$", example, re.M).group(1).strip()
+    assert len(placeholder) >= 50  # long enough to pass the length rule: only the comparison stops it
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production", DJANGO_SECRET_KEY=placeholder)
+    env.pop("DJANGO_DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DJANGO_SECRET_KEY is the placeholder of .env.example" in result.stderr
+
+
+def check_deploy(**variables) -> subprocess.CompletedProcess:
+    """`manage.py check --deploy --fail-level WARNING` under production settings with `variables` set
+    (None: unset) over this process's environment."""
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.production",
+        DJANGO_ALLOWED_HOSTS="api.example.com",
+        DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7,  # long and varied enough for security.W009
+    )
+    env.pop("DJANGO_DEBUG", None)
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_check_deploy_is_clean_under_production_settings():
+    result = check_deploy(RESILIENCE_TRUSTED_PROXIES="10.0.0.0/8")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_check_warns_when_production_trusts_a_proxy_header_without_trusted_proxies():
+    result = check_deploy(RESILIENCE_TRUSTED_PROXIES=None)
+    assert result.returncode != 0
+    assert "(resilience.W030)" in result.stderr
+    assert "SECURE_PROXY_SSL_HEADER" in result.stderr
