@@ -12,6 +12,7 @@ from users import services
 from users.apis import UserDetailApi
 from users.sharding.access import group_for_user_id
 
+from ..factories import TokenFactory
 from .conftest import PASSWORD
 
 # Headers whose values move from one request to the next (the limiter's remaining quota and reset).
@@ -91,7 +92,7 @@ def test_requests_it_does_not_fully_understand_go_to_drf(settings, user, dispatc
 def test_a_token_holder_goes_to_drf_and_is_counted_by_user(settings, user, dispatches):
     settings.USERS_FAST_READ = True
     settings.RESILIENCE_RATELIMIT_POLICIES = {"api.read": {"rate": "1/m", "key": "user_or_ip"}}
-    token, _user_id = services.token_create(username="fasty", password=PASSWORD)
+    token = TokenFactory(username="fasty", password=PASSWORD)
     as_user = {"Authorization": f"Token {token}"}
     assert Client(REMOTE_ADDR="10.9.2.1").get(detail(user["id"]), headers=as_user).status_code == 200
     # Another address, the same user: the one allowed read is spent.
