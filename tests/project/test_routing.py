@@ -309,3 +309,18 @@ def test_an_lsn_pin_checks_the_replica_actually_chosen(settings, async_replay_pa
     wait_for(caught_up_sync, timeout=10, message="the synchronous standby to replay the write")
     assert monitor.replayed(f"{group}_r0") < lsn
     assert _reads(group, 20) == {f"{group}_r1"}
+
+
+def test_a_task_queued_inside_the_writing_transaction_is_handed_a_position_no_replica_reaches(settings):
+    settings.READ_YOUR_WRITES_SYNC_APPLY = False
+    _fresh_client_context()
+    user = services.user_create(username="inside", email="inside@example.com", password="a-long-pass-2026")
+    group = group_for_user_id(user["id"])
+    _fresh_client_context()
+    with transaction.atomic(using=group):
+        routing.write_alias(group)
+        # The commit has no position yet: reading one now would hand over an LSN before the commit.
+        assert routing.handoff_lsns()[group] == (routing.NO_REPLICA_LSN, False)
+    assert pinning.pending_groups() == [group]  # the request still reads its commit LSN at its end
+    handed = routing.handoff_lsns()[group][0]  # queued after the commit: the position is read now
+    assert handed < routing.NO_REPLICA_LSN and pinning.lsns()[group] == (handed, False)
