@@ -1,6 +1,8 @@
 """`make bench`: every figure as a ratio against its baseline measured in the same run.
 
-Sections: data layer (routing overhead, replica share), HTTP (gunicorn vs granian; cached, uncached,
+Sections: data layer (routing overhead, replica share), read-your-writes (write latency with and
+without `synchronous_commit = remote_apply`; the replica share of reads with LSN pinning vs the time
+window, same mix), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
 per check, breaker overhead), dependency breakers (the cached read with them on vs off), write-behind
 (buffered vs direct views; buffered views with and without WRITE_BEHIND_WAIT_REPLICAS=1 against a
@@ -113,6 +115,96 @@ def bench_data_layer(users):
         reads += 1
         replica_reads += alias != routing.primary_alias(group_for_user_id(u["id"]))
     report("data", "share of reads served by replicas (90/10 mix)", replica_reads / reads, "", ">= 0.90")
+
+
+# ---------------------------------------------------------------- read-your-writes
+def bench_consistency(users):
+    """Read-your-writes: what remote_apply costs a write, and what LSN pinning saves the primaries.
+
+    Both in process (the same code as a request), on the stack's primary, asynchronous standby and
+    synchronous standby. The mix is the same for every mode: a seeded sequence of clients, 10 % of
+    whose operations update their own profile and 90 % read a profile, each client echoing the token
+    its last write gave it, as the middleware's cookie does.
+    """
+    print("read-your-writes", flush=True)
+    monitor.refresh_now()
+    group = group_for_user_id(users[0]["id"])
+    sync = settings.DATABASE_GROUPS[group].get("sync_replicas") or []
+    if not sync or not monitor.usable(sync):
+        print("  (no usable synchronous standby: section skipped)", flush=True)
+        return
+
+    def write_latencies(sync_apply, n=200):
+        samples = []
+        with override_settings(READ_YOUR_WRITES_SYNC_APPLY=sync_apply):
+            for i in range(n):
+                pinning.reset()
+                u = users[i % len(users)]
+                started = time.perf_counter()
+                services.user_update(user_id=u["id"], changes={"bio": f"lat {sync_apply} {i}"})
+                samples.append((time.perf_counter() - started) * 1000)
+        samples.sort()
+        return samples[len(samples) // 2], samples[int(len(samples) * 0.99) - 1]
+
+    write_latencies(False, 50)
+    write_latencies(True, 50)  # warm both paths
+    # Alternate, so both modes see the same neighbours on this shared machine; keep the median round.
+    rounds = sorted(
+        ((write_latencies(False), write_latencies(True)) for _ in range(3)), key=lambda r: r[1][0] / r[0][0]
+    )
+    plain, synced = rounds[1]
+    report(
+        "consistency",
+        "write (PATCH-equivalent update), async commit: p50 / p99",
+        f"{plain[0]:.2f} / {plain[1]:.2f}",
+        "ms",
+    )
+    report(
+        "consistency", "write, synchronous_commit = remote_apply: p50 / p99", f"{synced[0]:.2f} / {synced[1]:.2f}", "ms"
+    )
+    report("consistency", "remote_apply write latency p50: sync / async", synced[0] / plain[0], "x")
+
+    rng = random.Random(15)
+    ops = [(rng.randrange(len(users)), rng.random() < 0.1, rng.randrange(len(users))) for _ in range(1500)]
+    think = 0.004  # seconds between two operations: a client's next request is not instantaneous
+
+    def replica_share(mode):
+        tokens = {}  # client -> what it echoes: the LSN token, or the deadline of the time window
+        reads = on_replica = 0
+        with override_settings(READ_YOUR_WRITES_SYNC_APPLY=mode == "lsn+remote_apply"):
+            for client, writes, target in ops:
+                if mode == "window":
+                    pinning.reset(pinned_until=tokens.get(client, 0.0))
+                else:
+                    pinning.reset(lsns=tokens.get(client))
+                if writes:
+                    services.user_update(user_id=users[client]["id"], changes={"bio": f"mix {mode}"})
+                    routing.record_commit_lsns()
+                    tokens[client] = pinning.pinned_until() if mode == "window" else pinning.lsns()
+                else:
+                    uid = users[target]["id"]
+                    alias = routing.read_alias(group_for_user_id(uid))
+                    User.objects.using(alias).filter(id=uid).values(*selectors.FIELDS).first()
+                    reads += 1
+                    on_replica += alias != routing.primary_alias(group_for_user_id(uid))
+                time.sleep(think)
+        return on_replica / reads
+
+    window = replica_share("window")
+    lsn = replica_share("lsn")
+    lsn_sync = replica_share("lsn+remote_apply")
+    print(f"  (mix: 10 % writes, 90 % reads, {len(users)} clients, {think * 1000:.0f} ms apart)", flush=True)
+    report("consistency", f"replica share of reads, time window {settings.READ_YOUR_WRITES_WINDOW:.0f} s", window)
+    report("consistency", "replica share of reads, LSN pinning (async commit)", lsn)
+    report("consistency", "replica share of reads, LSN pinning + remote_apply", lsn_sync)
+    report("consistency", "replica share: LSN pinning / time window", lsn / window if window else float("inf"), "x")
+    report(
+        "consistency",
+        "replica share: LSN + remote_apply / time window",
+        lsn_sync / window if window else float("inf"),
+        "x",
+    )
+    pinning.reset()
 
 
 # ---------------------------------------------------------------- http
@@ -554,6 +646,7 @@ def main():
     only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
     sections = (
         ("data", lambda: bench_data_layer(users)),
+        ("consistency", lambda: bench_consistency(users)),
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),

@@ -120,12 +120,20 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
         uid: (bio, views)
         for uid, bio, views in _rows("SELECT id, bio, view_count FROM users_user WHERE id = ANY(%s)", [ids])
     }
-    updated_events = Counter(
-        uid
-        for (uid,) in _rows(
-            "SELECT user_id FROM users_outboxevent WHERE event = 'user.updated' AND user_id = ANY(%s)", [ids]
+    updated = dict(
+        _rows(
+            "SELECT event_id::text, user_id FROM users_outboxevent WHERE event = 'user.updated' AND user_id = ANY(%s)",
+            [ids],
         )
     )
+    # A resharding move copies only undispatched events and deletes the source's rows: a moved user's
+    # delivered events are then at the receiver only (its "id" is the outbox event id).
+    wanted = set(ids)
+    with receiver.lock:
+        for event_id, payload in receiver.events.items():
+            if payload.get("event") == "user.updated" and (uid := int(payload["data"]["id"])) in wanted:
+                updated[event_id] = uid
+    updated_events = Counter(updated.values())
     for uid in ids:
         bio, views = rows.get(uid, ("", 0))
         acked_seq = ledger.patch_acked.get(uid)
@@ -171,6 +179,8 @@ def verify(ledger: Ledger, users: list[dict], receiver: Receiver, since: datetim
     return {
         "reads_above_acknowledged": len(ledger.reads_over),
         "reads_above_examples": ledger.reads_over[:5],
+        "reads_stale": len(ledger.reads_stale),
+        "reads_stale_examples": ledger.reads_stale[:5],
         "lost": dict(lost),
         "duplicates": dict(dup),
         "redelivered": redelivered,

@@ -9,7 +9,8 @@ a careful client does. Updates are not retried: each writes a new, numbered valu
 
 Acknowledged: a registration answered 201; an update answered 200 (the value it wrote); a view
 answered 202 ("buffered" or "direct"). A view never acknowledged (given up after 503 "unconfirmed",
-say) is "unsure": it may or may not have counted.
+say) is "unsure": it may or may not have counted. Reads check what they show against that: never more
+views than could have counted, never an update older than the staleness bound, never a 404.
 """
 
 import http.client
@@ -79,6 +80,8 @@ class Ledger:
     views_unsure: Counter = field(default_factory=Counter)  # user id -> views never acknowledged
     views_open: Counter = field(default_factory=Counter)  # user id -> views sent, not yet final
     reads_over: list = field(default_factory=list)  # reads showing more views than could have counted
+    patch_acks: dict = field(default_factory=lambda: defaultdict(list))  # user id -> [(time acknowledged, seq)]
+    reads_stale: list = field(default_factory=list)  # reads older than the staleness bound allows
     views_direct: int = 0
     ryw_violations: list = field(default_factory=list)
     latencies: list = field(default_factory=list)
@@ -139,8 +142,9 @@ class Pending:
 class Load:
     """Run the mixed load against `port` over `users` ([{"id", "token"}]) until `stop()`."""
 
-    def __init__(self, port: int, users: list[dict], *, prefix: str):
+    def __init__(self, port: int, users: list[dict], *, prefix: str, stale_bound: float):
         self.port, self.users, self.prefix = port, users, prefix
+        self.stale_bound = stale_bound
         self.ledger = Ledger()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -189,9 +193,14 @@ class Load:
         while not self._stop.is_set():
             ids = [u["id"] for u in self.users] + self._registered_ids[-20:]
             uid = rng.choice(ids)
+            sent = time.time()
             status, _, data = self._send(client, "read", "GET", f"/api/v1/users/{uid}/")
             if status == 200 and isinstance(data, dict) and isinstance(uid, int):
                 self._check_views_read(uid, data.get("view_count", 0))
+                self._check_staleness(uid, data.get("bio") or "", sent)
+            elif status == 404:  # every user read exists: a seeded one, or a registration answered 201
+                with self.ledger.lock:
+                    self.ledger.unexpected.append({"kind": "read", "path": f"/api/v1/users/{uid}/", "status": 404})
             self._stop.wait(0.06)
 
     def _check_views_read(self, uid: int, shown: int) -> None:
@@ -203,6 +212,17 @@ class Load:
             if shown > bound and len(self.ledger.reads_over) < 1000:
                 self.ledger.reads_over.append(
                     {"user": uid, "shown": shown, "acknowledged": self.ledger.views_acked[uid], "bound": bound}
+                )
+
+    def _check_staleness(self, uid: int, bio: str, sent: float) -> None:
+        """Another client's read may lag the primaries by at most `stale_bound` seconds: it must show at
+        least every update acknowledged that long before the read was sent."""
+        shown = int(bio[1:]) if bio.startswith("s") and bio[1:].isdigit() else 0
+        with self.ledger.lock:
+            owed = max((seq for at, seq in self.ledger.patch_acks[uid] if at <= sent - self.stale_bound), default=0)
+            if shown < owed and len(self.ledger.reads_stale) < 1000:
+                self.ledger.reads_stale.append(
+                    {"user": uid, "shown": bio, "owed": f"s{owed}", "bound_s": self.stale_bound}
                 )
 
     # --- updates, each followed by a read of /me that must show it ---
@@ -226,6 +246,7 @@ class Load:
                     with ledger.lock:
                         ledger.patch_acked[uid] = seq
                         ledger.patch_acked_count[uid] += 1
+                        ledger.patch_acks[uid].append((time.time(), seq))
                     pin = response.getheader("Bulwark-Read-Primary-Until") or ""
                     status, _, data = self._send(
                         client, "me", "GET", "/api/v1/users/me/", headers={**auth, "Bulwark-Read-Primary-Until": pin}

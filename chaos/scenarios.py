@@ -2,9 +2,14 @@
 
 Locally one PostgreSQL cluster holds the default database and every shard: "a shard primary stopped"
 refuses connections to one shard database (what docs/operations.md describes), "the default primary
-restarted" restarts the cluster, so every primary is down for the hold.
+restarted" restarts the cluster, so every primary is down for the hold. "A replica cut off" points the
+asynchronous standby's WAL receiver elsewhere; "add a shard" runs the real resharding command.
 """
 
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,9 +18,12 @@ from django.conf import settings
 
 from project.db.replicas import monitor
 from tests.stack import stack, wait_for
+from users.sharding.shardmap import shard_map
 
-from .processes import Process, Receiver
+from .processes import ROOT, Process, Receiver
 
+RESHARD_TARGET = "shard_2"  # configured in the chaos settings (SHARD_COUNT=3), not in the initial map
+RESHARD_TIMEOUT = 180.0
 FAULT_POINT = "flush.after_commit"  # users/writebehind/flush.py: one shard committed, the batch not acknowledged
 
 
@@ -42,6 +50,9 @@ class Scenario:
     # Checked during the fault: no read of a user shows more views than were acknowledged to the load
     # (or still in flight). Off where a scenario does not promise it yet (not measured there).
     exact_reads: bool = False
+    # Checked during the fault: another client's read never shows an update older than the documented
+    # staleness bound (STALE_BOUND in chaos/__main__.py).
+    bounded_staleness: bool = False
 
 
 def pg(alias: str, sql: str, params: tuple = ()) -> None:
@@ -80,6 +91,64 @@ def shard_allow(allow: bool) -> None:
 
 def replay(paused: bool) -> None:
     pg(replica_aliases()[0], f"SELECT pg_wal_replay_{'pause' if paused else 'resume'}()")
+
+
+_conninfo: dict[str, str] = {}  # the cut-off replica's primary_conninfo, restored by the heal
+
+
+def replica_cut(cut: bool) -> None:
+    """Cut the asynchronous standby's WAL receiver off its primary (primary_conninfo pointed at a closed
+    port, reloaded), or restore it. The replica keeps answering queries: only the WAL stops arriving,
+    which is what a network cut, a dead primary or a dropped slot looks like from the service."""
+    alias = replica_aliases()[0]  # the asynchronous standby's server holds every group's _r0
+    if cut:
+        db = settings.DATABASES[alias]
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"], dbname="postgres", user=db["USER"], password=db["PASSWORD"] or None
+        ) as conn:
+            _conninfo.setdefault(alias, conn.execute("SHOW primary_conninfo").fetchone()[0])
+        pg(alias, "ALTER SYSTEM SET primary_conninfo = 'host=127.0.0.1 port=1 connect_timeout=1'")
+    elif alias in _conninfo:
+        pg(alias, f"ALTER SYSTEM SET primary_conninfo = '{_conninfo.pop(alias).replace(chr(39), chr(39) * 2)}'")
+    else:
+        return
+    pg(alias, "SELECT pg_reload_conf()")
+
+
+_reshard: dict = {}  # the running `manage.py reshard` of the add-shard scenario
+
+
+def reshard_start(suite: Suite) -> None:
+    """`make add-shard`'s command, as an operator runs it beside the serving fleet."""
+    log = open(suite.log_dir / "reshard.log", "a")  # noqa: SIM115 (closed by reshard_wait)
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chaos.settings")
+    _reshard["log"] = log
+    _reshard["proc"] = subprocess.Popen(
+        [sys.executable, "manage.py", "reshard", "plan", "--to", RESHARD_TARGET, "--apply"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def reshard_wait(_suite: Suite) -> None:
+    """The move runs to its end under the load (copy, fence, verify, switch, clean-up)."""
+    proc = _reshard.get("proc")
+    if proc is None:
+        return
+    try:
+        proc.wait(timeout=RESHARD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+    _reshard["log"].close()
+
+
+def reshard_done(_suite: Suite) -> bool:
+    proc = _reshard.get("proc")
+    return proc is not None and proc.returncode == 0 and RESHARD_TARGET in set(shard_map.table())
 
 
 def kill_worker_mid_flush(suite: Suite) -> None:
@@ -134,6 +203,16 @@ SCENARIOS = [
         recovered=replicas_usable,
     ),
     Scenario(
+        "replica-cutoff",
+        "asynchronous standby cut off from its primary (WAL receiver pointed at a closed port), then restored",
+        lambda s: replica_cut(True),
+        lambda s: replica_cut(False),
+        "the replica answers queries but receives nothing: it is skipped within MAX_REPLICA_LAG + one probe, "
+        "so no client reads an update older than that bound; a client always reads its own writes",
+        recovered=replicas_usable,
+        bounded_staleness=True,
+    ),
+    Scenario(
         "shard-down",
         f"{SHARD_DOWN} primary down (connections refused, backends terminated)",
         lambda s: shard_allow(False),
@@ -173,5 +252,19 @@ SCENARIOS = [
         lambda s: s.receiver.stop(),
         lambda s: s.receiver.start(),
         "deliveries wait behind the host's breaker and arrive once it is back; none dropped",
+    ),
+    # Last: it leaves the map on three shard groups (the next run's setup restores the initial map).
+    Scenario(
+        "add-shard",
+        f"`manage.py reshard plan --to {RESHARD_TARGET} --apply` while serving (the fleet knows the group)",
+        reshard_start,
+        reshard_wait,
+        "every user stays readable (never 404), no read older than the staleness bound, views exact; "
+        "the move completes (rc 0) and the map uses the new group",
+        refusals="writes to the logical shards being moved answer 503 `shard_moving` + Retry-After while "
+        "they are fenced (about SHARDING_MAP_TTL, 2 s, per move)",
+        recovered=reshard_done,
+        exact_reads=True,
+        bounded_staleness=True,
     ),
 ]

@@ -2,18 +2,23 @@
 """`make sentinel-demo`: fail the state Redis over under load through Redis Sentinel; the service goes on.
 
 It never touches the stack's state Redis. It starts its own topology in a temporary directory: a master
-and a replica configured like the stack's state Redis (noeviction, AOF everysec) and three Sentinels
-(quorum 2). The app runs against it — granian with project.settings.bench (the test databases, limits
+and two replicas configured like the stack's state Redis (noeviction, AOF everysec) and three Sentinels
+(quorum 2). Two replicas, so that a promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1
+(taken from the environment and passed to the app) a view is acknowledged only once a replica has it,
+and that stays possible right after a failover, before the old master rejoins.
+The app runs against it — granian with project.settings.bench (the test databases, limits
 too high to deny) and a Celery worker with beat, all with REDIS_STATE_SENTINELS naming the demo's
 Sentinels — under a steady load of GET /api/v1/users/<id>/ (rate limiter and pending views on the
 state Redis) and POST /api/v1/users/<id>/views/ (write-behind buffer, with an Idempotency-Key).
 
-Three failovers, each reported as requests / 2xx / 503 / other before, during and after it:
-1. the master is SIGKILLed; Sentinel promotes the replica; the killed server is restarted and rejoins
-   as a replica of the new master;
-2. SENTINEL FAILOVER while both servers are up: the roles swap back; deploy/sentinel-reconfig (the
-   Sentinels' client-reconfig-script) demotes the old master as soon as the failover ends;
-3. a planned switchover: CLIENT PAUSE WRITE on the master, wait for the replica to have everything,
+Three failovers, each reported as requests / 2xx / 503 / other before, during and after it. The
+Sentinels choose the replica to promote (the same replica-priority for all, so the one that has
+replicated the most); the demo follows their choice:
+1. the master is SIGKILLed; Sentinel promotes a replica and points the other one at it; the killed
+   server is restarted and rejoins as a replica of the new master;
+2. SENTINEL FAILOVER while every server is up; deploy/sentinel-reconfig (the Sentinels'
+   client-reconfig-script) demotes the old master as soon as the failover ends;
+3. a planned switchover: CLIENT PAUSE WRITE on the master, wait for the replicas to have everything,
    then SENTINEL FAILOVER.
 
 After each it checks that every Sentinel names the new master and that the app's writes land there
@@ -22,8 +27,10 @@ compares the views acknowledged with the views in the database. Every process it
 exit, and its directory deleted (kept, with the logs, when the demo fails).
 
 Run it with `make sentinel-demo` (or `.venv/bin/python deploy/sentinel_demo.py` with the stack up).
-Ports: BULWARK_SENTINEL_DEMO_REDIS_PORTS (master then replica), BULWARK_SENTINEL_DEMO_SENTINEL_PORTS,
-BULWARK_SENTINEL_DEMO_WEB_PORT.
+`WRITE_BEHIND_WAIT_REPLICAS=1 make sentinel-demo` runs it with the app waiting for a replica's
+confirmation (docs/operations.md, "Redis Sentinel", has both runs' figures).
+Ports: BULWARK_SENTINEL_DEMO_REDIS_PORTS (the first master, then the two replicas),
+BULWARK_SENTINEL_DEMO_SENTINEL_PORTS, BULWARK_SENTINEL_DEMO_WEB_PORT.
 """
 
 import contextlib
@@ -57,7 +64,7 @@ RECONFIG_SCRIPT = ROOT / "deploy" / "sentinel-reconfig"  # demotes a still-runni
 MASTER_NAME = "bulwark-state"
 # Below Linux's ephemeral range (32768-60999): an outgoing connection can hold such a port for a while,
 # and a server then cannot bind it.
-REDIS_PORTS = [int(p) for p in env("BULWARK_SENTINEL_DEMO_REDIS_PORTS", ["16390", "16391"], list)]
+REDIS_PORTS = [int(p) for p in env("BULWARK_SENTINEL_DEMO_REDIS_PORTS", ["16390", "16391", "16392"], list)]
 SENTINEL_PORTS = [int(p) for p in env("BULWARK_SENTINEL_DEMO_SENTINEL_PORTS", ["26390", "26391", "26392"], list)]
 WEB_PORT = env("BULWARK_SENTINEL_DEMO_WEB_PORT", 18090, int)
 QUORUM = len(SENTINEL_PORTS) // 2 + 1
@@ -72,7 +79,10 @@ APP_ENV = {
     "REDIS_STATE_SENTINELS": " ".join(f"127.0.0.1:{p}" for p in SENTINEL_PORTS),
     "REDIS_STATE_SENTINEL_MASTER": MASTER_NAME,
     "WRITE_BEHIND_INTERVAL": "1.0",
+    # Every view carries a new Idempotency-Key, all from one address: far more than a caller's daily cap.
+    "RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER": "100000000",
 }
+WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)  # the app's setting, from the environment
 
 
 def say(text=""):
@@ -221,8 +231,8 @@ def masters_named():
     return answers
 
 
-def sentinels_ready(master_port, replica_port):
-    """True when every Sentinel names `master_port`, knows the replica as up and sees the other Sentinels."""
+def sentinels_ready(master_port, replica_ports):
+    """True when every Sentinel names `master_port`, knows every replica as up and sees the other Sentinels."""
     for port in SENTINEL_PORTS:
         s = client(port)
         state = s.sentinel_master(MASTER_NAME)
@@ -230,10 +240,12 @@ def sentinels_ready(master_port, replica_port):
             return False
         if state["num-other-sentinels"] != len(SENTINEL_PORTS) - 1:
             return False
-        replicas = s.sentinel_slaves(MASTER_NAME)
-        if not any(
-            int(r["port"]) == replica_port and not r["is_sdown"] and r["master-link-status"] == "ok" for r in replicas
-        ):
+        linked = {
+            int(r["port"])
+            for r in s.sentinel_slaves(MASTER_NAME)
+            if not r["is_sdown"] and r["master-link-status"] == "ok"
+        }
+        if not set(replica_ports) <= linked:
             return False
     return True
 
@@ -333,22 +345,27 @@ def describe(records):
 
 
 # ---------------------------------------------------------------- scenarios
-def run_failover(procs, load, *, title, old_port, new_port, fault):
-    """Apply `fault`, watch the promotion, and print the phases. Return the moment the new master was named."""
+def run_failover(procs, load, *, title, old_port, fault):
+    """Apply `fault`, watch the promotion, and print the phases. Return the new master's port (the
+    Sentinels' choice) and the moment it was first named."""
     say(f"\n{title}")
     time.sleep(STEADY)
-    client(new_port).config_resetstat()  # its EVALSHA count then starts at its promotion (a replica runs none)
+    for port in REDIS_PORTS:  # the promoted one's EVALSHA count then starts at its promotion (a replica runs none)
+        if port != old_port and f"redis-{port}" in procs.running:
+            client(port).config_resetstat()
     t_fault = fault()
     moments = {}
 
     def switched():
         answers = masters_named()
-        if "named" not in moments and new_port in answers:
-            moments["named"] = time.monotonic()
-        return all(a == new_port for a in answers)
+        promoted = next((a for a in answers if a not in (None, old_port)), None)
+        if "named" not in moments and promoted is not None:
+            moments["named"], moments["port"] = time.monotonic(), promoted
+        return promoted is not None and all(a == promoted for a in answers)
 
-    wait_for(f"every Sentinel to name 127.0.0.1:{new_port}", switched, timeout=60, every=0.02)
+    wait_for("every Sentinel to name the same new master", switched, timeout=60, every=0.02)
     t_all = time.monotonic()
+    new_port = moments["port"]
     if procs.running.get(f"redis-{old_port}"):  # a planned failover: the old master is still up
         wait_for(
             f"127.0.0.1:{old_port} to become a replica",
@@ -385,7 +402,7 @@ def run_failover(procs, load, *, title, old_port, new_port, fault):
     say(f"  views buffered again, on the new master, {t_back - t_fault:.2f} s after the fault")
     if other := [r for r in load.between(t_fault - STEADY, t_end) if not (200 <= r[3] < 300 or r[3] == 503)]:
         say(f"  !! {len(other)} answers other than 2xx/503: {describe(other)} (see {procs.workdir}/web.out)")
-    return time.time() - (time.monotonic() - moments["named"])
+    return new_port, time.time() - (time.monotonic() - moments["named"])
 
 
 def verify_new_master(new_port, db, promoted_at):
@@ -438,26 +455,30 @@ def main():
 
 
 def demo(procs):
-    first, second = REDIS_PORTS
+    if len(REDIS_PORTS) != 3:
+        raise SystemExit("sentinel-demo: BULWARK_SENTINEL_DEMO_REDIS_PORTS needs three ports (a master, two replicas)")
+    first, *replicas = REDIS_PORTS
     workdir = procs.workdir
     say(
-        f"sentinel-demo: master :{first}, replica :{second}, Sentinels {SENTINEL_PORTS} (quorum {QUORUM}), "
-        f"down-after {DOWN_AFTER_MS} ms, in {workdir}"
+        f"sentinel-demo: master :{first}, replicas {', '.join(f':{p}' for p in replicas)}, Sentinels "
+        f"{SENTINEL_PORTS} (quorum {QUORUM}), down-after {DOWN_AFTER_MS} ms, "
+        f"WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}, in {workdir}"
     )
     procs.start_redis(first, redis_command(first, workdir))
-    procs.start_redis(second, redis_command(second, workdir, replica_of=first))
-    wait_for("the replica to sync", lambda: role(second).get("master_link_status") == "up")
+    for port in replicas:
+        procs.start_redis(port, redis_command(port, workdir, replica_of=first))
+        wait_for(f"the replica :{port} to sync", lambda p=port: role(p).get("master_link_status") == "up")
     for port in SENTINEL_PORTS:
         procs.start_redis(port, sentinel_command(port, first, workdir))
     wait_for(
-        "the Sentinels to see the master, the replica and each other",
-        lambda: sentinels_ready(first, second),
+        "the Sentinels to see the master, the replicas and each other",
+        lambda: sentinels_ready(first, replicas),
         timeout=60,
         every=0.2,
     )
-    say("  topology up: the Sentinels see the master, the replica and each other")
+    say("  topology up: the Sentinels see the master, both replicas and each other")
 
-    os.environ.update(APP_ENV)
+    os.environ.update(APP_ENV, WRITE_BEHIND_WAIT_REPLICAS=str(WAIT_REPLICAS))
     import django
 
     django.setup()
@@ -469,6 +490,7 @@ def demo(procs):
     from users import services
     from users.models import User
     from users.sharding.access import group_for_user_id
+    from users.writebehind.keys import COUNT_FIELD, group_keys
 
     db = settings.REDIS_DB
     call_command("migrate_all", verbosity=0)
@@ -514,8 +536,16 @@ def demo(procs):
     )
     say(
         f"  app up: granian :{WEB_PORT} and a Celery worker with beat, settings project.settings.bench, "
-        f"REDIS_STATE_SENTINELS={APP_ENV['REDIS_STATE_SENTINELS']!r}; {USERS} users created"
+        f"REDIS_STATE_SENTINELS={APP_ENV['REDIS_STATE_SENTINELS']!r}, WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}; "
+        f"{USERS} users created"
     )
+
+    def nothing_pending(master):
+        # Every shard group's buffer holds no view and no batch is claimed: the database has them all.
+        return all(
+            int(master.hget(k.buffer, COUNT_FIELD) or 0) == 0 and master.zcard(k.batches) == 0
+            for k in (group_keys(g) for g in settings.SHARD_GROUPS)
+        )
 
     def views_in_database():
         total = 0
@@ -525,8 +555,13 @@ def demo(procs):
         connections.close_all()
         return total
 
+    master = {"port": first}  # the current master: the Sentinels choose each new one
+
+    def others():
+        return [p for p in REDIS_PORTS if p != master["port"]]
+
     def kill_master():
-        procs.kill(f"redis-{first}")
+        procs.kill(f"redis-{master['port']}")
         return time.monotonic()
 
     def sentinel_failover():
@@ -537,13 +572,13 @@ def demo(procs):
         # Stop writes on the master, let the replica catch up, then fail over: nothing is acknowledged
         # that the new master lacks. Paused writes wait (up to the client's timeout), then go to the new
         # master when deploy/sentinel-reconfig drops the old master's clients.
-        old, new = client(first), client(second)
+        old = client(master["port"])
         paused_at = time.monotonic()  # the failover phase starts here: writes wait from now on
         old.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
         target = old.info("replication")["master_repl_offset"]
         wait_for(
-            "the replica to catch up",
-            lambda: new.info("replication")["slave_repl_offset"] >= target,
+            "the replicas to catch up",
+            lambda: all(client(p).info("replication")["slave_repl_offset"] >= target for p in others()),
             timeout=10,
             every=0.005,
         )
@@ -551,35 +586,36 @@ def demo(procs):
         return paused_at
 
     scenarios = [
-        (f"1. SIGKILL the master :{first}", first, second, kill_master),
-        (f"2. SENTINEL FAILOVER {MASTER_NAME} (:{second} -> :{first})", second, first, sentinel_failover),
+        ("1. SIGKILL the master :{old}", kill_master),
+        ("2. SENTINEL FAILOVER {name} (master :{old})", sentinel_failover),
         (
-            f"3. planned switchover: CLIENT PAUSE WRITE on :{first}, replica caught up, SENTINEL FAILOVER "
-            f"(:{first} -> :{second})",
-            first,
-            second,
+            "3. planned switchover: CLIENT PAUSE WRITE on :{old}, replicas caught up, SENTINEL FAILOVER",
             planned_switchover,
         ),
     ]
     statuses = Counter()
     lost_total = 0
-    for title, old_port, new_port, fault in scenarios:
-        stored_before = views_in_database()
+    # The users are new: every view in the database since the warm-up is one of the demo's. Measured
+    # from there, not from each scenario's start, or the warm-up view (acknowledged, counted in the first
+    # scenario) would be flushed before the first baseline and show as lost.
+    counted = 0
+    for title, fault in scenarios:
+        old_port = master["port"]
         with Load(user_ids) as load:
-            promoted_at = run_failover(procs, load, title=title, old_port=old_port, new_port=new_port, fault=fault)
+            new_port, promoted_at = run_failover(
+                procs, load, title=title.format(old=old_port, name=MASTER_NAME), old_port=old_port, fault=fault
+            )
+            master["port"] = new_port
+            say(f"  the Sentinels promoted :{new_port}")
             verify_new_master(new_port, db, promoted_at)
         if f"redis-{old_port}" in procs.running:
             client(old_port).execute_command("CLIENT", "UNPAUSE")
-        wait_for(
-            "the last flush",
-            lambda p=new_port: client(p, db).hlen("wb:views") == 0 and client(p, db).zcard("wb:batches") == 0,
-            timeout=60,
-            every=0.2,
-        )
+        wait_for("the last flush", lambda p=new_port: nothing_pending(client(p, db)), timeout=60, every=0.2)
         views = [r for r in load.records if r[2] == "view"]
         acknowledged = warmup_views + sum(1 for r in views if r[3] == 202)
         uncertain = sum(1 for r in views if r[3] == 503 and r[4] == "unconfirmed" or r[3] == 0)
-        stored = views_in_database() - stored_before
+        total = views_in_database()
+        stored, counted = total - counted, total
         warmup_views = 0
         lost = max(0, acknowledged - stored)
         lost_total += lost
@@ -599,7 +635,7 @@ def demo(procs):
                     role(o)["role"] == "slave"
                     and role(o).get("master_port") == n
                     and role(o).get("master_link_status") == "up"
-                    and sentinels_ready(n, o)
+                    and sentinels_ready(n, others())
                 ),
                 timeout=90,
                 every=0.2,
@@ -608,9 +644,7 @@ def demo(procs):
                 f"  :{old_port} restarted from its AOF, rejoined as a replica of :{new_port} (Sentinel reconfigured it)"
             )
         else:
-            wait_for(
-                "the Sentinels to settle", lambda n=new_port, o=old_port: sentinels_ready(n, o), timeout=90, every=0.2
-            )
+            wait_for("the Sentinels to settle", lambda n=new_port: sentinels_ready(n, others()), timeout=90, every=0.2)
 
     say(
         f"\nall {sum(statuses.values())} requests: "
@@ -619,9 +653,14 @@ def demo(procs):
     errors = sum(n for s, n in statuses.items() if not (200 <= s < 300 or s == 503))
     if errors:
         raise SystemExit(f"sentinel-demo: {errors} answers were neither 2xx nor 503")
+    why = (
+        f"each acknowledged only once {WAIT_REPLICAS} replica(s) had it"
+        if WAIT_REPLICAS
+        else "replication being asynchronous; WRITE_BEHIND_WAIT_REPLICAS=1 waits for a replica"
+    )
     say(
-        f"sentinel-demo: ok (no answer other than 2xx/503; {lost_total} acknowledged views lost in all, "
-        "replication being asynchronous)"
+        f"sentinel-demo: ok (no answer other than 2xx/503; WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}: "
+        f"{lost_total} acknowledged views lost in all, {why})"
     )
 
 

@@ -45,9 +45,34 @@ app.conf.worker_consumer = "project.celery:BrokerLossConsumer"
 app.autodiscover_tasks()
 
 
+# The message header carrying the publisher's read-your-writes token (project/db/middleware.py's format).
+READ_LSN_HEADER = "bulwark_read_lsn"
+
+
+@before_task_publish.connect
+def _carry_read_lsns(headers=None, **_kwargs):
+    # A task queued right after a write (a request's, or another task's) may run before any replica
+    # has replayed it: it gets its publisher's LSNs, as the client's next request would.
+    from project.db import middleware, routing
+
+    lsns = routing.handoff_lsns()
+    if lsns and headers is not None:
+        headers[READ_LSN_HEADER] = middleware.format_lsns(lsns)
+
+
 @task_prerun.connect
-def _fresh_read_context(**_kwargs):
-    # A task reads its own writes (pinning after its first write), never a previous task's.
+def _fresh_read_context(task=None, **_kwargs):
+    # A task reads its publisher's writes and its own (pinning after its first write), never a
+    # previous task's. Celery hands custom message headers over as attributes of the request.
+    from project.db import middleware, pinning
+
+    token = getattr(getattr(task, "request", None), READ_LSN_HEADER, None)
+    pinning.reset(lsns=middleware.parse_lsns(token if isinstance(token, str) else None))
+
+
+@task_postrun.connect
+def _drop_read_context(**_kwargs):
+    # Whatever the worker process runs between tasks reads without the last task's pins.
     from project.db import pinning
 
     pinning.reset()

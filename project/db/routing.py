@@ -8,6 +8,7 @@ is usable.
 
 import itertools
 import logging
+import time
 
 from django.conf import settings
 from django.db import DatabaseError, connections
@@ -76,17 +77,38 @@ def commit_lsn(group: str) -> int:
 NO_REPLICA_LSN = 2**63 - 1  # no replica reaches it: reads go to the primary (or a synced standby)
 
 
-def record_commit_lsns() -> None:
-    """Read the commit LSN of every group this context wrote (one query per group, at the end of a
-    request or when a task is queued), so later reads can be judged against it. A primary that does
-    not answer now leaves an LSN no replica reaches: the write stands, its reads go to the primary."""
+def record_commit_lsns(groups: list[str] | None = None) -> None:
+    """Read the commit LSN of every group this context wrote (or of `groups` among them; one query per
+    group, at the end of a request or when a task is queued), so later reads can be judged against it.
+    A primary that does not answer now leaves an LSN no replica reaches: the write stands, its reads go
+    to the primary."""
     for group in pinning.pending_groups():
+        if groups is not None and group not in groups:
+            continue
         try:
             lsn = commit_lsn(group)
         except DatabaseError:
             logger.warning("commit LSN of %s not read; its reads stay on the primary", group)
             lsn = NO_REPLICA_LSN
         pinning.record_lsn(group, lsn)
+
+
+def handoff_lsns() -> dict:
+    """The read-your-writes requirements this context hands to work it queues (a Celery task):
+    {group: (lsn, synced)}, empty when nothing constrains its reads any more.
+
+    A task queued right after a write may run before any replica has replayed it, so it must read
+    like its author. Writes already committed get their commit LSN now (and the context keeps it,
+    sparing the middleware the query). A write whose transaction is still open (the task was queued
+    inside it) has no position yet: the task is handed one no replica reaches, so it reads that
+    group from the primary, or a synchronous standby for a remote_apply write."""
+    if pinning.pinned_until() <= time.time():
+        return {}
+    record_commit_lsns([g for g in pinning.pending_groups() if not connections[primary_alias(g)].in_atomic_block])
+    return {
+        group: (NO_REPLICA_LSN if lsn == pinning.UNKNOWN else lsn, synced)
+        for group, (lsn, synced) in pinning.lsns().items()
+    }
 
 
 def group_of_alias(alias: str) -> str:

@@ -1,12 +1,16 @@
-"""The Celery worker against a real broker that dies: the state Redis, SIGKILLed with a task in flight."""
+"""The Celery worker against the real stack: a broker that dies (the state Redis, SIGKILLed with a task
+in flight), and a task queued right after a write while a replica lags."""
 
+import json
 import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from django.db import connections
 from django_redis import get_redis_connection
 
+from project.db import pinning
 from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
@@ -14,7 +18,9 @@ from users.writebehind import buffer
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from ..processes import celery_beat, celery_worker
+from ..resilience.test_admin import caught_up
 from ..stack import ROOT, stack, wait_for
+from .read_probe_tasks import read_display_names
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -105,3 +111,45 @@ def test_the_worker_survives_the_broker_dying_under_a_task_in_flight_and_keeps_f
         )
         assert worker.poll() is None
     assert "Unrecoverable error" not in log.read_text()
+
+
+def _worker_settings(tmp_path, body: str) -> dict:
+    """Env for a worker on the test settings plus `body` (a settings module written to tmp_path)."""
+    (tmp_path / "worker_settings.py").write_text("from project.settings.test import *  # noqa\n" + body)
+    return {
+        "DJANGO_SETTINGS_MODULE": "worker_settings",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+
+
+@pytest.mark.parametrize("sync_apply", [False, True], ids=["async-commit", "remote-apply"])
+def test_a_task_queued_right_after_a_write_reads_it_while_replay_is_paused_on_the_async_replica(
+    settings, tmp_path, sync_apply
+):
+    # The paused standby stays "usable" (MAX_REPLICA_LAG) in both processes: only the LSN the task
+    # carries can keep its reads off it.
+    settings.MAX_REPLICA_LAG = 3600
+    settings.READ_YOUR_WRITES_SYNC_APPLY = sync_apply
+    env = _worker_settings(
+        tmp_path,
+        f"MAX_REPLICA_LAG = 3600\nREAD_YOUR_WRITES_SYNC_APPLY = {sync_apply}\n"
+        "CELERY_IMPORTS = ['tests.project.read_probe_tasks']\n",
+    )
+    user = services.user_create(username="queued", email="queued@example.com", password="a-long-pass-2026")
+    group = group_for_user_id(user["id"])
+    caught_up()  # every replica has the account: only the update below can be stale
+    key = f"test:task-reads:{user['id']}"
+    with celery_worker(env=env, log_path=tmp_path / "worker.log"):
+        with connections["default_r0"].cursor() as cursor:  # the async standby's server holds every _r0
+            cursor.execute("SELECT pg_wal_replay_pause()")
+        try:
+            pinning.reset()  # the request that writes, then queues the task
+            services.user_update(user_id=user["id"], changes={"display_name": "after the write"})
+            read_display_names.delay(user["id"], 12, key)
+            raw = wait_for(lambda: get_redis_connection("state").lpop(key), timeout=60, message="the task's reads")
+        finally:
+            with connections["default_r0"].cursor() as cursor:
+                cursor.execute("SELECT pg_wal_replay_resume()")
+    seen = json.loads(raw)
+    assert [name for _alias, name in seen] == ["after the write"] * 12, seen
+    assert f"{group}_r0" not in {alias for alias, _name in seen}

@@ -334,3 +334,18 @@ def test_a_replica_whose_breaker_is_forced_open_is_skipped_and_the_health_page_s
     for alias in replicas:
         get_breaker(breaker_name(alias)).reset("done")
     wait_for(lambda: _reads(group) == set(replicas), timeout=5, message="the replicas to be read again")
+
+
+def test_a_task_queued_inside_the_writing_transaction_is_handed_a_position_no_replica_reaches(settings):
+    settings.READ_YOUR_WRITES_SYNC_APPLY = False
+    _fresh_client_context()
+    user = services.user_create(username="inside", email="inside@example.com", password="a-long-pass-2026")
+    group = group_for_user_id(user["id"])
+    _fresh_client_context()
+    with transaction.atomic(using=group):
+        routing.write_alias(group)
+        # The commit has no position yet: reading one now would hand over an LSN before the commit.
+        assert routing.handoff_lsns()[group] == (routing.NO_REPLICA_LSN, False)
+    assert pinning.pending_groups() == [group]  # the request still reads its commit LSN at its end
+    handed = routing.handoff_lsns()[group][0]  # queued after the commit: the position is read now
+    assert handed < routing.NO_REPLICA_LSN and pinning.lsns()[group] == (handed, False)

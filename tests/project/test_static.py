@@ -15,8 +15,8 @@ from django.contrib.auth.models import User as StaffUser
 from project.server import granian_argv
 
 from ..processes import _stop
-from ..resilience.test_browser import TIMEOUT_MS, browser, free_port  # noqa: F401 - `browser` is a fixture
-from ..stack import ROOT, wait_for
+from ..resilience.test_browser import TIMEOUT_MS, browser  # noqa: F401 - `browser` is a fixture
+from ..stack import ROOT, free_port, wait_for
 
 PASSWORD = "pw-static-0123456789"
 
