@@ -18,8 +18,8 @@ from users.writebehind import buffer
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from ..processes import celery_beat, celery_worker
-from ..resilience.test_admin import caught_up
 from ..stack import ROOT, stack, wait_for
+from ..staff import caught_up
 from .read_probe_tasks import read_display_names
 
 pytestmark = pytest.mark.usefixtures("real_db")
