@@ -258,7 +258,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
         row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
         try:
             # With an Idempotency-Key the view has an id: a retry after "unconfirmed" counts it once.
-            how = buffer.views_add(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
+            how = services.user_view_record(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
         except buffer.BufferFull:
             raise ApiError(
                 503, "Too many pending views; retry shortly.", "backpressure", headers={"Retry-After": "2"}

@@ -37,6 +37,7 @@ from .tokens import (
     token_public_id,
     token_user_id,
 )
+from .writebehind import buffer
 
 CLAIM_GRACE = timedelta(seconds=30)  # an unconfirmed claim younger than this may be a registration in flight
 
@@ -274,6 +275,14 @@ def user_delete(*, user_id: int, current_password: str | None = None) -> None:
     cache.tombstone(cache.username_key(identity_key(user.username)), version=user_id + 1)
     for digest in digests:
         cache.tombstone(cache.token_key(digest))
+
+
+def user_view_record(*, user_id: int, view_id: str | None = None) -> str:
+    """Record one view of the user's profile: buffered (write-behind, flushed by the worker) or, with
+    the state Redis refusing connections, written at once. Return "buffered" or "direct". Raise
+    buffer.BufferFull (that shard's backlog is over its limit) or buffer.BufferUncertain (the outcome is
+    unknown: the client retries with the same Idempotency-Key, and `view_id` keeps it counted once)."""
+    return buffer.views_add(user_id=user_id, view_id=view_id)
 
 
 def user_record_views_direct(*, user_id: int, count: int = 1) -> bool:

@@ -8,17 +8,16 @@ best effort and are dropped with a log line (they are refreshed by the client's 
 """
 
 import logging
-import threading
 import time
 from pathlib import Path
 
 from django.conf import settings
-from django_redis import get_redis_connection
 from redis.exceptions import BusyLoadingError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.sentinel import MasterNotFoundError
 
 from resilience.redis_fanout import Call, script_call
+from resilience.redis_state import lua_script, state_redis
 from users.sharding.access import group_for_user_id
 
 from .keys import COUNT_FIELD, STATS, group_keys, rev_field, seen_field, views_field
@@ -26,8 +25,6 @@ from .keys import COUNT_FIELD, STATS, group_keys, rev_field, seen_field, views_f
 logger = logging.getLogger(__name__)
 
 _HERE = Path(__file__).parent
-_scripts: dict = {}
-_lock = threading.Lock()
 _recent_touches: dict[int, float] = {}
 
 
@@ -69,15 +66,12 @@ def _never_sent(exc: RedisError) -> bool:
     )
 
 
-def redis_state():
-    return get_redis_connection("state")
+redis_state = state_redis  # the buffer's server: the state Redis (resilience/redis_state.py)
 
 
 def script(name: str):
-    if name not in _scripts:
-        with _lock:
-            _scripts[name] = redis_state().register_script((_HERE / f"{name}.lua").read_text())
-    return _scripts[name]
+    """The registered script `<name>.lua` of this package."""
+    return lua_script(_HERE / f"{name}.lua")
 
 
 def _now_ms() -> int:
