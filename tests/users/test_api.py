@@ -21,7 +21,7 @@ def detail(user_id):
 def assert_error(response, status, code=None):
     assert response.status_code == status, response.content
     body = response.json()
-    assert set(body) <= {"detail", "code", "fields"}
+    assert set(body) <= {"detail", "code", "fields", "request_id"}
     assert isinstance(body["detail"], str) and body["detail"]
     if code:
         assert body["code"] == code

@@ -109,7 +109,7 @@ def test_any_token_header_and_any_path_id_get_a_4xx_never_a_5xx(real_db, header,
     for headers in ({"Authorization": f"Token {header}"}, {"Authorization": f"Token {user_id}.{header}"}):
         response = client.get(ME, headers=headers)
         assert response.status_code in (401, 429), response.content
-        assert set(response.json()) <= {"detail", "code", "fields"}
+        assert set(response.json()) <= {"detail", "code", "fields", "request_id"}
     response = client.get(f"/api/v1/users/{quote(str(user_id), safe='')}/")
     assert response.status_code < 500, response.content
 
