@@ -221,7 +221,8 @@ def test_sessions_and_staff_accounts_are_read_from_the_primary(settings):
         StaffUser.objects.filter(pk=staff.pk).update(is_active=False)
         Session.objects.all().delete()
         _fresh_client_context()
-        assert routing.read_alias("default") == "default_r0"  # other default-group reads still use it
+        # Other default-group reads still use the paused replica (reads take turns over the replicas).
+        assert "default_r0" in _reads("default")
         assert StaffUser.objects.all().db == "default" and Session.objects.all().db == "default"
         # The replica still has the session and the active account; the admin must not believe it.
         response = client.get("/admin/")
