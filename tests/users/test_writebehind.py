@@ -506,9 +506,11 @@ def test_wait_acknowledges_a_view_only_once_a_replica_has_it_and_a_retry_counts_
         retry = post_until_acknowledged("second")
         assert retry.status_code == 202, retry.content
         assert client.post(path, headers={"Idempotency-Key": "second"}).status_code == 202  # replayed
-    assert shown(user["id"]) == 2
-    flush.flush()
-    assert db_views([user["id"]]) == {user["id"]: 2}
+        assert shown(user["id"]) == 2
+        # With WAIT a flush applies only claims a replica confirmed (the test below): flush while one is here.
+        wait_for(
+            lambda: flush.flush() is not None and db_views([user["id"]]) == {user["id"]: 2}, timeout=15, message="flush"
+        )
 
 
 def test_an_idempotent_view_is_counted_once_even_if_its_key_record_is_gone():
@@ -592,3 +594,28 @@ def test_shard_down_under_view_load_healthy_reads_never_exceed_acknowledged(kill
     # Two flush intervals, plus a second for the task's trip through the broker on a shared machine.
     assert recovery <= 2 * FLUSH_INTERVAL_S + 1.0
     assert {uid: shown(uid) for uid in acked} == acked
+
+
+def test_with_wait_a_flush_applies_no_claim_that_a_replica_does_not_have(settings, tmp_path):
+    """WRITE_BEHIND_WAIT_REPLICAS=1: a claim is applied only once a replica has it. Applied before, a
+    failover to a replica that never saw the claim would find the views still in its buffer and count
+    them again (the Sentinel demo's 1-4 views over after a SENTINEL FAILOVER)."""
+    settings.WRITE_BEHIND_WAIT_REPLICAS = 1
+    settings.WRITE_BEHIND_WAIT_TIMEOUT_MS = 200
+    settings.WRITE_BEHIND_RECLAIM_AFTER = 0.2
+    (user,) = make_users(1, prefix="claimwait")
+    with state_replica(tmp_path / "r1"):
+        wait_for(lambda: buffer.views_add(user_id=user["id"]) == "buffered", timeout=10, message="a confirmed view")
+    pending = shown(user["id"])  # 1, or more if an attempt timed out unconfirmed but reached the master
+    assert pending >= 1
+    wait_for(lambda: get_redis_connection("state").info("replication")["connected_slaves"] == 0, timeout=10)
+    flush.flush()  # no replica: the claim is made on the master but not applied
+    assert db_views([user["id"]]) == {user["id"]: 0}
+    assert shown(user["id"]) == pending  # the claimed batch still counts, once
+    with state_replica(tmp_path / "r2"):
+        wait_for(
+            lambda: flush.flush() is not None and db_views([user["id"]]) == {user["id"]: pending},
+            timeout=15,
+            message="the re-claimed batch to be applied once a replica confirms the claim",
+        )
+    assert shown(user["id"]) == pending

@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resilience import faults
 from users import cache
@@ -166,12 +167,30 @@ def _apply_batch(k: GroupKeys, batch_key: str) -> tuple[int, bool]:
 
 
 def _claim(k: GroupKeys) -> tuple[list[str], str]:
-    """Claim the group's buffer and its abandoned or released batches: (batch keys, the new batch's key)."""
+    """Claim the group's buffer and its abandoned or released batches: (batch keys, the new batch's key).
+
+    With WRITE_BEHIND_WAIT_REPLICAS, a claim no replica has confirmed is not applied (no keys are
+    returned; the batch stays claimed on the master and is re-claimed later). Applied, it could be
+    applied twice: after a failover to a replica that never saw the claim, the views are still in that
+    replica's buffer, and its next flush applies them again under a new batch id (the ledger cannot
+    tell). Found by `make sentinel-demo` (1-4 views counted twice after a SENTINEL FAILOVER)."""
     new = k.batch(uuid.uuid4().hex)
-    claimed = script("claim")(
-        keys=[k.buffer, k.since, k.batches, k.first, new],
-        args=[int(time.time() * 1000), int(settings.WRITE_BEHIND_RECLAIM_AFTER * 1000)],
-    )
+    keys = [k.buffer, k.since, k.batches, k.first, new]
+    args = [int(time.time() * 1000), int(settings.WRITE_BEHIND_RECLAIM_AFTER * 1000)]
+    replicas = settings.WRITE_BEHIND_WAIT_REPLICAS
+    if replicas:
+        pipe = redis_state().pipeline(transaction=False)  # WAIT counts this connection's writes
+        script("claim")(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", replicas, settings.WRITE_BEHIND_WAIT_TIMEOUT_MS)
+        try:
+            claimed, confirmed = pipe.execute()
+        except RedisTimeoutError:  # the claim may exist on the master: it stays there, re-claimed later
+            confirmed = 0
+        if confirmed < replicas:
+            logger.warning("write-behind claim %s not confirmed by %s replica(s); not applied yet", new, replicas)
+            return [], new
+    else:
+        claimed = script("claim")(keys=keys, args=args)
     return [raw.decode() if isinstance(raw, bytes) else raw for raw in claimed], new
 
 
