@@ -1,6 +1,8 @@
 """OpenTelemetry tracing (project/tracing.py): off by default; on, a request's Redis and PostgreSQL
 calls are spans of the request's trace."""
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import pytest
@@ -12,8 +14,11 @@ from opentelemetry.trace import SpanKind
 
 from project import tracing
 from users import cache
+from webhooks.tasks import webhooks_dispatch
 
 from ..factories import UserFactory
+from ..processes import celery_worker
+from ..stack import wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -70,3 +75,86 @@ def test_a_request_and_its_redis_and_postgres_calls_are_one_trace(spans):
     # The view was buffered in the state Redis (write-behind) within the POST's trace.
     state_port = urlsplit(django_settings.REDIS_STATE_URL).port
     assert any(s.attributes.get("net.peer.port") == state_port for s in finished if root(s) is post)
+
+
+class Collector:
+    """A real OTLP/HTTP trace endpoint on loopback: what a Collector would receive from a worker."""
+
+    def __init__(self):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
+
+        self.spans: list = []
+        collector = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource_spans in request.resource_spans:
+                    for scope_spans in resource_spans.scope_spans:
+                        collector.spans.extend(scope_spans.spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_task_queued_inside_a_trace_runs_in_that_trace_in_a_real_worker(spans, tmp_path):
+    from opentelemetry import trace
+
+    collector = Collector()
+    try:
+        worker_env = {
+            "OTEL_TRACING_ENABLED": "true",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": collector.url,
+            "OTEL_BSP_SCHEDULE_DELAY": "200",  # the SDK's batch delay (ms): export within the test's wait
+        }
+        with celery_worker(env=worker_env, log_path=tmp_path / "worker.log"):
+            tracer = trace.get_tracer("tests", tracer_provider=tracing.setup())
+            with tracer.start_as_current_span("a request", kind=SpanKind.SERVER) as request_span:
+                webhooks_dispatch.delay()
+            trace_id = request_span.get_span_context().trace_id
+            run = wait_for(
+                lambda: next(
+                    (
+                        s
+                        for s in collector.spans
+                        if s.name.startswith("run/") and int.from_bytes(s.trace_id) == trace_id
+                    ),
+                    None,
+                ),
+                timeout=60,
+                message=f"the worker's span of the task in the request's trace (log: {tmp_path / 'worker.log'})",
+            )
+        # Its parent is this process's publish span, itself a child of the request span.
+        (publish,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+        assert publish.parent.span_id == request_span.get_span_context().span_id
+        assert int.from_bytes(run.parent_span_id) == publish.context.span_id
+        # The task's own Redis and PostgreSQL calls are in the trace too, under the task's span.
+        systems = {
+            attribute.value.string_value
+            for s in collector.spans
+            if int.from_bytes(s.trace_id) == trace_id and s.parent_span_id == run.span_id
+            for attribute in s.attributes
+            if attribute.key == "db.system"
+        }
+        assert {"redis", "postgresql"} <= systems, [s.name for s in collector.spans]
+    finally:
+        collector.stop()
