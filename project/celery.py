@@ -3,7 +3,14 @@
 import os
 
 from celery import Celery
-from celery.signals import beat_init, before_task_publish, task_postrun, task_prerun, worker_init
+from celery.signals import (
+    beat_init,
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 from celery.worker.consumer import Consumer
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
@@ -115,3 +122,12 @@ def _announce_groups(**_kwargs):
     from project.db.fleet import heartbeat
 
     heartbeat.ensure_started()
+
+
+@worker_process_init.connect
+def _start_tracing(**_kwargs):
+    # In each pool process, after the fork: a span exporter's thread started before it would not run
+    # in the child (project/tracing.py; a no-op unless OTEL_TRACING_ENABLED).
+    from project import tracing
+
+    tracing.setup()

@@ -8,7 +8,8 @@ must report, so these ~80 lines are our own.
 database and Redis, so a caller must not be able to trigger one per request: a result younger than
 RESILIENCE_HEALTH_PROBE_INTERVAL (1 s) is served as it is, concurrent callers share one probe, and
 while a probe runs the others are answered from the previous result. Anonymous callers get only the
-overall status and the HTTP code; the entries (names, hosts, ports, errors, latencies) are for the
+overall status and the HTTP code; the entries (names, hosts, ports, errors, latencies) and the
+warnings (a Celery queue with messages and no consumer, project/queues.py) are for the
 callers /metrics admits (staff sessions, METRICS_TOKEN, METRICS_ALLOWED_IPS; resilience.access.operator_allowed).
 """
 
@@ -22,6 +23,7 @@ import redis.sentinel
 from django.conf import settings
 from django.http import JsonResponse
 
+from project import queues
 from project.db.replicas import monitor, probe_connect
 
 from .access import operator_allowed as sees_details
@@ -123,8 +125,11 @@ def probe() -> dict:
     """Check every dependency now (in parallel) and return the full result: status, HTTP code,
     failed and degraded names and one entry per check. Never raises for a failing dependency."""
     checks = dependency_checks()
-    with ThreadPoolExecutor(max_workers=len(checks)) as pool:
+    with ThreadPoolExecutor(max_workers=len(checks) + 1) as pool:
+        # Alongside the checks, not after them: asking the workers waits for their replies.
+        queue_check = pool.submit(_queue_warnings)
         entries = list(pool.map(lambda c: _timed(*c), checks))
+        warnings = queue_check.result()
     replicas = {s.alias: s for s in monitor.states()}
     for entry in entries:
         if entry["kind"] == "postgres-replica" and (state := replicas.get(entry["name"])) is not None:
@@ -143,7 +148,24 @@ def probe() -> dict:
         status, code = "degraded", 200
     else:
         status, code = "ok", 200
-    return {"status": status, "code": code, "failed": failed, "degraded": degraded, "checks": entries}
+    return {
+        "status": status,
+        "code": code,
+        "failed": failed,
+        "degraded": degraded,
+        "checks": entries,
+        "warnings": warnings,
+    }
+
+
+def _queue_warnings() -> list[str]:
+    """ "queue webhooks: 3 waiting, no consumer": the ops overview's check (project/queues.py, cached
+    and time-boxed there). A warning, not a failure: this process still serves, and restarting it would
+    not start the missing worker. Empty when the broker cannot be asked (its own entry is down then)."""
+    try:
+        return queues.current_warnings()
+    except Exception:  # the broker (state Redis) is down: the checks above report it
+        return []
 
 
 _lock = threading.Lock()

@@ -87,5 +87,10 @@ class RequestIdFilter(logging.Filter):
     formatters name it (project/settings/base.py, production.py)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        record.request_id = _current.get() or "-"
+        value = _current.get()
+        if not value:
+            # Django logs a 4xx/5xx answer ("Not Found: /x") after the middleware chain has returned,
+            # so after this id was unbound; it passes the request along, which carries the id.
+            value = getattr(getattr(record, "request", None), "request_id", None)
+        record.request_id = value or "-"
         return True

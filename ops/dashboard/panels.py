@@ -8,21 +8,16 @@ dependency slows the page by about that much, never indefinitely.
 """
 
 import math
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
 from django_redis import get_redis_connection
 
-from project.worker import QUEUES
+from project import queues
 
-CELERY_PING_TIMEOUT = 0.5
-CELERY_CACHE_SECONDS = 5.0  # a ping waits its whole timeout for replies: don't pay it on every poll
 REDIS_ROLES = ("default", "state")
 
 
@@ -155,21 +150,9 @@ def redis_role(alias: str) -> dict:
 
 
 # --- Celery ---
-_celery_lock = threading.Lock()
-# (monotonic time, workers, the queues each consumes, error)
-_celery_cache: tuple[float, list[str], dict[str, list[str]], str] | None = None
-_ping_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dashboard-celery-ping")
-
-
-def _ping_workers() -> dict[str, list[str]]:
-    """Ask the workers which queues they consume (active_queues: an answer is also a ping)."""
-    from project.celery import app
-
-    # A connection of its own, closed here: a pooled one would keep the reply queue's BRPOP channel
-    # open, and a process forked later (a server's workers, a test's) hangs closing it after the fork.
-    with app.connection_for_write() as connection:
-        replies = app.control.inspect(timeout=CELERY_PING_TIMEOUT, connection=connection).active_queues() or {}
-    return {worker: sorted(q.get("name", "") for q in queues or ()) for worker, queues in replies.items()}
+# The consumer check is shared with /health/ready (project/queues.py): one cache per process.
+celery_consumers = queues.consumers
+queue_warnings = queues.warnings
 
 
 def celery_workers() -> tuple[list[str], str]:
@@ -178,51 +161,11 @@ def celery_workers() -> tuple[list[str], str]:
     return workers, error
 
 
-def celery_consumers() -> tuple[list[str], dict[str, list[str]], str]:
-    """Return (workers that answered, worker -> the queues it consumes, error or ""); cached for a
-    few seconds.
-
-    The ping runs in a helper thread with a hard deadline, so a broker that hangs costs the page at
-    most about a second.
-    """
-    global _celery_cache
-    with _celery_lock:
-        cached = _celery_cache
-        if cached is not None and time.monotonic() - cached[0] < CELERY_CACHE_SECONDS:
-            return cached[1], cached[2], cached[3]
-        consumed: dict[str, list[str]] = {}
-        try:
-            consumed, error = _ping_pool.submit(_ping_workers).result(timeout=CELERY_PING_TIMEOUT + 1.0), ""
-        except FutureTimeout:
-            error = "TimeoutError: no answer from the broker within 1.5 s"
-        except Exception as exc:  # broker down: reported, not raised
-            error = describe(exc)
-        workers = sorted(consumed)
-        _celery_cache = (time.monotonic(), workers, consumed, error)
-        return workers, consumed, error
-
-
-def queue_warnings(depths: dict[str, int], consumed: dict[str, list[str]]) -> list[str]:
-    """ "queue webhooks: 3 waiting, no consumer" for each queue with messages that no worker that
-    answered consumes: a worker started without it (`-Q bulwark`) never runs them, and the queue grows
-    in a Redis that never evicts. Asked only when the workers answered (else the ping error says why)."""
-    consuming = {queue for queues in consumed.values() for queue in queues}
-    return [
-        f"queue {queue}: {depth} waiting, no consumer"
-        for queue, depth in depths.items()
-        if depth and queue not in consuming
-    ]
-
-
 def celery() -> dict:
     """Workers alive, queue depths (lists on the state Redis) and the last write-behind flush (beat)."""
     from users.writebehind import buffer
 
-    state = get_redis_connection("state")
-    pipe = state.pipeline(transaction=False)
-    for queue in QUEUES:
-        pipe.llen(queue)
-    depths = dict(zip(QUEUES, pipe.execute(), strict=True))
+    depths = queues.depths()
     workers, consumed, error = celery_consumers()  # only asked once the broker (the state Redis) answered
     last = safe(lambda: buffer.stats()["last_flush_at"])
     return {

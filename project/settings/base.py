@@ -161,6 +161,11 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
 }
 
+# OpenTelemetry tracing (project/tracing.py): off by default; on, spans go to an OTLP/HTTP collector.
+OTEL_TRACING_ENABLED = env("OTEL_TRACING_ENABLED", False, bool)
+OTEL_SERVICE_NAME = env("OTEL_SERVICE_NAME", "bulwark")
+OTEL_EXPORTER_OTLP_TRACES_ENDPOINT = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://localhost:4318/v1/traces")
+
 # --- write-behind (users/writebehind/) ---
 WRITE_BEHIND_ENABLED = env("WRITE_BEHIND_ENABLED", True, bool)  # off = an UPDATE per view (baseline)
 WRITE_BEHIND_INTERVAL = env("WRITE_BEHIND_INTERVAL", 2.0, float)  # seconds between beat flushes

@@ -62,3 +62,4 @@ LOGGING["formatters"]["json"] = {
     "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
 }
 LOGGING["handlers"]["console"]["formatter"] = "json"
+LOGGING_CONFIG = "project.logconfig.configure"  # also routes Python's warnings into the JSON lines

@@ -1,5 +1,6 @@
 """Production settings refuse what would be unsafe, and `check --deploy` is clean."""
 
+import json
 import os
 import re
 import subprocess
@@ -96,3 +97,50 @@ def test_check_warns_when_production_trusts_a_proxy_header_without_trusted_proxi
     assert result.returncode != 0
     assert "(resilience.W030)" in result.stderr
     assert "SECURE_PROXY_SSL_HEADER" in result.stderr
+
+
+# Run under production settings: one line logged inside a request (Django's "Not Found" warning, written
+# by django.request once the middleware chain has returned), one by our code under a bound id, and a
+# Python warning (written raw to stderr unless routed through logging).
+_LOG_SOME_LINES = """
+import logging
+import django
+django.setup()
+from django.test import Client
+from resilience import request_id
+response = Client().get("/no/such/path", secure=True, HTTP_HOST="api.example.com")
+print(response.status_code, response["X-Request-ID"])
+with request_id.bound("task-0001"):
+    logging.getLogger("bulwark.test").warning("flushed %s views", 3, extra={"policy": "views"})
+import warnings
+warnings.warn("a library's deprecation", DeprecationWarning, stacklevel=1)
+"""
+
+
+def test_production_log_lines_are_json_objects_naming_their_request_id():
+    env = dict(
+        os.environ,
+        DJANGO_SETTINGS_MODULE="project.settings.production",
+        DJANGO_ALLOWED_HOSTS="api.example.com",
+        DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7,
+    )
+    env.pop("DJANGO_DEBUG", None)
+    result = subprocess.run(
+        [sys.executable, "-c", _LOG_SOME_LINES], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    status, sent_id = result.stdout.split()
+    assert status == "404"
+    # Every line on the console handler is one JSON object: a log shipper needs no parsing rules.
+    lines = [json.loads(line) for line in result.stderr.splitlines() if line.strip()]
+    for line in lines:
+        assert {"time", "level", "logger", "message", "request_id"} <= line.keys(), line
+    not_found = next(line for line in lines if line["logger"] == "django.request")
+    assert (not_found["level"], not_found["message"], not_found["request_id"]) == (
+        "WARNING",
+        "Not Found: /no/such/path",
+        sent_id,
+    )
+    ours = next(line for line in lines if line["logger"] == "bulwark.test")
+    assert ours["message"] == "flushed 3 views" and ours["request_id"] == "task-0001" and ours["policy"] == "views"
+    assert any(line["logger"] == "py.warnings" and "a library's deprecation" in line["message"] for line in lines)

@@ -64,26 +64,39 @@ def test_the_documented_worker_command_delivers_a_webhook_with_its_request_id(cl
         receiver.stop()
 
 
-def test_the_overview_warns_of_a_queue_with_messages_and_no_consumer(tmp_path):
+def test_the_overview_and_readiness_warn_of_a_queue_with_messages_and_no_consumer(tmp_path):
+    from django.test import Client
     from django_redis import get_redis_connection
 
     from ops.dashboard import panels
+    from project import queues
     from project.worker import DEFAULT_QUEUE, WEBHOOKS_QUEUE
+    from resilience import health
 
     from ..processes import celery_worker
 
-    panels._celery_cache = None
+    queues.forget()
     # A worker that consumes only the default queue, as docs once told production to start it.
     with celery_worker(extra_args=("-Q", DEFAULT_QUEUE)) as _worker:
         webhooks_dispatch.delay()
         wait_for(
-            lambda: (setattr(panels, "_celery_cache", None), panels.celery()["workers"])[1],
+            lambda: (queues.forget(), panels.celery()["workers"])[1],
             timeout=60,
             message="the worker to answer",
         )
         data = panels.celery()
         assert data["queues"][WEBHOOKS_QUEUE] >= 1
-        assert (
-            f"queue {WEBHOOKS_QUEUE}: {data['queues'][WEBHOOKS_QUEUE]} waiting, no consumer" in data["queue_warnings"]
-        )
+        warning = f"queue {WEBHOOKS_QUEUE}: {data['queues'][WEBHOOKS_QUEUE]} waiting, no consumer"
+        assert warning in data["queue_warnings"]
+
+        # /health/ready's details say it too, from the same cached check (no second ask of the workers).
+        health.forget()
+        before = queues._cache
+        details = Client().get("/health/ready")  # loopback: admitted to the details
+        assert warning in details.json()["warnings"], details.json()
+        assert queues._cache is before
+        # Anonymous callers still get the status alone.
+        anonymous = Client(REMOTE_ADDR="203.0.113.9").get("/health/ready")
+        assert anonymous.json() == {"status": details.json()["status"]}
+        health.forget()
     get_redis_connection("state").delete(WEBHOOKS_QUEUE)
