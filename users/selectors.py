@@ -2,7 +2,7 @@
 
 Each accessor touches exactly one shard: by id (the id names its logical shard), by username (the
 username hashes to it). By email, the global uniqueness claim in the default database names the user
-first. Reads go through the cache (users/cache.py) and are routed to a usable replica of the shard
+first. Reads go through the cache (users/cache/) and are routed to a usable replica of the shard
 (project/db/routing.py); a failing replica is retried on the primary; a dead primary raises
 ShardUnavailable.
 """

@@ -7,7 +7,7 @@ either harmless or repaired:
 - email change: claim the new email -> update the row -> release the old claim.
 - delete: delete the row (and its tokens) -> release its claims. A crash in between leaves claims
   pointing at no user: stale, repaired the same way.
-The cache is written through after each commit (users/cache.py).
+The cache is written through after each commit (users/cache/).
 """
 
 import time
