@@ -69,7 +69,7 @@ _cache_seen: dict[str, int] = {}
 def count_cache_events() -> None:
     """Add to CACHE_EVENTS what users.cache.stats counted since the last call in this process.
 
-    users/cache.py keeps plain per-process integers; taking the difference here keeps that module free
+    users/cache/store.py keeps plain per-process integers; taking the difference here keeps that module free
     of Prometheus and is exact in multiprocess mode (each process reports its own deltas).
     """
     from users.cache import stats

@@ -20,7 +20,7 @@ CACHE_ALIAS = "default"
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 """Errors that mean "the server cannot answer", as opposed to a bug in a script or a call."""
 
-_scripts: dict[tuple[str, Path, tuple[Path, ...]], Script] = {}
+_scripts: dict[tuple[str, Path, tuple[Path, ...], str], Script] = {}
 _lock = threading.Lock()
 
 
@@ -29,17 +29,18 @@ def state_redis() -> Redis:
     return get_redis_connection(STATE_ALIAS)
 
 
-def lua_script(path: Path, *, alias: str = STATE_ALIAS, include: tuple[Path, ...] = ()) -> Script:
-    """The script in `path`, preceded by the files in `include` (shared Lua functions), registered with
-    the `alias` server's client (read from disk once per process). redis-py runs it with EVALSHA and
-    falls back to SCRIPT LOAD when the server forgot it (after a restart, say)."""
-    key = (alias, path, include)
+def lua_script(path: Path, *, alias: str = STATE_ALIAS, include: tuple[Path, ...] = (), prelude: str = "") -> Script:
+    """The script in `path`, preceded by `prelude` (Lua source the caller builds, e.g. constants whose one
+    definition is in Python) and the files in `include` (shared Lua functions), registered with the
+    `alias` server's client (read from disk once per process). redis-py runs it with EVALSHA and falls
+    back to SCRIPT LOAD when the server forgot it (after a restart, say)."""
+    key = (alias, path, include, prelude)
     script = _scripts.get(key)
     if script is None:
         with _lock:
             script = _scripts.get(key)
             if script is None:
-                source = "".join(part.read_text() for part in (*include, path))
+                source = prelude + "".join(part.read_text() for part in (*include, path))
                 script = get_redis_connection(alias).register_script(source)
                 _scripts[key] = script
     return script

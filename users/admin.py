@@ -1,10 +1,9 @@
 """Admin for the sharded users.User: find, list per shard, view and edit.
 
 The model lives on the shard databases, so the stock ModelAdmin views (which query `User.objects`
-without a shard) are replaced: reads go through users/selectors.py (or, for the per-shard list, an
-explicit `.using()` on that shard's read alias), edits through `services.user_update`, which keeps the
-cache and the email uniqueness claims right. `get_queryset` returns nothing, so no stock code path
-can query the unsharded manager by accident.
+without a shard) are replaced: reads go through users/selectors.py (the per-shard list too), edits
+through `services.user_update`, which keeps the cache and the email uniqueness claims right.
+`get_queryset` returns nothing, so no stock code path can query the unsharded manager by accident.
 """
 
 from django import forms
@@ -20,44 +19,10 @@ from django.urls import path, reverse
 
 from . import selectors, services
 from .models import User
-from .sharding.access import ShardUnavailable, group_for_user_id, read_on
+from .sharding.access import ShardUnavailable, group_for_user_id
 from .sharding.ids import logical_shard_of_id
 
 PER_PAGE = 50
-
-
-def user_search(query: str) -> list[dict]:
-    """Rows matching `query` exactly: an id, a username or an email (case-insensitive)."""
-    query = query.strip()
-    if not query:
-        return []
-    found: list[dict | None] = []
-    if "@" in query:
-        found.append(selectors.user_get_by_email(email=query))
-    else:
-        user_id = selectors.user_id_parse(query)
-        if user_id is not None:
-            found.append(selectors.user_get_by_id(user_id=user_id))
-        found.append(selectors.user_get_by_username(username=query))
-    rows, seen = [], set()
-    for row in found:
-        if row is not None and row["id"] not in seen:
-            seen.add(row["id"])
-            rows.append(row)
-    return rows
-
-
-def shard_page(group: str, page: int) -> tuple[list[dict], bool]:
-    """One page of the users of `group` ordered by id, from a usable replica (or the primary), and
-    whether there is a next page. Raise ShardUnavailable when the shard cannot be read."""
-    start = (page - 1) * PER_PAGE
-    rows = read_on(
-        group,
-        lambda alias: list(
-            User.objects.using(alias).order_by("id").values(*selectors.FIELDS)[start : start + PER_PAGE + 1]
-        ),
-    )
-    return [selectors.as_row(r) for r in rows[:PER_PAGE]], len(rows) > PER_PAGE
 
 
 class UserEditForm(forms.Form):
@@ -105,8 +70,8 @@ class ShardedUserAdmin(admin.ModelAdmin):
         results, error, rows, has_next = None, "", [], False
         try:
             if query:
-                results = user_search(query)
-            rows, has_next = shard_page(group, page)
+                results = selectors.user_search(query=query)
+            rows, has_next = selectors.user_page_on_shard(group=group, page=page, per_page=PER_PAGE)
         except ShardUnavailable as exc:
             error = f"unavailable: {exc}"
         return TemplateResponse(

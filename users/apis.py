@@ -13,7 +13,7 @@ from rest_framework.views import APIView
 
 from resilience.errors import ApiError
 from resilience.idempotency import OUTCOME_UNKNOWN, idempotent
-from resilience.ratelimit.drf import RateLimitedApiMixin
+from resilience.ratelimit.drf import NOT_RUN, CompanionResults, RateLimitedApiMixin
 from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
@@ -192,15 +192,14 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
     @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
     def get(self, request, user_id: str):
         status_code, body, etag = public_profile_answer(
-            user_id, getattr(request, "companion_results", None), request.headers.get("If-None-Match", "")
+            user_id, getattr(request, "companion_results", NOT_RUN), request.headers.get("If-None-Match", "")
         )
         return Response(body, status=status_code, headers={"ETag": etag})
 
 
-def public_profile_answer(raw_id: str, sent: dict | None, if_none_match: str) -> tuple[int, dict | None, str]:
+def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: str) -> tuple[int, dict | None, str]:
     """GET /users/{id}/ after the limiter: (200, profile, ETag), or (304, None, ETag) when `if_none_match`
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
-    sent = sent or {}
     row = _existing_user(raw_id, probed=sent.get("row"))
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
     etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
@@ -255,7 +254,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
     )
     @idempotent()
     def post(self, request, user_id: str):
-        row = _existing_user(user_id, probed=(getattr(request, "companion_results", None) or {}).get("row"))
+        row = _existing_user(user_id, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
         try:
             # With an Idempotency-Key the view has an id: a retry after "unconfirmed" counts it once.
             how = services.user_view_record(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
@@ -308,7 +307,7 @@ class UserMeApi(RateLimitedApiMixin, APIView):
 
     @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
     def get(self, request):
-        row = self._me(request, probed=(getattr(request, "companion_results", None) or {}).get("row"))
+        row = self._me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
         return Response(private_profile(row), headers={"ETag": _version_etag(row)})
 
     @extend_schema(

@@ -2,12 +2,13 @@
 
 Each accessor touches exactly one shard: by id (the id names its logical shard), by username (the
 username hashes to it). By email, the global uniqueness claim in the default database names the user
-first. Reads go through the cache (users/cache.py) and are routed to a usable replica of the shard
+first. Reads go through the cache (users/cache/) and are routed to a usable replica of the shard
 (project/db/routing.py); a failing replica is retried on the primary; a dead primary raises
 ShardUnavailable.
 """
 
 import heapq
+from collections.abc import Callable
 from datetime import datetime
 
 from django.conf import settings
@@ -166,6 +167,50 @@ def token_list(*, user_id: int) -> list[dict]:
     return [{"id": token_public_id(row.pop("digest")), **row} for row in rows]
 
 
+def _token_entry(user_id: int, created_at, last_used_at) -> dict:
+    return {
+        "user_id": user_id,
+        "created": created_at.timestamp(),
+        "used": None if last_used_at is None else last_used_at.timestamp(),
+    }
+
+
+def token_entry_version(entry: dict) -> int:
+    """The cache version of a token entry (see token_entry_get)."""
+    # A newer last use replaces an older one in the cache; revocation's tombstone beats them all.
+    return int((entry["used"] or entry["created"]) * 1000)
+
+
+def token_entry_get(*, user_id: int, digest: str, before_lookup: Callable[[], None] | None = None) -> dict | None:
+    """The cached entry {user_id, created, used} (timestamps) of the token with `digest` issued to
+    `user_id`, or None when there is no such token. Warm: one cache round trip. Expiry is the caller's
+    (services.token_authenticate) decision.
+
+    `before_lookup()` runs before a lookup that would reach the shard (a cache miss), so a caller can
+    refuse a client that keeps presenting unknown tokens. Raise ShardUnavailable when the shard's
+    primary cannot be read on a miss.
+    """
+
+    def load():
+        if before_lookup is not None:
+            before_lookup()
+        # On the primary: a token must work at once after issue and fail at once after revocation. Through
+        # read_on, so the primary's breaker guards it (an open one answers 503 without connecting).
+        with pinning.use_primary():
+            found = read_on(
+                group_for_user_id(user_id),
+                lambda alias: (
+                    Token.objects.using(alias)
+                    .filter(digest=digest, user_id=user_id)
+                    .values_list("created_at", "last_used_at")
+                    .first()
+                ),
+            )
+        return None if found is None else _token_entry(user_id, *found)
+
+    return cache.get_or_load(cache.token_key(digest), load, version_of=token_entry_version)
+
+
 def token_digests(*, user_id: int) -> list[str]:
     with pinning.use_primary():
         return read_on(
@@ -196,3 +241,36 @@ def user_list(*, limit: int, after_id: int = 0) -> tuple[list[dict], int | None]
 
 def user_count_per_shard() -> dict[str, int]:
     return {group: read_on(group, lambda alias: User.objects.using(alias).count()) for group in settings.SHARD_GROUPS}
+
+
+def user_search(*, query: str) -> list[dict]:
+    """Rows matching `query` exactly: an id, a username or an email (case-insensitive); for the admin."""
+    query = query.strip()
+    if not query:
+        return []
+    found: list[dict | None] = []
+    if "@" in query:
+        found.append(user_get_by_email(email=query))
+    else:
+        user_id = user_id_parse(query)
+        if user_id is not None:
+            found.append(user_get_by_id(user_id=user_id))
+        found.append(user_get_by_username(username=query))
+    rows, seen = [], set()
+    for row in found:
+        if row is not None and row["id"] not in seen:
+            seen.add(row["id"])
+            rows.append(row)
+    return rows
+
+
+def user_page_on_shard(*, group: str, page: int, per_page: int) -> tuple[list[dict], bool]:
+    """One page (numbered from 1) of the users of shard group `group` ordered by id, from a usable
+    replica (or the primary), and whether there is a next page; for the admin. Raise ShardUnavailable
+    when the shard cannot be read."""
+    start = (page - 1) * per_page
+    rows = read_on(
+        group,
+        lambda alias: list(User.objects.using(alias).order_by("id").values(*FIELDS)[start : start + per_page + 1]),
+    )
+    return [as_row(r) for r in rows[:per_page]], len(rows) > per_page

@@ -7,7 +7,7 @@ either harmless or repaired:
 - email change: claim the new email -> update the row -> release the old claim.
 - delete: delete the row (and its tokens) -> release its claims. A crash in between leaves claims
   pointing at no user: stale, repaired the same way.
-The cache is written through after each commit (users/cache.py).
+The cache is written through after each commit (users/cache/).
 """
 
 import time
@@ -26,7 +26,7 @@ from . import cache, selectors
 from .identity import display_form, identity_key
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
-from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, read_on, write_on
+from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, write_on
 from .sharding.hashing import logical_shard_for_username
 from .tokens import (
     TOKEN_TOUCH_INTERVAL,
@@ -342,19 +342,6 @@ def token_create(*, username: str, password: str, client: TokenClient = UNKNOWN_
     return token, user_id
 
 
-def _token_entry(user_id: int, created_at, last_used_at) -> dict:
-    return {
-        "user_id": user_id,
-        "created": created_at.timestamp(),
-        "used": None if last_used_at is None else last_used_at.timestamp(),
-    }
-
-
-def _token_entry_version(entry: dict) -> int:
-    # A newer last use replaces an older one in the cache; revocation's tombstone beats them all.
-    return int((entry["used"] or entry["created"]) * 1000)
-
-
 def token_authenticate(
     *, token: str, client: TokenClient = UNKNOWN_CLIENT, before_lookup: Callable[[], None] | None = None
 ) -> int | None:
@@ -369,25 +356,7 @@ def token_authenticate(
     if user_id is None:
         return None
     digest = token_digest(token)
-
-    def load():
-        if before_lookup is not None:
-            before_lookup()
-        # On the primary: a token must work at once after issue and fail at once after revocation. Through
-        # read_on, so the primary's breaker guards it (an open one answers 503 without connecting).
-        with use_primary():
-            found = read_on(
-                group_for_user_id(user_id),
-                lambda alias: (
-                    Token.objects.using(alias)
-                    .filter(digest=digest, user_id=user_id)
-                    .values_list("created_at", "last_used_at")
-                    .first()
-                ),
-            )
-        return None if found is None else _token_entry(user_id, *found)
-
-    entry = cache.get_or_load(cache.token_key(digest), load, version_of=_token_entry_version)
+    entry = selectors.token_entry_get(user_id=user_id, digest=digest, before_lookup=before_lookup)
     if entry is None:
         return None
     now = time.time()
@@ -416,7 +385,7 @@ def _token_touch(*, user_id: int, digest: str, entry: dict, client: TokenClient)
         return
     if updated:
         entry = {**entry, "used": now.timestamp()}
-        cache.write_through(cache.token_key(digest), entry, version=_token_entry_version(entry))
+        cache.write_through(cache.token_key(digest), entry, version=selectors.token_entry_version(entry))
 
 
 def _token_revoke_digest(*, user_id: int, digest: str) -> None:

@@ -3,6 +3,9 @@ Retry-After and the IETF RateLimit headers on every limited response."""
 
 import functools
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 from django.conf import settings
 from django.http import JsonResponse
@@ -34,6 +37,33 @@ def log_denial(decision, key: str) -> None:
     )
 
 
+@dataclass(frozen=True)
+class CompanionResults:
+    """What the companions sent with the limiter's call (see RateLimitedApiMixin) answered.
+
+    `ran` is False when they were not run (the state Redis is out, or the policy's algorithm does not
+    ask Redis): the view then fetches the usual way. Otherwise `get(name)` is that call's result, or the
+    exception it raised, to be handed to the code that would have made the call.
+    """
+
+    results: Mapping[str, object] | None = None
+
+    def __post_init__(self):
+        if self.results is not None:  # read-only, like the rest of the object
+            object.__setattr__(self, "results", MappingProxyType(self.results))
+
+    @property
+    def ran(self) -> bool:
+        return self.results is not None
+
+    def get(self, name: str, default=None):
+        """The result (or exception) of the companion `name`; `default` when it did not run or was not sent."""
+        return default if self.results is None else self.results.get(name, default)
+
+
+NOT_RUN = CompanionResults()
+
+
 class RateLimitedApiMixin:
     """Mix into an APIView. `rate_limits` maps an HTTP method to a policy name, or to a tuple of names
     when one request counts against several policies (the first one's headers go on the response);
@@ -56,9 +86,9 @@ class RateLimitedApiMixin:
 
     def rate_limit_companions(self, request) -> dict:
         """Redis calls the view will need, name -> resilience.redis_fanout.Call: they go out
-        together with the limiter's call (one network wait for all). The view finds name -> result (or
-        the exception the call raised) in `request.companion_results`, or None there when they were
-        not run (the state Redis is out): it then fetches the usual way."""
+        together with the limiter's call (one network wait for all). The view finds their results in
+        `request.companion_results`, a CompanionResults (`ran` False when they were not run: the state
+        Redis is out; the view then fetches the usual way)."""
         return {}
 
     def check_throttles(self, request):
@@ -96,13 +126,13 @@ class RateLimitedApiMixin:
         return response
 
 
-def admit(policy_name: str, key, companions: dict):
+def admit(policy_name: str, key, companions: dict) -> tuple[object, CompanionResults]:
     """Count one request against the named policy, with `companions` (see RateLimitedApiMixin) in
     flight together. `key()` gives the key it counts under; it is not called when limiting is off.
-    Return the Decision (None when limiting is off) and the companions' results. Raise ApiError 429,
-    with Retry-After and the RateLimit headers, when denied."""
+    Return the Decision (None when limiting is off) and the companions' CompanionResults. Raise
+    ApiError 429, with Retry-After and the RateLimit headers, when denied."""
     if not settings.RESILIENCE_RATELIMIT_ENABLED:
-        return None, dict(zip(companions, run_all(list(companions.values())), strict=True))
+        return None, CompanionResults(dict(zip(companions, run_all(list(companions.values())), strict=True)))
     counted_key = key()
     decision, results = evaluate_with(get_policy(policy_name), counted_key, companions=companions)
     count_decision(decision)
@@ -111,7 +141,7 @@ def admit(policy_name: str, key, companions: dict):
         raise ApiError(
             429, "Too many requests; retry after the time in Retry-After.", "rate_limited", headers=headers(decision)
         )
-    return decision, results
+    return decision, CompanionResults(results)
 
 
 def rate_limited_view(policy_name: str, *, methods=("POST",)):

@@ -50,7 +50,7 @@ def test_metrics_count_requests_limits_cache_and_expose_breakers_backlog_and_lag
     client.post("/admin/login/", {"username": "nobody", "password": "x"})  # counted by admin.login
     from users import cache
 
-    cache.stats["hits"] += 2  # what users/cache.py does on hits in this process
+    cache.stats["hits"] += 2  # what users/cache/store.py does on hits in this process
 
     body = client.get("/metrics").content.decode()
 

@@ -5,9 +5,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from users import selectors
-from users.admin import user_search
 from users.identity import identity_key, mixes_scripts, username_problem
 from users.models import User
+from users.selectors import user_search
 
 from .conftest import PASSWORD
 from .test_api import REGISTER, TOKEN, assert_error
@@ -63,8 +63,8 @@ def test_single_script_and_east_asian_mixes_are_allowed(api, name):
 
 def test_the_admin_search_uses_the_same_identity(api):
     profile = api.register("Ｍüller", email="MUELLER@example.com").json()
-    assert [row["id"] for row in user_search("MÜLLER")] == [int(profile["id"])]
-    assert [row["id"] for row in user_search("mueller@EXAMPLE.com")] == [int(profile["id"])]
+    assert [row["id"] for row in user_search(query="MÜLLER")] == [int(profile["id"])]
+    assert [row["id"] for row in user_search(query="mueller@EXAMPLE.com")] == [int(profile["id"])]
 
 
 def test_identity_helpers():

@@ -1,6 +1,6 @@
-"""The users cache on the cache Redis: named, versioned keys; no stale sets; no stampedes.
+"""The users cache store on the cache Redis: no stale sets, no stampedes (keys: keys.py, entries: entry.py).
 
-- Every entry is "<version>:<payload>" written by set_if_newer.lua, which refuses to replace a newer
+- Every entry (entry.py) is written by set_if_newer.lua, which refuses to replace a newer
   version. Updates write through after commit with the row's `rev` (bumped by every write, including
   write-behind flushes); deletes write a tombstone whose version beats every reader still holding the
   old row. So after any interleaving of reads and writes, once quiet, the cache equals the database.
@@ -14,20 +14,22 @@
   invalidations are queued in the state Redis and replayed (see `replay_invalidations`).
 """
 
-import json
 import logging
 import random
 import secrets
 import time
 from pathlib import Path
 
-from django.core.serializers.json import DjangoJSONEncoder
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from resilience.breaker import guard
 from resilience.redis_fanout import Call, command
 from resilience.redis_state import CACHE_ALIAS, lua_script, state_redis
+
+from . import entry
+from .entry import NOT_FOUND, TOMBSTONE_VERSION
+from .keys import lease_key
 
 logger = logging.getLogger(__name__)
 
@@ -37,28 +39,9 @@ TOMBSTONE_TTL = 600
 FLOOR_TTL = 600  # must outlive any reader still holding a row loaded before the invalidation
 LEASE_MS = 2000
 STAMPEDE_WAIT = 0.25  # the longest a reader waits for a lease holder before loading itself
-TOMBSTONE_VERSION = 1 << 62
-NOT_FOUND = object()  # a cached "does not exist", distinct from a miss (None)
 PENDING_INVALIDATIONS = "users:cache:pending-invalidations"
 
-_LUA = Path(__file__).with_name("lua")
-
-
-# --- keys: the one place cache keys are spelled ---
-def user_key(user_id: int) -> str:
-    return f"users:v1:id:{user_id}"
-
-
-def username_key(normalized_username: str) -> str:
-    return f"users:v1:uname:{normalized_username}"
-
-
-def token_key(digest: str) -> str:
-    return f"users:v2:tok:{digest}"  # v2: {user_id, created, used}, was a bare user id
-
-
-def _lease_key(key: str) -> str:
-    return f"{key}:lease"
+_LUA = Path(__file__).parent.parent / "lua"
 
 
 def _ttl(base: int) -> int:
@@ -89,8 +72,11 @@ def _client():
 
 
 def _script(name: str):
-    # Every script gets the version comparison (_version.lua): one definition, never doubles.
-    return lua_script(_LUA / f"{name}.lua", alias=CACHE_ALIAS, include=(_LUA / "_version.lua",))
+    # Every script gets the entry format (entry.py's constants, then _entry.lua's parse and version
+    # comparison): one definition, and versions never compared as doubles.
+    return lua_script(
+        _LUA / f"{name}.lua", alias=CACHE_ALIAS, include=(_LUA / "_entry.lua",), prelude=entry.LUA_PRELUDE
+    )
 
 
 def _call(fn):
@@ -114,13 +100,6 @@ def _settle(result):
     return result
 
 
-def _decode(raw: bytes):
-    _version, _, payload = raw.decode().partition(":")
-    if payload == "":  # a tombstone or a cached "not found"
-        return NOT_FOUND
-    return json.loads(payload)
-
-
 def probe(key: str) -> Call | None:
     """A plain GET of `key` as a resilience.redis_fanout.Call, so that it can be in flight together with
     another server's; None while the breaker is open. Pass its result to `get_or_load(...,
@@ -132,11 +111,6 @@ def probe(key: str) -> Call | None:
     return command(_client(), "GET", key)
 
 
-def _is_entry(raw: bytes | None) -> bool:
-    """Whether a raw cache value is an entry to serve (not absent, not an invalidation's floor)."""
-    return raw is not None and not raw.endswith(b":~")
-
-
 def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=None):
     """Return the cached value for `key`, or load it with `loader()` and cache it.
 
@@ -146,17 +120,17 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
     lease. Returns the value or None. Cache failures are invisible to the caller.
     """
     try:
-        if probed is not None and _is_entry(peeked := _settle(probed)):
+        if probed is not None and entry.is_entry(peeked := _settle(probed)):
             hit, value = 1, peeked
         else:  # no probe, or it only peeked at a miss: take the lease (or learn who holds it) now
             hit, value = _call(
-                lambda: _script("get_or_lease")(keys=[key, _lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
+                lambda: _script("get_or_lease")(keys=[key, lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
             )
     except CacheUnavailable:
         return loader()
     if hit:
         stats["hits"] += 1
-        decoded = _decode(value)
+        decoded = entry.decode(value)
         return None if decoded is NOT_FOUND else decoded
     stats["misses"] += 1
     if value == b"wait":
@@ -169,14 +143,14 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
                 raw = _call(lambda: _client().get(key))
             except CacheUnavailable:
                 break
-            if _is_entry(raw):
-                decoded = _decode(raw)
+            if entry.is_entry(raw):
+                decoded = entry.decode(raw)
                 return None if decoded is NOT_FOUND else decoded
     loaded = loader()
     if loaded is None:
-        _set(key, 0, "", NEGATIVE_TTL, lease=True)
+        _set(key, 0, entry.EMPTY, NEGATIVE_TTL, lease=True)
     else:
-        _set(key, version_of(loaded), json.dumps(loaded, cls=DjangoJSONEncoder), ttl, lease=True)
+        _set(key, version_of(loaded), entry.encode(loaded), ttl, lease=True)
     return loaded
 
 
@@ -184,7 +158,7 @@ def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False)
     try:
         stored = _call(
             lambda: _script("set_if_newer")(
-                keys=[key, _lease_key(key) if lease else ""], args=[version, payload, _ttl(ttl)]
+                keys=[key, lease_key(key) if lease else ""], args=[version, payload, _ttl(ttl)]
             )
         )
     except CacheUnavailable:
@@ -196,14 +170,14 @@ def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False)
 
 def write_through(key: str, value, *, version: int, ttl: int = USER_TTL) -> None:
     """Cache a committed value. If the cache cannot take it, the key is queued for invalidation."""
-    if not _set(key, version, json.dumps(value, cls=DjangoJSONEncoder), ttl):
+    if not _set(key, version, entry.encode(value), ttl):
         if not _cached_version_at_least(key, version):
             queue_invalidation(key)
 
 
 def tombstone(key: str, *, version: int = TOMBSTONE_VERSION, ttl: int = TOMBSTONE_TTL) -> None:
     """Mark `key` as deleted so no reader holding an older value can bring it back."""
-    if not _set(key, version, "", ttl):
+    if not _set(key, version, entry.EMPTY, ttl):
         if not _cached_version_at_least(key, version):
             queue_invalidation(key)
 
@@ -213,7 +187,7 @@ def _cached_version_at_least(key: str, version: int) -> bool:
         raw = _call(lambda: _client().get(key))
     except CacheUnavailable:
         return False
-    return _is_entry(raw) and int(raw.split(b":", 1)[0]) >= version
+    return entry.is_entry(raw) and entry.version(raw) >= version
 
 
 def queue_invalidation(key: str) -> None:
