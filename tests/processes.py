@@ -68,51 +68,16 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @contextmanager
-def web_server(*, port: int, env: dict | None = None, log_path: Path | None = None):
-    """Serve the app on 127.0.0.1:`port` in its own process (runserver, as `make run` does)."""
+def _served(argv: list[str], *, port: int, env: dict | None, log_path: Path | None, what: str):
+    """Run `argv` (a server of the app on 127.0.0.1:`port`) in its own process group until it answers
+    /health/live; stop it afterwards."""
     import urllib.request
 
     from .stack import wait_for
 
     log = open(log_path or os.devnull, "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        cwd=ROOT,
-        env=_env(env or {}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def answers():
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2) as response:  # noqa: S310
-            return response.status == 200
-
-    try:
-        wait_for(answers, timeout=60, interval=0.2, message=f"the web server on port {port}")
-        yield proc
-    finally:
-        _stop(proc)
-        log.close()
-
-
-@contextmanager
-def granian_server(*, port: int, env: dict | None = None, workers: int = 1, log_path: Path | None = None):
-    """Serve the app on 127.0.0.1:`port` with granian, as production does (project/server.py)."""
-    import urllib.request
-
-    from project.server import granian_argv
-
-    from .stack import wait_for
-
-    log = open(log_path or os.devnull, "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        granian_argv(port, workers=workers, threads=2, log_level="info"),
-        cwd=ROOT,
-        env=_env(env or {}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        argv, cwd=ROOT, env=_env(env or {}), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
 
     def answers():
@@ -120,8 +85,22 @@ def granian_server(*, port: int, env: dict | None = None, workers: int = 1, log_
             return proc.poll() is None and response.status == 200
 
     try:
-        wait_for(answers, timeout=60, interval=0.2, message=f"granian on port {port}")
+        wait_for(answers, timeout=60, interval=0.2, message=f"{what} on port {port}")
         yield proc
     finally:
         _stop(proc)
         log.close()
+
+
+def web_server(*, port: int, env: dict | None = None, log_path: Path | None = None):
+    """Serve the app on 127.0.0.1:`port` in its own process (runserver, as `make run` does)."""
+    argv = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+    return _served(argv, port=port, env=env, log_path=log_path, what="the web server")
+
+
+def granian_server(*, port: int, env: dict | None = None, workers: int = 1, log_path: Path | None = None):
+    """Serve the app on 127.0.0.1:`port` with granian, as production does (project/server.py)."""
+    from project.server import granian_argv
+
+    argv = granian_argv(port, workers=workers, threads=2, log_level="info")
+    return _served(argv, port=port, env=env, log_path=log_path, what="granian")

@@ -9,10 +9,16 @@ import sys
 from ..stack import ROOT
 
 
-def test_production_settings_refuse_to_start_without_a_secret_key():
-    env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
-    env["DJANGO_SETTINGS_MODULE"] = "project.settings.production"
-    result = subprocess.run(
+def setup_production(**variables) -> subprocess.CompletedProcess:
+    """`django.setup()` in a new process under production settings with `variables` set (None: unset)
+    over this process's environment."""
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production")
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
+    return subprocess.run(
         [sys.executable, "-c", "import django; django.setup()"],
         cwd=ROOT,
         env=env,
@@ -20,25 +26,16 @@ def test_production_settings_refuse_to_start_without_a_secret_key():
         text=True,
         timeout=60,
     )
+
+
+def test_production_settings_refuse_to_start_without_a_secret_key():
+    result = setup_production(DJANGO_SECRET_KEY=None)
     assert result.returncode != 0
     assert "DJANGO_SECRET_KEY must be set" in result.stderr
 
 
 def test_production_settings_refuse_debug():
-    env = dict(
-        os.environ,
-        DJANGO_SETTINGS_MODULE="project.settings.production",
-        DJANGO_DEBUG="true",
-        DJANGO_SECRET_KEY="x" * 60,
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = setup_production(DJANGO_DEBUG="true", DJANGO_SECRET_KEY="x" * 60)
     assert result.returncode != 0
     assert "DJANGO_DEBUG must be off" in result.stderr
 
@@ -47,16 +44,7 @@ def test_production_settings_refuse_the_placeholder_secret_key_of_env_example():
     example = (ROOT / ".env.example").read_text()
     placeholder = re.search(r"^DJANGO_SECRET_KEY=(.*)$", example, re.M).group(1).strip()
     assert len(placeholder) >= 50  # long enough to pass the length rule: only the comparison stops it
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production", DJANGO_SECRET_KEY=placeholder)
-    env.pop("DJANGO_DEBUG", None)
-    result = subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = setup_production(DJANGO_SECRET_KEY=placeholder, DJANGO_DEBUG=None)
     assert result.returncode != 0
     assert "ImproperlyConfigured: DJANGO_SECRET_KEY is the placeholder of .env.example" in result.stderr
 
