@@ -380,6 +380,7 @@ def _token_touch(*, user_id: int, digest: str, entry: dict, client: TokenClient)
                 .filter(digest=digest, user_id=user_id)
                 .update(last_used_at=now, client_ip=client.ip, user_agent=client.user_agent)
             ),
+            pin=False,  # bookkeeping: a GET must not pin its client to the primary for it
         )
     except ShardUnavailable:
         return

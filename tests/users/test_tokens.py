@@ -171,3 +171,15 @@ def test_many_addresses_guessing_one_account_are_limited(api, settings, spelling
         )
         answers.append(response.status_code)
     assert answers == [401, 401, 401, 429]
+
+
+def test_recording_a_tokens_use_does_not_pin_the_clients_reads_to_the_primary(user):
+    """The once-a-minute write of a token's last use is bookkeeping: a GET that makes it must not come
+    back with a read-your-writes pin (the client's next reads would skip the replicas for it)."""
+    api, _ = user
+    fresh = Client()  # no cookie from the login's own (pinning) write
+    response = fresh.get(ME, headers={"Authorization": f"Token {api.token}"})
+    assert response.status_code == 200
+    _, row = _token_row(api)
+    assert row.get().last_used_at is not None  # the use was recorded ...
+    assert "Bulwark-Read-Lsn" not in response and "Bulwark-Read-Primary-Until" not in response  # ... unpinned

@@ -116,17 +116,19 @@ def read_on(group: str, fn):
         raise ShardUnavailable(group, exc) from exc
 
 
-def write_on(group: str, fn):
+def write_on(group: str, fn, *, pin: bool = True):
     """Call `fn(primary_alias)`; a connection failure becomes ShardUnavailable (nothing was committed
-    unless `fn` committed before failing, which callers design for)."""
+    unless `fn` committed before failing, which callers design for). `pin=False` for bookkeeping the
+    client never reads back (a token's last use): it is not noted for read-your-writes, so it neither
+    pins the client's next reads nor waits for the synchronous standby."""
     # The breaker first: a refused write must not be noted for read-your-writes either (whose commit
     # LSN would then be asked of the refused primary at the end of the request).
-    return _on_primary(group, routing.primary_alias(group), lambda: _write(group, fn))
+    return _on_primary(group, routing.primary_alias(group), lambda: _write(group, fn, pin=pin))
 
 
-def _write(group: str, fn):
-    synced = routing.sync_apply(group)
-    alias = routing.write_alias(group, synced=synced)
+def _write(group: str, fn, *, pin: bool = True):
+    synced = pin and routing.sync_apply(group)
+    alias = routing.write_alias(group, synced=synced) if pin else routing.primary_alias(group)
     try:
         if not synced:
             return fn(alias)
