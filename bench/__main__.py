@@ -41,6 +41,7 @@ from bench import roundtrips  # noqa: E402
 from project.db import pinning, routing  # noqa: E402
 from project.db.replicas import monitor  # noqa: E402
 from project.server import granian_argv  # noqa: E402
+from tests.stack import free_port  # noqa: E402
 from users import selectors, services  # noqa: E402
 from users.models import User  # noqa: E402
 from users.sharding.access import group_for_user_id  # noqa: E402
@@ -209,7 +210,10 @@ def bench_consistency(users):
 
 # ---------------------------------------------------------------- http
 @contextlib.contextmanager
-def server(kind, port, **env_extra):
+def server(kind, port=None, **env_extra):
+    """Serve the bench settings with `kind` on a free loopback port (several engineers' benches and
+    stacks share this machine, so no fixed port)."""
+    port = port or free_port()
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
     if kind == "gunicorn":
         cmd = [
@@ -308,8 +312,8 @@ def bench_http(users, tokens):
     uid = users[0]["id"]
     Client().get(f"/api/v1/users/{uid}/")  # warm the cache
     results = {}
-    for kind, port in (("gunicorn", 18081), ("granian", 18082)):
-        with server(kind, port) as url:
+    for kind in ("gunicorn", "granian"):
+        with server(kind) as url:
             results[kind] = alternate(
                 lambda url=url: wrk(f"{url}/bench/bare"), lambda url=url: wrk(f"{url}/api/v1/users/{uid}/")
             )
@@ -319,10 +323,10 @@ def bench_http(users, tokens):
     report("http", "faster server (chosen)", chosen)
     hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
     with (
-        server(chosen, 18083) as url,
-        server(chosen, 18084, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url,
-        server(chosen, 18085, WRITE_BEHIND_ENABLED="false") as direct_url,
-        server(chosen, 18086, USERS_FAST_READ="false") as drf_url,
+        server(chosen) as url,
+        server(chosen, RESILIENCE_RATELIMIT_ENABLED="false") as unlimited_url,
+        server(chosen, WRITE_BEHIND_ENABLED="false") as direct_url,
+        server(chosen, USERS_FAST_READ="false") as drf_url,
     ):
         bare, cached = alternate(lambda: wrk(f"{url}/bench/bare"), lambda: wrk(f"{url}/api/v1/users/{uid}/"))
         http_row("http", "bare view", bare)
@@ -367,8 +371,8 @@ def bench_breakers(users):
     uid = users[0]["id"]
     Client().get(f"/api/v1/users/{uid}/")  # warm the cache
     with (
-        server("granian", 18091, RESILIENCE_DEPENDENCY_BREAKERS="false") as off_url,
-        server("granian", 18092) as on_url,
+        server("granian", RESILIENCE_DEPENDENCY_BREAKERS="false") as off_url,
+        server("granian") as on_url,
     ):
         off, on = alternate(lambda: wrk(f"{off_url}/api/v1/users/{uid}/"), lambda: wrk(f"{on_url}/api/v1/users/{uid}/"))
     http_row("breakers", "cached GET, dependency breakers off", off)
@@ -588,8 +592,8 @@ def bench_wait(users):
     hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
     with (
         state_replica(),
-        server("granian", 18087) as url,
-        server("granian", 18088, WRITE_BEHIND_WAIT_REPLICAS="1") as wait_url,
+        server("granian") as url,
+        server("granian", WRITE_BEHIND_WAIT_REPLICAS="1") as wait_url,
     ):
         plain, waited = alternate(
             lambda: wrk(url, method="POST", paths=hot), lambda: wrk(wait_url, method="POST", paths=hot)
