@@ -45,3 +45,26 @@ def check_idempotency_settings(app_configs=None, **kwargs) -> list[CheckMessage]
             id="resilience.E031",
         )
     ]
+
+
+@register("resilience")
+def check_override_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
+    """resilience.E032: RESILIENCE_OVERRIDES_REFRESH_SECONDS or RESILIENCE_OVERRIDE_DEFAULT_SECONDS is out of range."""
+    from .overrides import MAX_SECONDS
+
+    refresh, default = settings.RESILIENCE_OVERRIDES_REFRESH_SECONDS, settings.RESILIENCE_OVERRIDE_DEFAULT_SECONDS
+    if (
+        isinstance(refresh, int | float)
+        and 0 < refresh <= 60
+        and isinstance(default, int)
+        and 0 < default <= MAX_SECONDS
+    ):
+        return []
+    return [
+        Error(
+            f"RESILIENCE_OVERRIDES_REFRESH_SECONDS is {refresh!r}, RESILIENCE_OVERRIDE_DEFAULT_SECONDS is {default!r}",
+            hint=f"The refresh interval is in (0, 60] seconds (1.0 keeps overrides within 2 s of every process); "
+            f"the default duration is a whole number of seconds in (0, {MAX_SECONDS}].",
+            id="resilience.E032",
+        )
+    ]

@@ -13,7 +13,8 @@ logger = logging.getLogger(__name__)
 
 RATELIMIT_DECISIONS = Counter(
     "bulwark_ratelimit_decisions",
-    "Rate-limit checks by policy and outcome; degraded means the state Redis was unavailable.",
+    "Rate-limit checks by policy and outcome (allowed, denied, or would_deny: a policy in shadow mode "
+    "admitted it); degraded means the state Redis was unavailable.",
     ["policy", "decision", "degraded"],
 )
 BREAKER_TRANSITIONS = Counter(
@@ -25,9 +26,11 @@ BREAKER_TRANSITIONS = Counter(
 def count_decision(decision) -> None:
     """Count one rate-limit Decision (allowed or denied). Never raises."""
     try:
-        RATELIMIT_DECISIONS.labels(
-            decision.policy.name, "allowed" if decision.allowed else "denied", "true" if decision.degraded else "false"
-        ).inc()
+        if decision.allowed:
+            outcome = "allowed"
+        else:
+            outcome = "would_deny" if decision.policy.mode == "shadow" else "denied"
+        RATELIMIT_DECISIONS.labels(decision.policy.name, outcome, "true" if decision.degraded else "false").inc()
     except Exception:  # metrics must never break the request they observe
         logger.exception("counting a rate-limit decision failed")
 

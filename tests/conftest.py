@@ -9,6 +9,7 @@ from django_redis import get_redis_connection
 
 from project.db import pinning
 from project.db.replicas import monitor
+from resilience import overrides
 from resilience.breaker import forget_guards
 from users.models import ShardMapEntry
 from users.sharding.shardmap import initial_ranges, shard_map
@@ -59,8 +60,9 @@ def truncate_everything():
         except Exception:  # a previous test may have left a Redis down; the stack fixture restarts it
             stack("up")
             get_redis_connection(alias).flushdb()
-    # Breakers live in the state Redis just flushed: no process-local copy of a forced state survives.
+    # Breakers and overrides live in the state Redis just flushed: no process-local copy survives.
     forget_guards()
+    overrides.forget()
 
 
 @pytest.fixture

@@ -118,6 +118,7 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
     """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
 
     permission_classes = [AllowAny]
+    concurrency_policy = "api.concurrent"  # requests in flight per user (per address when anonymous)
     rate_limits = {"POST": "users.register"}
 
     class RegisterInput(StrictSerializer):
@@ -274,6 +275,7 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
 
 class UserMeApi(RateLimitedApiMixin, APIView):
     permission_classes = [IsProductUser]
+    concurrency_policy = "api.concurrent"
 
     class PatchInput(StrictSerializer):
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
@@ -373,6 +375,7 @@ def token_client(request) -> TokenClient:
 
 class TokenApi(RateLimitedApiMixin, APIView):
     permission_classes = [AllowAny]
+    concurrency_policy = "api.concurrent"
     # Per address and username, per address (one password sprayed over many accounts), per username
     # (many addresses guessing one account): the first one's headers go on the answer.
     rate_limits = {"POST": ("auth.token", "auth.token.ip", "auth.token.username")}
@@ -423,6 +426,7 @@ class TokenListApi(RateLimitedApiMixin, APIView):
     """GET: the caller's tokens. DELETE: revoke all of them, the one used for this request included."""
 
     permission_classes = [IsProductUser]
+    concurrency_policy = "api.concurrent"
 
     @extend_schema(
         operation_id="auth_tokens_list",
@@ -446,6 +450,7 @@ class TokenDetailApi(RateLimitedApiMixin, APIView):
     """DELETE one of the caller's tokens by the id the list shows."""
 
     permission_classes = [IsProductUser]
+    concurrency_policy = "api.concurrent"
 
     @extend_schema(request=None, responses={204: None, 401: ErrorBody, 404: ErrorBody})
     def delete(self, request, token_id: str):

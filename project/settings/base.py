@@ -210,6 +210,10 @@ RESILIENCE_TRUSTED_PROXIES = env("RESILIENCE_TRUSTED_PROXIES", [], list)  # IPs/
 RESILIENCE_RATELIMIT_ENABLED = env("RESILIENCE_RATELIMIT_ENABLED", True, bool)
 RESILIENCE_RATELIMIT_STATS_MINUTES = 60  # how long denial statistics are kept (the rate-limits page)
 RESILIENCE_STATE_RETRY_SECONDS = 1.0  # after a failed call, the state Redis is not asked again for this long
+# Runtime overrides from the admin (resilience/overrides.py): each process re-reads them at most this often (s),
+# so an override reaches every process within it; it lasts RESILIENCE_OVERRIDE_DEFAULT_SECONDS unless given.
+RESILIENCE_OVERRIDES_REFRESH_SECONDS = env("RESILIENCE_OVERRIDES_REFRESH_SECONDS", 1.0, float)
+RESILIENCE_OVERRIDE_DEFAULT_SECONDS = 3600
 # Who may read /metrics and /health/ready's details besides staff (resilience/access.py).
 METRICS_TOKEN = env("METRICS_TOKEN", "")  # a bearer token for the scraper; empty = none
 METRICS_ALLOWED_IPS = env("METRICS_ALLOWED_IPS", ["127.0.0.1", "::1"], list)

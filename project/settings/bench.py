@@ -8,4 +8,7 @@ ROOT_URLCONF = "bench.urls"
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 LOGGING = {"version": 1, "disable_existing_loggers": False, "root": {"level": "ERROR"}}
 # The limiter runs on every request (its cost is measured); the limits are high enough never to deny.
-RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in DEFAULT_POLICIES}
+RESILIENCE_RATELIMIT_POLICIES = {
+    name: {"limit": 100000000} if spec.get("algorithm") == "concurrency" else {"rate": "100000000/m"}
+    for name, spec in DEFAULT_POLICIES.items()
+}

@@ -10,13 +10,15 @@
 
 A name's options are the defaults below, overlaid by the options its declaration gives (an app's
 dependency, dependencies.py), then by every matching pattern from the shortest to the longest, then by
-the exact entry. Unknown names work: they get the defaults.
+the exact entry. Unknown names work: they get the defaults. A runtime override from the admin
+(resilience/overrides.py, target "breaker:<name>") lays its thresholds over all of that until it expires.
 
 The window is count-based: the outcomes of the last `window_size` calls made while CLOSED.
 """
 
 import enum
 import fnmatch
+import logging
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,7 +26,23 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from .. import overrides
 from .dependencies import declared_options
+
+logger = logging.getLogger("resilience.breaker")
+
+OVERRIDE_KIND = "breaker"
+# The thresholds an operator may change at runtime (not the exception list or the history length).
+OVERRIDABLE = (
+    "failure_rate_threshold",
+    "minimum_calls",
+    "window_size",
+    "consecutive_failures",
+    "slow_call_seconds",
+    "open_seconds",
+    "half_open_max_calls",
+    "success_threshold",
+)
 
 
 class State(enum.StrEnum):
@@ -112,11 +130,33 @@ def configured_breakers() -> dict[str, dict[str, Any]]:
     return configured
 
 
-def options_for(name: str) -> BreakerOptions:
-    """Return the options of the breaker `name`; raise ImproperlyConfigured for invalid settings."""
+def configured_options(name: str) -> dict[str, Any]:
+    """The options of the breaker `name` from its declaration and the settings, before any override."""
     configured = configured_breakers()
     patterns = sorted((p for p in configured if p != name and fnmatch.fnmatchcase(name, p)), key=len)
     merged: dict[str, Any] = dict(declared_options(name))
     for key in [*patterns, name]:
         merged.update(configured.get(key, {}))
-    return _build(name, merged)
+    return merged
+
+
+def with_override(name: str, values: dict[str, Any]) -> BreakerOptions:
+    """The options of `name` with the runtime override `values` laid over them; raise
+    ImproperlyConfigured (a message for the operator) when they are not a valid change."""
+    unknown = sorted(set(values) - set(OVERRIDABLE))
+    if unknown:
+        raise ImproperlyConfigured(f"{', '.join(unknown)} cannot be overridden at runtime")
+    return _build(name, {**configured_options(name), **values})
+
+
+def options_for(name: str) -> BreakerOptions:
+    """Return the options of the breaker `name`, with the runtime override in force in this process
+    (no Redis call); raise ImproperlyConfigured for invalid settings. An override that no longer fits
+    the settings is ignored with a warning."""
+    values = overrides.values_for(overrides.target(OVERRIDE_KIND, name))
+    if values:
+        try:
+            return with_override(name, values)
+        except ImproperlyConfigured as exc:
+            logger.warning("ignoring the runtime override of breaker %s: %s", name, exc)
+    return _build(name, configured_options(name))

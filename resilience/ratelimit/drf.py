@@ -1,5 +1,9 @@
 """Rate limiting for DRF views and plain Django views, answering 429 with the project's error JSON,
-Retry-After and the IETF RateLimit headers on every limited response."""
+Retry-After and the IETF RateLimit headers on every limited response; and the concurrent-requests
+limit of DRF views (a slot taken after the rate checks, given back when the response is closed).
+
+A policy in shadow mode decides and counts but refuses nothing (resilience/shadow.py); one that is
+"off" is not asked at all."""
 
 import functools
 import logging
@@ -13,8 +17,10 @@ from rest_framework.exceptions import ParseError
 
 from resilience.redis_fanout import run_all
 
+from .. import shadow
 from ..errors import ApiError, error_body
 from ..metrics import count_decision
+from . import concurrency
 from .http import USERNAME_KINDS, headers, request_key
 from .limiter import check, evaluate_with
 from .policies import get_policy
@@ -68,9 +74,15 @@ class RateLimitedApiMixin:
     """Mix into an APIView. `rate_limits` maps an HTTP method to a policy name, or to a tuple of names
     when one request counts against several policies (the first one's headers go on the response);
     methods not listed use `api.read` (safe methods) or `api.write`. `rate_limit_username(request)`
-    supplies the username for ip+username and username policies."""
+    supplies the username for ip+username and username policies.
+
+    `concurrency_policy` names a concurrency policy (e.g. "api.concurrent") every request of the view
+    takes a slot of once its rate checks passed; the slot is given back when the response is closed
+    (after a streamed body is sent), or when the view raises."""
 
     rate_limits: dict[str, str | tuple[str, ...]] = {}
+    concurrency_policy: str | None = None
+    _concurrency_slot: concurrency.Slot | None = None
 
     def rate_limit_policies(self, request) -> tuple[str, ...]:
         names = self.rate_limits.get(request.method) or ("api.read" if request.method in READ_METHODS else "api.write")
@@ -114,8 +126,29 @@ class RateLimitedApiMixin:
         request.rate_limit_decision, request.companion_results = admit(
             names[0], functools.partial(key_for, names[0]), self.rate_limit_companions(request)
         )
+        if self.concurrency_policy is not None:
+            self._concurrency_slot = admit_concurrent(
+                self.concurrency_policy, functools.partial(key_for, self.concurrency_policy)
+            )
         if parse_error is not None:
             raise parse_error
+
+    def dispatch(self, request, *args, **kwargs):
+        try:
+            response = super().dispatch(request, *args, **kwargs)
+        except BaseException:
+            self._release_slot()
+            raise
+        if self._concurrency_slot is not None:
+            # Django calls these when the server has sent the whole body and closes the response:
+            # a streamed response keeps its slot until its last byte (Django's own FileResponse uses it).
+            response._resource_closers.append(self._release_slot)
+        return response
+
+    def _release_slot(self) -> None:
+        slot, self._concurrency_slot = self._concurrency_slot, None
+        if slot is not None:
+            slot.release()
 
     def finalize_response(self, request, response, *args, **kwargs):
         response = super().finalize_response(request, response, *args, **kwargs)
@@ -130,18 +163,38 @@ def admit(policy_name: str, key, companions: dict) -> tuple[object, CompanionRes
     """Count one request against the named policy, with `companions` (see RateLimitedApiMixin) in
     flight together. `key()` gives the key it counts under; it is not called when limiting is off.
     Return the Decision (None when limiting is off) and the companions' CompanionResults. Raise
-    ApiError 429, with Retry-After and the RateLimit headers, when denied."""
-    if not settings.RESILIENCE_RATELIMIT_ENABLED:
+    ApiError 429, with Retry-After and the RateLimit headers, when denied. A policy in shadow mode
+    never raises and returns no Decision (its headers would tell the client about a limit that does
+    not apply); one that is "off" is not asked."""
+    policy = get_policy(policy_name)
+    if not settings.RESILIENCE_RATELIMIT_ENABLED or policy.mode == "off":
         return None, CompanionResults(dict(zip(companions, run_all(list(companions.values())), strict=True)))
     counted_key = key()
-    decision, results = evaluate_with(get_policy(policy_name), counted_key, companions=companions)
+    decision, results = evaluate_with(policy, counted_key, companions=companions)
+    _enforce(decision, counted_key, "ratelimit", "Too many requests; retry after the time in Retry-After.")
+    return (decision if policy.mode == "enforce" else None), CompanionResults(results)
+
+
+def admit_concurrent(policy_name: str, key) -> concurrency.Slot | None:
+    """Take a slot of `key()` under the named concurrency policy and return it (None when limiting is
+    off); the caller releases it. Raise ApiError 429, with Retry-After and the RateLimit headers, when
+    the key has every slot in flight (unless the policy is in shadow mode)."""
+    policy = get_policy(policy_name)
+    if not settings.RESILIENCE_RATELIMIT_ENABLED or policy.mode == "off":
+        return None
+    counted_key = key()
+    decision, slot = concurrency.acquire(policy, counted_key)
+    _enforce(decision, counted_key, "concurrency", "Too many requests in flight; retry after the time in Retry-After.")
+    return slot
+
+
+def _enforce(decision, counted_key: str, kind: str, message: str) -> None:
+    """Count `decision`; raise the 429 of a denial unless its policy is in shadow mode."""
     count_decision(decision)
-    if not decision.allowed:
+    policy = decision.policy
+    if shadow.refuses(kind=kind, name=policy.name, mode=policy.mode, denied=not decision.allowed, key=counted_key):
         log_denial(decision, counted_key)
-        raise ApiError(
-            429, "Too many requests; retry after the time in Retry-After.", "rate_limited", headers=headers(decision)
-        )
-    return decision, CompanionResults(results)
+        raise ApiError(429, message, "rate_limited", headers=headers(decision))
 
 
 def rate_limited_view(policy_name: str, *, methods=("POST",)):
@@ -151,16 +204,20 @@ def rate_limited_view(policy_name: str, *, methods=("POST",)):
     def decorator(view):
         @functools.wraps(view)
         def wrapper(request, *args, **kwargs):
-            if request.method not in methods or not settings.RESILIENCE_RATELIMIT_ENABLED:
+            mode = get_policy(policy_name).mode
+            if request.method not in methods or not settings.RESILIENCE_RATELIMIT_ENABLED or mode == "off":
                 return view(request, *args, **kwargs)
             counted_key = request_key(policy_name, request)
             decision = check(policy_name, counted_key)
             count_decision(decision)
-            if not decision.allowed:
+            denied = not decision.allowed
+            if shadow.refuses(kind="ratelimit", name=policy_name, mode=mode, denied=denied, key=counted_key):
                 log_denial(decision, counted_key)
                 response = JsonResponse(error_body("Too many attempts; retry later.", "rate_limited"), status=429)
             else:
                 response = view(request, *args, **kwargs)
+                if mode == "shadow":
+                    return response
             for name, value in headers(decision).items():
                 response[name] = value
             return response

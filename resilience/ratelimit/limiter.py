@@ -48,14 +48,16 @@ def state_key(policy: Policy, key: str) -> str:
     return f"rl:{KEY_VERSION}:{policy.name}:{policy.algorithm}:{key}"
 
 
-def denied_key(minute: int) -> str:
-    """Sorted set of "policy|key" members denied during `minute` (epoch seconds // 60)."""
-    return f"rl:{KEY_VERSION}:denied:{minute}"
+def denied_key(minute: int, *, shadow: bool = False) -> str:
+    """Sorted set of "policy|key" members denied during `minute` (epoch seconds // 60); with `shadow`,
+    the ones a policy in shadow mode would have denied (and admitted)."""
+    return f"rl:{KEY_VERSION}:{'shadow_' if shadow else ''}denied:{minute}"
 
 
-def denied_by_policy_key(minute: int) -> str:
-    """Hash of policy name -> number of denials (429s) during `minute`."""
-    return f"rl:{KEY_VERSION}:denied_by_policy:{minute}"
+def denied_by_policy_key(minute: int, *, shadow: bool = False) -> str:
+    """Hash of policy name -> number of denials (429s) during `minute`; with `shadow`, of requests a
+    policy in shadow mode would have denied."""
+    return f"rl:{KEY_VERSION}:{'shadow_' if shadow else ''}denied_by_policy:{minute}"
 
 
 def _stats_minutes() -> int:
@@ -80,27 +82,40 @@ def evaluate(policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = No
 
 
 def evaluate_with(
-    policy: Policy, key: str, *, cost: int = 1, now_ms: int | None = None, companions: dict | None = None
+    policy: Policy,
+    key: str,
+    *,
+    cost: int = 1,
+    now_ms: int | None = None,
+    companions: dict | None = None,
+    token: str = "",
 ) -> tuple[Decision, dict | None]:
     """Like `evaluate`, and run `companions` — name -> resilience.redis_fanout.Call, Redis reads the
     view needs anyway, on any server — with all requests in flight together (resilience/redis_fanout.py).
     Returns the Decision and name -> result (or the exception that call raised); None instead when
-    the limiter did not ask Redis (state Redis out, fixed-window policy): callers then fetch the usual way."""
+    the limiter did not ask Redis (state Redis out, fixed-window policy): callers then fetch the usual way.
+
+    A concurrency policy takes a slot named `token` (resilience/ratelimit/concurrency.py, which
+    releases it); without a token it peeks. A policy in shadow mode records its denials apart (the
+    "would have denied" statistics); the Decision is the one an enforced policy would get."""
     if cost < 0:
         raise ValueError("cost must be >= 0")
+    if policy.algorithm == "concurrency" and cost and not token:
+        raise ValueError("a concurrency policy takes a slot with resilience.ratelimit.concurrency.acquire")
     if outage.active():
         return _degraded(policy), None
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
     if policy.algorithm == "fixed_window":
         return _evaluate_fixed(policy, key, cost=cost, minute=minute), None
+    shadow = policy.mode == "shadow"
     limiter = script_call(
         state_redis(),
         script(policy.algorithm),
-        [state_key(policy, key), denied_key(minute), denied_by_policy_key(minute)],
+        [state_key(policy, key), denied_key(minute, shadow=shadow), denied_by_policy_key(minute, shadow=shadow)],
         [
             policy.limit,
             policy.period * 1000,
-            cost,
+            (token if cost else "") if policy.algorithm == "concurrency" else cost,
             f"{policy.name}|{key}",
             policy.name,
             _stats_minutes() * 60,
@@ -131,11 +146,12 @@ def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Deci
         allowed, limit, remaining, reset, retry_after = evaluate_fixed(policy, key, cost=min(cost, 1))
         if not allowed and cost:
             # django-ratelimit keeps no statistics: record the denial like the Lua scripts do.
+            shadow = policy.mode == "shadow"
             pipe = state_redis().pipeline(transaction=False)
-            pipe.zincrby(denied_key(minute), 1, f"{policy.name}|{key}")
-            pipe.expire(denied_key(minute), _stats_minutes() * 60)
-            pipe.hincrby(denied_by_policy_key(minute), policy.name, 1)
-            pipe.expire(denied_by_policy_key(minute), _stats_minutes() * 60)
+            pipe.zincrby(denied_key(minute, shadow=shadow), 1, f"{policy.name}|{key}")
+            pipe.expire(denied_key(minute, shadow=shadow), _stats_minutes() * 60)
+            pipe.hincrby(denied_by_policy_key(minute, shadow=shadow), policy.name, 1)
+            pipe.expire(denied_by_policy_key(minute, shadow=shadow), _stats_minutes() * 60)
             pipe.execute()
     except (*UNAVAILABLE, Unavailable, ConnectionInterrupted) as exc:
         outage.failed(exc)
@@ -188,14 +204,15 @@ def top_denied(*, minutes: int = 5, count: int = 20) -> list[tuple[str, str, int
     return result
 
 
-def denied_counts(*, minutes: int = 5) -> dict[str, int]:
-    """Return policy name -> denials (429s) over the last `minutes` minutes.
+def denied_counts(*, minutes: int = 5, shadow: bool = False) -> dict[str, int]:
+    """Return policy name -> denials (429s) over the last `minutes` minutes; with `shadow`, the
+    requests policies in shadow mode would have denied.
 
     Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
     """
     pipe = state_redis().pipeline(transaction=False)
     for minute in _recent_minutes(minutes):
-        pipe.hgetall(denied_by_policy_key(minute))
+        pipe.hgetall(denied_by_policy_key(minute, shadow=shadow))
     totals: dict[str, int] = {}
     for counts in pipe.execute():
         for policy, denials in counts.items():

@@ -3,6 +3,7 @@ stopped. Run with REDIS_DB=5 so these tests never share a Redis DB with other te
 
 import pytest
 
+from resilience import overrides
 from resilience.breaker import breaker as breaker_module
 from resilience.breaker import forget_guards
 from resilience.breaker.redis_storage import outage as breaker_outage
@@ -14,6 +15,7 @@ from tests.stack import stack, wait_for
 def _forget_process_state() -> None:
     ratelimit_outage.clear()
     breaker_outage.clear()
+    overrides.forget()  # the flushed Redis holds none: no process-local copy of an override survives
     breaker_module.local_storage.clear()
     breaker_module.listeners.clear()
     forget_guards()

@@ -43,7 +43,9 @@ def test_builtin_policies_apply_when_the_setting_is_absent():
     assert get_policy("auth.token.username") == Policy(
         "auth.token.username", 30, 3600, "username", "sliding_window", "closed"
     )
+    assert get_policy("api.concurrent") == Policy("api.concurrent", 20, 60, "user", "concurrency", "open")
     assert set(all_policies()) == {
+        "api.concurrent",
         "auth.token",
         "auth.token.ip",
         "auth.token.username",
