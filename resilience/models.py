@@ -29,3 +29,16 @@ class RateLimitKey(models.Model):
 
     def __str__(self):
         return "rate-limit keys"
+
+
+class RuntimeOverride(models.Model):
+    """Carries the permission to override a limit at runtime (resilience/overrides.py) and the content
+    type of those actions' admin-log entries (resilience.runtimeoverride). No table."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [("change_override", "Can override a rate limit or breaker threshold at runtime")]
+
+    def __str__(self):
+        return "runtime overrides"

@@ -15,6 +15,10 @@ WEBHOOK_DELIVER_TIME_BUDGET  10.0   seconds one deliver run keeps claiming deliv
 WEBHOOK_RETENTION_DAYS       7.0    delivered deliveries and dispatched outbox rows kept this long
 WEBHOOK_SIGNATURE_TOLERANCE  300    seconds of clock skew signing.verify accepts by default
 WEBHOOK_SECRET_ROTATION_WINDOW 86400.0 seconds the previous secret keeps signing after a rotation
+WEBHOOK_RETRY_BUDGET_RATIO   0.1    retries to one host per window: at most this share of its first attempts...
+WEBHOOK_RETRY_BUDGET_MIN     3      ...but always at least this many (a quiet host's deliveries still drain);
+WEBHOOK_RETRY_BUDGET_WINDOW  60.0   over this many seconds (and the window before). A retry over budget
+                                    is deferred, never dropped (webhooks/retry_budget.py)
 WEBHOOK_ALLOWED_PRIVATE_NETWORKS ()  CIDRs a receiver may resolve to although not public (loopback,
                                     private, link-local...); empty in production, loopback in
                                     local and test settings. Cloud metadata addresses are never allowed.
@@ -42,6 +46,9 @@ class WebhookSettings:
     delivery_deadline: float = 10.0
     secret_rotation_window: float = 86400.0
     allowed_private_networks: tuple[str, ...] = ()
+    retry_budget_ratio: float = 0.1
+    retry_budget_min: int = 3
+    retry_budget_window: float = 60.0
 
     def __post_init__(self) -> None:
         problems = []
@@ -63,6 +70,11 @@ class WebhookSettings:
             problems.append("WEBHOOK_DELIVERY_DEADLINE must be > 0")
         if self.secret_rotation_window < 0:
             problems.append("WEBHOOK_SECRET_ROTATION_WINDOW must be >= 0")
+        if not 0 <= self.retry_budget_ratio <= 100 or self.retry_budget_min < 1 or self.retry_budget_window <= 0:
+            problems.append(
+                "WEBHOOK_RETRY_BUDGET_RATIO must be in [0, 100], WEBHOOK_RETRY_BUDGET_MIN >= 1 (or deferred retries "
+                "could wait forever) and WEBHOOK_RETRY_BUDGET_WINDOW > 0"
+            )
         if isinstance(self.allowed_private_networks, str):
             problems.append("WEBHOOK_ALLOWED_PRIVATE_NETWORKS must be a list of CIDRs, not one string")
         else:
@@ -106,6 +118,9 @@ _NAMES = {
     "delivery_deadline": "WEBHOOK_DELIVERY_DEADLINE",
     "secret_rotation_window": "WEBHOOK_SECRET_ROTATION_WINDOW",
     "allowed_private_networks": "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
+    "retry_budget_ratio": "WEBHOOK_RETRY_BUDGET_RATIO",
+    "retry_budget_min": "WEBHOOK_RETRY_BUDGET_MIN",
+    "retry_budget_window": "WEBHOOK_RETRY_BUDGET_WINDOW",
 }
 
 

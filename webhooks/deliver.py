@@ -20,6 +20,10 @@ Outcomes of one attempt (an attempt is counted when the delivery is claimed):
 - breaker open                     not sent; the attempt is given back and the delivery (with every
                                    due delivery to that host) waits until the breaker's retry time.
                                    Deliveries wait while a host is down; they are never dropped.
+- retry over budget                a retry (any attempt after the first) to a host whose retries
+                                   already use their budget (retry_budget.py: a share of its first
+                                   attempts) is not sent: the attempt is given back and the delivery
+                                   stays pending, deferred by about one budget window. Never dropped.
 After the WEBHOOK_MAX_ATTEMPTS-th failed attempt a delivery is dead: visible and retryable in the admin.
 
 Backoff after the n-th failed attempt: min(cap, base * 2**(n-1)), jittered to 50-100 % (defaults
@@ -47,7 +51,7 @@ from resilience.breaker import CircuitOpenError, get_breaker
 from resilience.request_id import HEADER as REQUEST_ID_HEADER
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 
-from . import transport
+from . import retry_budget, transport
 from .conf import WebhookSettings, webhook_settings
 from .egress import DestinationRefused
 from .signing import webhook_body, webhook_headers
@@ -60,6 +64,7 @@ GONE = 410
 GONE_REASON = "the receiver answered 410 Gone"
 
 DELIVERED, RETRYING, DEAD, WAITING, STALE = "delivered", "retrying", "dead", "waiting", "stale"
+DEFERRED = "deferred"
 
 
 class WebhookHTTPError(Exception):
@@ -176,6 +181,16 @@ def _wait_for_breaker(delivery: WebhookDelivery, host: str, retry_after: float) 
     return WAITING if updated else STALE
 
 
+def _defer_retry(delivery: WebhookDelivery, conf: WebhookSettings) -> str:
+    """Give the attempt back: the retry did not fit the host's budget. The delivery stays pending and
+    comes back after about one budget window (jittered, so deferred retries do not return in step)."""
+    delay = conf.retry_budget_window * random.uniform(0.5, 1.0)
+    updated = _mine(delivery).update(
+        attempts=F("attempts") - 1, claim_token=None, next_attempt_at=timezone.now() + timedelta(seconds=delay)
+    )
+    return DEFERRED if updated else STALE
+
+
 def _disable_gone(delivery: WebhookDelivery, conf: WebhookSettings, error: str) -> str:
     """The receiver answered 410 Gone: dead-letter this delivery and disable its subscriber, together."""
     with transaction.atomic(using=_alias()):
@@ -191,9 +206,10 @@ def _disable_gone(delivery: WebhookDelivery, conf: WebhookSettings, error: str) 
 
 def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
     """Make one attempt at a claimed delivery and record its outcome; return it: "delivered",
-    "retrying", "dead", "waiting" (breaker open, no attempt counted) or "stale" (the claim was lost,
-    nothing recorded). Raises DatabaseError if the outcome cannot be written (the lease then expires
-    and the delivery is attempted again)."""
+    "retrying", "dead", "waiting" (breaker open, no attempt counted), "deferred" (a retry over the
+    host's retry budget, no attempt counted) or "stale" (the claim was lost, nothing recorded).
+    Raises DatabaseError if the outcome cannot be written (the lease then expires and the delivery
+    is attempted again)."""
     conf = webhook_settings()
     subscriber = delivery.subscriber
     host = transport.url_host(subscriber.url)
@@ -202,6 +218,11 @@ def webhook_delivery_attempt(delivery: WebhookDelivery) -> str:
         permit = breaker.allow()
     except CircuitOpenError as exc:
         return _wait_for_breaker(delivery, host, exc.retry_after)
+    if delivery.attempts <= 1:
+        retry_budget.count_first_attempt(host, conf)
+    elif not retry_budget.retry_admitted(host, conf):
+        permit.release()
+        return _defer_retry(delivery, conf)
 
     body = webhook_body(delivery.payload)
     started = time.perf_counter()

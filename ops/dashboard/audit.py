@@ -1,9 +1,10 @@
 """Record dashboard actions in Django's admin log (LogEntry), with the staff user who took them, and
 read them back for the pages that show who did what.
 
-Breakers and rate-limit keys are not database rows. Their entries carry the content types of the
+Breakers, rate-limit keys and runtime overrides are not database rows. Their entries carry the content types of the
 unmanaged models that hold the actions' permissions (resilience.models.CircuitBreaker and
-RateLimitKey: "resilience | circuitbreaker", "resilience | ratelimitkey") and the breaker name or
+RateLimitKey, RuntimeOverride: "resilience | circuitbreaker", "resilience | ratelimitkey",
+"resilience | runtimeoverride") and the breaker name or
 "policy|key" as the object id, so the admin's "Recent actions" and any query on LogEntry can tell
 them apart. Neither model is registered in the admin, so the log shows no link.
 """
@@ -15,12 +16,14 @@ from project.db import routing
 
 BREAKER = "circuitbreaker"
 RATELIMIT_KEY = "ratelimitkey"
+OVERRIDE = "runtimeoverride"
 RECENT = 10
 
 # The permission each action needs ("<app label>.<codename>", see resilience/models.py).
 FORCE_BREAKER = "resilience.change_breaker"
 RESET_BREAKER = "resilience.reset_breaker"
 RESET_RATELIMIT = "resilience.reset_ratelimit"
+CHANGE_OVERRIDE = "resilience.change_override"
 
 
 def pseudo_content_type(model: str) -> ContentType:
@@ -57,6 +60,16 @@ def log_ratelimit_key(*, user, policy: str, key: str, message: str) -> LogEntry:
         content_type=pseudo_content_type(RATELIMIT_KEY),
         object_id=f"{policy}|{key}",
         object_repr=f"rate-limit key {key} ({policy})",
+        message=message,
+    )
+
+
+def log_override(*, user, target: str, message: str) -> LogEntry:
+    return log_change(
+        user=user,
+        content_type=pseudo_content_type(OVERRIDE),
+        object_id=target,
+        object_repr=f"runtime override of {target}",
         message=message,
     )
 

@@ -5,7 +5,7 @@ from functools import partial, update_wrapper
 
 from django.urls import path
 
-from . import views
+from . import overrides, views
 
 PAGES = [
     ("overview/", views.overview, "bulwark_overview"),
@@ -14,6 +14,8 @@ PAGES = [
     ("breakers/action/", views.breaker_action, "bulwark_breaker_action"),
     ("ratelimits/", views.ratelimits, "bulwark_ratelimits"),
     ("ratelimits/reset/", views.ratelimit_reset, "bulwark_ratelimit_reset"),
+    ("overrides/", overrides.overrides_page, "bulwark_overrides"),
+    ("overrides/clear/", overrides.override_clear, "bulwark_override_clear"),
 ]
 
 

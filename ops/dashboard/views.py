@@ -21,10 +21,12 @@ from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.http import urlencode
 
+from resilience import overrides
 from resilience.breaker import get_breaker
 from resilience.ratelimit import all_policies, denied_counts, peek, reset_key, top_denied
 from resilience.ratelimit import limiter as ratelimit_limiter
 from resilience.ratelimit.http import keys_for
+from resilience.ratelimit.policies import OVERRIDE_KIND
 
 from . import audit, history, panels
 
@@ -231,20 +233,32 @@ def _denied_series(minutes: int) -> dict[str, list[int]]:
     return series
 
 
+def _rate(policy) -> str:
+    if policy.algorithm == "concurrency":
+        return f"{policy.limit} in flight (a slot expires after {policy.period} s)"
+    return f"{policy.limit} per {policy.period} s"
+
+
 def ratelimits(request, *, site):
     policies = all_policies()
     counts = panels.safe(lambda: denied_counts(minutes=5))
+    shadow_counts = panels.safe(lambda: denied_counts(minutes=5, shadow=True))
     series = panels.safe(lambda: _denied_series(DENIED_MINUTES))
+    overridden = panels.safe(overrides.override_list)
     rows = []
     for name, policy in policies.items():
+        target = overrides.target(OVERRIDE_KIND, name)
         rows.append(
             {
                 "name": name,
-                "rate": f"{policy.limit} per {policy.period} s",
+                "rate": _rate(policy),
                 "key_kind": policy.key_kind,
                 "algorithm": policy.algorithm,
                 "fail_mode": policy.fail_mode,
+                "mode": policy.mode,
+                "overridden": overridden["ok"] and target in overridden["data"],
                 "denied_5m": counts["data"].get(name, 0) if counts["ok"] else None,
+                "shadow_denied_5m": shadow_counts["data"].get(name, 0) if shadow_counts["ok"] else None,
                 "series": json.dumps(series["data"].get(name, [])) if series["ok"] else "[]",
             }
         )

@@ -73,6 +73,7 @@ def fast(settings):
     settings.WEBHOOK_CONNECT_TIMEOUT = 1.0
     settings.WEBHOOK_READ_TIMEOUT = 2.0
     settings.RESILIENCE_BREAKERS = {"webhook:*": FAST_BREAKER}
+    settings.WEBHOOK_RETRY_BUDGET_MIN = 1000  # the retry budget has its own test (test_retry_budget.py)
     return settings
 
 
@@ -306,6 +307,7 @@ def test_end_to_end_with_real_celery_worker_and_beat_including_a_worker_sigkille
         "WEBHOOK_BACKOFF_CAP = 0.5\n"
         "WEBHOOK_LEASE_SECONDS = 2.0\n"
         "WEBHOOK_DELIVER_TIME_BUDGET = 2.0\n"
+        "WEBHOOK_RETRY_BUDGET_MIN = 1000\n"  # about leases and breakers: the retry budget has its own test
         f"RESILIENCE_BREAKERS = {{'webhook:*': {breaker!r}}}\n"
     )
     env = {
