@@ -127,9 +127,13 @@ class RateLimitedApiMixin:
             names[0], functools.partial(key_for, names[0]), self.rate_limit_companions(request)
         )
         if self.concurrency_policy is not None:
-            self._concurrency_slot = admit_concurrent(
-                self.concurrency_policy, functools.partial(key_for, self.concurrency_policy)
-            )
+            try:
+                self._concurrency_slot = admit_concurrent(
+                    self.concurrency_policy, functools.partial(key_for, self.concurrency_policy)
+                )
+            except ApiError:
+                request.rate_limit_decision = None  # the 429 carries the concurrency limit's headers
+                raise
         if parse_error is not None:
             raise parse_error
 

@@ -6,7 +6,7 @@ from django.utils import timezone
 
 from webhooks import deliver, dispatch
 
-from .test_webhooks import deliveries, fast, make_users, receivers, subscribe  # noqa: F401 (fixtures)
+from .test_webhooks import deliveries, make_users, subscribe
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -28,9 +28,7 @@ def make_all_due() -> None:
     deliveries(status="pending").update(next_attempt_at=timezone.now())
 
 
-def test_retries_to_a_failing_host_stay_within_the_budget_and_the_rest_are_deferred_not_dropped(
-    receivers, budget
-):
+def test_retries_to_a_failing_host_stay_within_the_budget_and_the_rest_are_deferred_not_dropped(receivers, budget):
     receiver = receivers()
     subscribe(receiver)
     receiver.status = 500
