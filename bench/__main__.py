@@ -363,6 +363,21 @@ def bench_http(users, tokens):
     flush.flush()
 
 
+# ---------------------------------------------------------------- concurrent-requests limit
+def bench_concurrency(tokens):
+    """GET /users/me/ (an authenticated endpoint under api.concurrent) with the limit on vs off, same
+    run, the median of alternating pairs: what taking and giving back a slot costs."""
+    print("concurrency limit", flush=True)
+    headers = {"Authorization": f"Token {tokens[0]}"}
+    with server("granian", BENCH_CONCURRENCY_OFF="true") as off_url, server("granian") as on_url:
+        off, on = alternate(
+            lambda: wrk(f"{off_url}/api/v1/users/me/", headers=headers),
+            lambda: wrk(f"{on_url}/api/v1/users/me/", headers=headers),
+        )
+    http_row("concurrency", "GET /users/me/, api.concurrent off", off)
+    http_row("concurrency", "GET /users/me/, api.concurrent on (slot taken, given back)", on, off, ">= 0.9")
+
+
 # ---------------------------------------------------------------- dependency breakers on the hot read
 def bench_breakers(users):
     """The cached read with the dependency breakers (cache Redis, databases) on vs off, same run, the
@@ -405,6 +420,37 @@ def bench_roundtrips(users, tokens):
         for i in range(100):
             check("api.read", f"ip:10.0.0.{i % 50}")
     report("ratelimit", "Redis round trips per limiter check", counts.total() / 100, "", "== 1")
+
+    me = Client(HTTP_AUTHORIZATION=f"Token {tokens[0]}")
+    me.get("/api/v1/users/me/")
+    with roundtrips.counting() as counts:
+        for _ in range(100):
+            me.get("/api/v1/users/me/")
+    report(
+        "ratelimit",
+        "Redis round trips per GET /users/me/ (rate check, slot taken, slot given back, row...)",
+        counts.total() / 100,
+    )
+    report(
+        "ratelimit",
+        "  of which state Redis (api.read + api.concurrent: 3)",
+        counts.by_port(settings.REDIS_STATE_URL) / 100,
+    )
+    from resilience.ratelimit import get_policy
+
+    with roundtrips.counting() as counts:
+        for _ in range(1000):
+            get_policy("api.read")
+    # Runtime overrides come from a per-process snapshot refreshed at most every second: no call per lookup.
+    report(
+        "ratelimit", "Redis round trips per 1000 policy lookups (with runtime overrides)", counts.total(), "", "<= 1"
+    )
+    report(
+        "ratelimit",
+        "policy lookup (overrides snapshot checked)",
+        1e6 / timed(lambda: get_policy("api.read"), 20000),
+        "us",
+    )
 
     from resilience.breaker import get_breaker
 
@@ -654,6 +700,7 @@ def main():
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),
+        ("concurrency", lambda: bench_concurrency(tokens)),
         ("flush", bench_flush),
         ("idempotency", lambda: bench_idempotency(users)),
         ("wait", lambda: bench_wait(users)),

@@ -20,6 +20,7 @@ a process that never read one applies none: the settings.
 import json
 import logging
 import math
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -139,6 +140,7 @@ class _Snapshot:
 
 _snapshot = _Snapshot()
 _lock = threading.Lock()
+_pid = os.getpid()
 
 
 def _refresh(snap: _Snapshot, now_mono: float) -> _Snapshot:
@@ -169,11 +171,13 @@ def snapshot() -> _Snapshot:
     """This process's view of the overrides in force, refreshed when older than the refresh interval.
     Never raises; costs no Redis call unless the snapshot is stale, and then one HGETALL for one
     thread while the others keep the current snapshot."""
-    global _snapshot
+    global _snapshot, _lock, _pid
     snap = _snapshot
     now_mono = time.monotonic()
     if now_mono - snap.checked_at < settings.RESILIENCE_OVERRIDES_REFRESH_SECONDS:
         return snap
+    if _pid != os.getpid():  # forked while another thread held the lock: it would never be released here
+        _lock, _pid = threading.Lock(), os.getpid()
     if not _lock.acquire(blocking=False):
         return snap
     try:

@@ -2,6 +2,7 @@
 
 from resilience.ratelimit.policies import DEFAULT_POLICIES
 
+from .env import env
 from .test import *  # noqa: F403
 
 ROOT_URLCONF = "bench.urls"
@@ -12,3 +13,6 @@ RESILIENCE_RATELIMIT_POLICIES = {
     name: {"limit": 100000000} if spec.get("algorithm") == "concurrency" else {"rate": "100000000/m"}
     for name, spec in DEFAULT_POLICIES.items()
 }
+# The baseline of the concurrent-requests limit's cost (bench section "concurrency"): not checked at all.
+if env("BENCH_CONCURRENCY_OFF", False, bool):
+    RESILIENCE_RATELIMIT_POLICIES["api.concurrent"]["mode"] = "off"
