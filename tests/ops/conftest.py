@@ -6,7 +6,7 @@ import re
 import pytest
 
 from resilience.breaker import get_breaker
-from tests.resilience.conftest import builtin_policies, state_redis_db  # noqa: F401 (autouse fixtures)
+from tests.resilience.conftest import builtin_policies, state_down, state_redis_db  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

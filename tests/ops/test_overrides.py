@@ -12,7 +12,7 @@ from resilience import overrides
 from resilience.breaker import get_breaker, options_for
 from resilience.ratelimit import all_policies, get_policy
 from tests.processes import web_server
-from tests.stack import free_port, wait_for
+from tests.stack import free_port, stack, wait_for
 
 from .test_dashboard import staff_client
 
@@ -143,3 +143,23 @@ def test_the_hot_path_reads_overrides_from_a_snapshot_not_from_redis_per_request
         options_for("payments")
     after = state_redis_db.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
     assert after == before
+
+
+def test_state_redis_down_processes_keep_the_overrides_they_read_and_the_admin_stores_nothing(
+    admin_client, settings, state_down
+):
+    state_down()  # the fixture stopped it; start it to make the override first
+    overrides.override_set(target="ratelimit:api.read", values={"rate": "5/m"}, reason="r", user="u", seconds=600)
+    overrides.forget()
+    assert get_policy("api.read").limit == 5
+    settings.RESILIENCE_OVERRIDES_REFRESH_SECONDS = 0.01
+    settings.RESILIENCE_STATE_RETRY_SECONDS = 0.01
+    stack("stop", "state")
+    time.sleep(0.05)  # the snapshot is stale: the next lookup tries Redis, fails, keeps what it had
+    assert get_policy("api.read").limit == 5
+    assert overrides.outage.down
+
+    response = admin_client.post(URL, form(rate="9/m"))
+    assert response.status_code == 503
+    assert "Not stored: unavailable" in response.content.decode()
+    assert not LogEntry.objects.exists()
