@@ -29,10 +29,7 @@ BULWARK_CLUSTER_DEMO_BROKER_PORT, BULWARK_CLUSTER_DEMO_WEB_PORT.
 
 import os
 import random
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -46,13 +43,12 @@ from deploy.demo_support import (  # noqa: E402
     PHASE_HEADER,
     Cluster,
     Load,
-    Processes,
     create_users,
     describe,
     nothing_pending,
     phase_row,
-    port_taken,
     redis_command,
+    run_demo,
     say,
     start_app,
     views_in_database,
@@ -137,24 +133,15 @@ def limiter_exactness(label):
 
 
 def main():
-    busy = [p for p in [*PORTS, *BUS_PORTS, BROKER_PORT, WEB_PORT] if port_taken(p)]
-    if busy:
-        raise SystemExit(f"cluster-demo: ports {busy} are in use; set BULWARK_CLUSTER_DEMO_*_PORT(S)")
     if len(PORTS) != 6 or len(BUS_PORTS) != 6:
         raise SystemExit("cluster-demo: BULWARK_CLUSTER_DEMO_PORTS and _BUS_PORTS need six ports each")
-    workdir = Path(tempfile.mkdtemp(prefix="bulwark-cluster-demo-"))
-    procs = Processes(workdir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    failed = True
-    try:
-        demo(procs)
-        failed = False
-    finally:
-        procs.stop_all()
-        if failed:
-            say(f"cluster-demo: failed; logs kept in {workdir} (web.out, worker.out, redis-*/redis.log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    run_demo(
+        "cluster-demo",
+        demo,
+        ports=[*PORTS, *BUS_PORTS, BROKER_PORT, WEB_PORT],
+        port_variables="BULWARK_CLUSTER_DEMO_*_PORT(S)",
+        logs="web.out, worker.out, redis-*/redis.log",
+    )
 
 
 def demo(procs):

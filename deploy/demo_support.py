@@ -8,9 +8,12 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -47,6 +50,28 @@ def port_taken(port):
     with socket.socket() as s:
         s.settimeout(0.2)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def run_demo(name, demo, *, ports, port_variables, logs):
+    """Run `demo(procs)` in a new temporary directory after checking that none of `ports` is in use;
+    stop every process it started whatever happens, and delete the directory unless the demo failed
+    (then its `logs` are kept there)."""
+    busy = [p for p in ports if port_taken(p)]
+    if busy:
+        raise SystemExit(f"{name}: ports {busy} are in use; set {port_variables}")
+    workdir = Path(tempfile.mkdtemp(prefix=f"bulwark-{name}-"))
+    procs = Processes(workdir)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    failed = True
+    try:
+        demo(procs)
+        failed = False
+    finally:
+        procs.stop_all()
+        if failed:  # keep the logs of a failed run
+            say(f"{name}: failed; logs kept in {workdir} ({logs})")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- processes

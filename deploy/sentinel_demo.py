@@ -34,10 +34,7 @@ BULWARK_SENTINEL_DEMO_SENTINEL_PORTS, BULWARK_SENTINEL_DEMO_WEB_PORT.
 """
 
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -50,14 +47,13 @@ sys.path.insert(0, str(ROOT))
 from deploy.demo_support import (  # noqa: E402
     PHASE_HEADER,
     Load,
-    Processes,
     client,
     create_users,
     describe,
     nothing_pending,
     phase_row,
-    port_taken,
     redis_command,
+    run_demo,
     say,
     start_app,
     views_in_database,
@@ -234,22 +230,13 @@ def verify_new_master(new_port, db, promoted_at):
 
 # ---------------------------------------------------------------- main
 def main():
-    busy = [p for p in [*REDIS_PORTS, *SENTINEL_PORTS, WEB_PORT] if port_taken(p)]
-    if busy:
-        raise SystemExit(f"sentinel-demo: ports {busy} are in use; set BULWARK_SENTINEL_DEMO_*_PORT(S)")
-    workdir = Path(tempfile.mkdtemp(prefix="bulwark-sentinel-demo-"))
-    procs = Processes(workdir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    failed = True
-    try:
-        demo(procs)
-        failed = False
-    finally:
-        procs.stop_all()
-        if failed:  # keep the logs of a failed run
-            say(f"sentinel-demo: failed; logs kept in {workdir} (web.out, worker.out, */redis.log, */sentinel.log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    run_demo(
+        "sentinel-demo",
+        demo,
+        ports=[*REDIS_PORTS, *SENTINEL_PORTS, WEB_PORT],
+        port_variables="BULWARK_SENTINEL_DEMO_*_PORT(S)",
+        logs="web.out, worker.out, */redis.log, */sentinel.log",
+    )
 
 
 def demo(procs):

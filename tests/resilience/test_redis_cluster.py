@@ -136,6 +136,14 @@ def test_fleet_scan_visits_every_master(on_cluster):
     assert sorted(p.pid for p in fleet.live_processes()) == list(range(30))
 
 
+def test_the_state_redis_panel_sums_every_master(on_cluster):
+    from ops.dashboard import panels
+
+    panel = panels.redis_role("state")
+    assert len(panel["used_memory_human"].split(" + ")) == 3  # one figure per master
+    assert panel["maxmemory_policy"] == "noeviction"
+
+
 @pytest.mark.usefixtures("real_db")
 def test_a_view_acknowledged_before_its_master_is_killed_is_flushed_after_failover(on_cluster, settings):
     settings.WRITE_BEHIND_WAIT_REPLICAS = 1  # WAIT on the group's master: its replica has the view
