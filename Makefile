@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: chromium promtool run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo chaos
+.PHONY: chromium promtool run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo cluster-demo chaos
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ lb-demo: $(VENV)/.installed stack
 # stack's state Redis), the app on them under load; the master is SIGKILLed, then two SENTINEL FAILOVERs.
 sentinel-demo: $(VENV)/.installed stack
 	$(PY) deploy/sentinel_demo.py
+
+# The state Redis as a Redis Cluster: three masters with a replica each and a broker Redis, its own, under
+# /tmp; the app on them under load; one master is SIGKILLed and the cluster fails over.
+cluster-demo: $(VENV)/.installed stack
+	$(PY) deploy/cluster_demo.py
 
 # Move about a third of the logical shards onto the local stack's third shard, online, beside a serving
 # `make run` (local settings configure shard_2 in every process; the seeded map uses two shards).

@@ -4,7 +4,8 @@ Sections: data layer (routing overhead, replica share), read-your-writes (write 
 without `synchronous_commit = remote_apply`; the replica share of reads with LSN pinning vs the time
 window, same mix), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
-per check, breaker overhead), dependency breakers (the cached read with them on vs off), write-behind
+per check, breaker overhead), dependency breakers (the cached read with them on vs off), tracing (the
+cached read with OpenTelemetry on, spans exported to a local OTLP/HTTP sink, vs off), write-behind
 (buffered vs direct views; buffered views with and without WRITE_BEHIND_WAIT_REPLICAS=1 against a
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
 idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
@@ -402,6 +403,55 @@ def bench_breakers(users):
     report("breakers", "state-Redis round trips per cached read (limiter's 1 included)", state / 200)
 
 
+@contextlib.contextmanager
+def span_sink():
+    """A local OTLP/HTTP trace endpoint that takes every export and answers 200 (what a Collector on
+    the same host costs the app: the spans are built, batched, serialized and sent). Yields its URL
+    and a function returning the number of exports received."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received[0] += 1
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    sink = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    sink.daemon_threads = True
+    threading.Thread(target=sink.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{sink.server_address[1]}/v1/traces", lambda: received[0]
+    finally:
+        sink.shutdown()
+        sink.server_close()
+
+
+def bench_tracing(users):
+    """The cached read with OpenTelemetry tracing on (every span exported over OTLP/HTTP to a local
+    sink) vs off, same run, the median of alternating pairs."""
+    print("tracing", flush=True)
+    uid = users[0]["id"]
+    Client().get(f"/api/v1/users/{uid}/")  # warm the cache
+    with (
+        span_sink() as (endpoint, exports),
+        server("granian") as off_url,
+        server("granian", OTEL_TRACING_ENABLED="true", OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=endpoint) as on_url,
+    ):
+        off, on = alternate(lambda: wrk(f"{off_url}/api/v1/users/{uid}/"), lambda: wrk(f"{on_url}/api/v1/users/{uid}/"))
+        received = exports()
+    http_row("tracing", "cached GET, tracing off", off)
+    http_row("tracing", "cached GET, tracing on (OTLP/HTTP to a local sink)", on, off)
+    report("tracing", "OTLP exports the sink received (tracing on was really on)", received)
+
+
 # ---------------------------------------------------------------- round trips, breaker
 def bench_roundtrips(users, tokens):
     print("redis round trips (in-process, same code as the server)", flush=True)
@@ -701,6 +751,7 @@ def main():
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),
         ("concurrency", lambda: bench_concurrency(tokens)),
+        ("tracing", lambda: bench_tracing(users)),
         ("flush", bench_flush),
         ("idempotency", lambda: bench_idempotency(users)),
         ("wait", lambda: bench_wait(users)),

@@ -33,20 +33,9 @@ Ports: BULWARK_SENTINEL_DEMO_REDIS_PORTS (the first master, then the two replica
 BULWARK_SENTINEL_DEMO_SENTINEL_PORTS, BULWARK_SENTINEL_DEMO_WEB_PORT.
 """
 
-import contextlib
-import http.client
-import json
 import os
-import random
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -55,9 +44,22 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from project.server import granian_argv  # noqa: E402
+from deploy.demo_support import (  # noqa: E402
+    PHASE_HEADER,
+    Load,
+    client,
+    create_users,
+    describe,
+    nothing_pending,
+    phase_row,
+    redis_command,
+    run_demo,
+    say,
+    start_app,
+    views_in_database,
+    wait_for,
+)
 from project.settings.env import env  # noqa: E402
-from project.worker import worker_argv  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 RECONFIG_SCRIPT = ROOT / "deploy" / "sentinel-reconfig"  # demotes a still-running old master at once
@@ -83,122 +85,6 @@ APP_ENV = {
     "RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER": "100000000",
 }
 WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)  # the app's setting, from the environment
-
-
-def say(text=""):
-    print(text, flush=True)
-
-
-def wait_for(what, predicate, timeout=30.0, every=0.05):
-    """Poll `predicate` until it returns a true value, and return that; raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            value = predicate()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
-
-
-def client(port, db=0):
-    return redis.Redis(host="127.0.0.1", port=port, db=db, socket_timeout=0.5, socket_connect_timeout=0.5)
-
-
-def port_taken(port):
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-# ---------------------------------------------------------------- processes
-class Processes:
-    """Every process the demo starts, each in its own session so that it can be stopped with its children."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.running: dict[str, subprocess.Popen] = {}
-
-    def start(self, name, cmd, env=None):
-        log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - the child keeps it
-        self.running[name] = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-
-    def start_redis(self, port, cmd):
-        """Start a Redis server or Sentinel and wait until it answers PING."""
-        name = f"redis-{port}" if "--sentinel" not in cmd else f"sentinel-{port}"
-        self.start(name, cmd)
-        wait_for(f"{name} to answer", lambda: self.check_alive(name) or client(port).ping(), timeout=15)
-        return name
-
-    def kill(self, name):
-        """SIGKILL `name` (the process only, as a crash would) and reap it."""
-        proc = self.running.pop(name)
-        proc.kill()
-        proc.wait()
-
-    def stop(self, name, timeout=15):
-        proc = self.running.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop_all(self):
-        for name in reversed(list(self.running)):
-            self.stop(name)
-
-    def check_alive(self, *names):
-        for name in names:
-            if self.running[name].poll() is not None:
-                logs = list((self.workdir / name).glob("*.log"))  # a Redis server's or a Sentinel's own log
-                tail = logs[0].read_text(errors="replace").splitlines()[-3:] if logs else []
-                out = (self.workdir / f"{name}.out").read_text(errors="replace").splitlines()[-5:]
-                raise RuntimeError(f"{name} exited: " + " | ".join(tail + out))
-
-
-def redis_command(port, workdir: Path, replica_of=None):
-    data = workdir / f"redis-{port}"
-    data.mkdir(exist_ok=True)
-    cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(data),
-        "--save",
-        "",
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-        "--maxmemory",
-        "256mb",
-        "--maxmemory-policy",
-        "noeviction",
-        "--logfile",
-        str(data / "redis.log"),
-    ]
-    if replica_of:
-        cmd += ["--replicaof", "127.0.0.1", str(replica_of)]
-    return cmd
 
 
 def sentinel_command(port, master_port, workdir: Path):
@@ -254,96 +140,6 @@ def role(port):
     return client(port).info("replication")
 
 
-# ---------------------------------------------------------------- load
-class Load:
-    """Closed-loop HTTP load from a few threads; every request is recorded with its start and end."""
-
-    def __init__(self, user_ids):
-        self.user_ids = user_ids
-        self.records = []  # (start, end, kind, status, detail)
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(LOAD_THREADS)]
-
-    def __enter__(self):
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.done.set()
-        for thread in self.threads:
-            thread.join(timeout=10)
-
-    def _run(self, index):
-        conn = None
-        n = index
-        while not self.done.is_set():
-            n += 1
-            user_id = random.choice(self.user_ids)
-            kind = "view" if n % 2 else "read"
-            started = time.monotonic()
-            try:
-                if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=5)
-                if kind == "view":
-                    conn.request(
-                        "POST",
-                        f"/api/v1/users/{user_id}/views/",
-                        body=b"",
-                        headers={"Idempotency-Key": uuid.uuid4().hex},
-                    )
-                else:
-                    conn.request("GET", f"/api/v1/users/{user_id}/")
-                response = conn.getresponse()
-                body = response.read()
-                status = response.status
-                try:
-                    parsed = json.loads(body) if body else {}
-                except ValueError:
-                    parsed = {}
-                detail = parsed.get("status") if status == 202 else parsed.get("code", "") if status >= 400 else ""
-            except (OSError, http.client.HTTPException) as exc:
-                if conn is not None:
-                    conn.close()
-                conn, status, detail = None, 0, type(exc).__name__
-            with self.lock:
-                self.records.append((started, time.monotonic(), kind, status, detail))
-            time.sleep(PACE)
-
-    def between(self, start, end):
-        with self.lock:
-            return [r for r in self.records if start <= r[0] < end]
-
-    def first_buffered_view_after(self, moment):
-        with self.lock:
-            starts = [r[0] for r in self.records if r[0] >= moment and r[2] == "view" and r[4] == "buffered"]
-        return min(starts, default=None)
-
-
-def phase_row(name, records, seconds):
-    statuses = Counter(r[3] for r in records)
-    ok = sum(n for s, n in statuses.items() if 200 <= s < 300)
-    unavailable = statuses[503]
-    other = len(records) - ok - unavailable
-    took = sorted((r[1] - r[0]) * 1000 for r in records) or [0.0]
-    return (
-        f"  {name:<10} {seconds:>8.2f} {len(records):>9} {ok:>7} {unavailable:>6} {other:>7} "
-        f"{took[len(took) // 2]:>8.1f} {took[-1]:>8.1f}"
-    )
-
-
-def describe(records):
-    """One line saying what the non-2xx answers and the views were."""
-    kinds = Counter()
-    for _start, _end, kind, status, detail in records:
-        if kind == "view" and status == 202:
-            kinds[f"view {detail}"] += 1
-        elif not 200 <= status < 300:
-            kinds[f"{kind} {status or 'no answer'}{' ' + detail if detail else ''}"] += 1
-    return ", ".join(f"{n} {what}" for what, n in sorted(kinds.items())) or "none"
-
-
 # ---------------------------------------------------------------- scenarios
 def run_failover(procs, load, *, title, old_port, fault):
     """Apply `fault`, watch the promotion, and print the phases. Return the new master's port (the
@@ -384,9 +180,7 @@ def run_failover(procs, load, *, title, old_port, fault):
     procs.check_alive("web", "worker")
 
     phases = [("before", t_fault - STEADY, t_fault), ("failover", t_fault, t_back), ("after", t_back, t_end)]
-    say(
-        f"  {'phase':<10} {'seconds':>8} {'requests':>9} {'2xx':>7} {'503':>6} {'other':>7} {'p50 ms':>8} {'max ms':>8}"
-    )
+    say(PHASE_HEADER)
     for name, start, end in phases:
         say(phase_row(name, load.between(start, end), end - start))
     say(f"  during the failover: {describe(load.between(t_fault, t_back))}")
@@ -417,7 +211,7 @@ def verify_new_master(new_port, db, promoted_at):
     if info["role"] != "master" or answers.count(new_port) != len(SENTINEL_PORTS):
         raise RuntimeError("the Sentinels do not agree on the new master")
     calls = new.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
-    limiter_keys = sum(1 for _ in new.scan_iter(match="rl:v1:*", count=1000))
+    limiter_keys = sum(1 for _ in new.scan_iter(match="rl:v2:*", count=1000))
     if not calls or not limiter_keys:
         raise RuntimeError("the app's writes did not reach the new master")
     # The flush stamp replicated from the old master predates the promotion: wait for a newer one.
@@ -436,22 +230,13 @@ def verify_new_master(new_port, db, promoted_at):
 
 # ---------------------------------------------------------------- main
 def main():
-    busy = [p for p in [*REDIS_PORTS, *SENTINEL_PORTS, WEB_PORT] if port_taken(p)]
-    if busy:
-        raise SystemExit(f"sentinel-demo: ports {busy} are in use; set BULWARK_SENTINEL_DEMO_*_PORT(S)")
-    workdir = Path(tempfile.mkdtemp(prefix="bulwark-sentinel-demo-"))
-    procs = Processes(workdir)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    failed = True
-    try:
-        demo(procs)
-        failed = False
-    finally:
-        procs.stop_all()
-        if failed:  # keep the logs of a failed run
-            say(f"sentinel-demo: failed; logs kept in {workdir} (web.out, worker.out, */redis.log, */sentinel.log)")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
+    run_demo(
+        "sentinel-demo",
+        demo,
+        ports=[*REDIS_PORTS, *SENTINEL_PORTS, WEB_PORT],
+        port_variables="BULWARK_SENTINEL_DEMO_*_PORT(S)",
+        logs="web.out, worker.out, */redis.log, */sentinel.log",
+    )
 
 
 def demo(procs):
@@ -483,54 +268,13 @@ def demo(procs):
 
     django.setup()
     from django.conf import settings
-    from django.core.management import call_command
-    from django.db import connections
-
-    from project.db import routing
-    from users import services
-    from users.models import User
-    from users.sharding.access import group_for_user_id
-    from users.writebehind.keys import COUNT_FIELD, group_keys
 
     db = settings.REDIS_DB
-    call_command("migrate_all", verbosity=0)
-    run = uuid.uuid4().hex[:8]
-    user_ids = [
-        services.user_create(
-            username=f"sentineldemo{run}u{i}",
-            email=f"sentineldemo{run}u{i}@example.com",
-            password="sentinel-demo-2026",  # noqa: S106 - throwaway users
-        )["id"]
-        for i in range(USERS)
-    ]
-    connections.close_all()
+    user_ids = create_users("sentineldemo", USERS)
     app_env = dict(os.environ)
     for name in ("REDIS_STATE_URL", "CELERY_BROKER_URL"):
         app_env.pop(name, None)
-    procs.start("web", granian_argv(WEB_PORT, workers=2, threads=4), env=app_env)
-    procs.start(
-        "worker",
-        worker_argv("-B", "-s", str(workdir / "beat-schedule"), concurrency=1, loglevel="WARNING"),
-        env=app_env,
-    )
-
-    def web_ready():
-        procs.check_alive("web", "worker")
-        conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=2)
-        try:
-            conn.request("GET", "/health/ready")
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-
-    wait_for("the web server", web_ready, timeout=60, every=0.2)
-    # One view through the buffer, flushed by the worker: beat and the worker reach the broker.
-    conn = http.client.HTTPConnection("127.0.0.1", WEB_PORT, timeout=5)
-    conn.request("POST", f"/api/v1/users/{user_ids[0]}/views/", body=b"")
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    warmup_views = int(response.status == 202)
+    warmup_views = start_app(procs, web_port=WEB_PORT, env=app_env, user_id=user_ids[0])
     wait_for(
         "the worker's first flush", lambda: client(first, db).hget("wb:stats", "last_flush_at"), timeout=60, every=0.2
     )
@@ -539,21 +283,6 @@ def demo(procs):
         f"REDIS_STATE_SENTINELS={APP_ENV['REDIS_STATE_SENTINELS']!r}, WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}; "
         f"{USERS} users created"
     )
-
-    def nothing_pending(master):
-        # Every shard group's buffer holds no view and no batch is claimed: the database has them all.
-        return all(
-            int(master.hget(k.buffer, COUNT_FIELD) or 0) == 0 and master.zcard(k.batches) == 0
-            for k in (group_keys(g) for g in settings.SHARD_GROUPS)
-        )
-
-    def views_in_database():
-        total = 0
-        for user_id in user_ids:
-            alias = routing.primary_alias(group_for_user_id(user_id))
-            total += User.objects.using(alias).filter(id=user_id).values_list("view_count", flat=True).get()
-        connections.close_all()
-        return total
 
     master = {"port": first}  # the current master: the Sentinels choose each new one
 
@@ -601,7 +330,7 @@ def demo(procs):
     counted = 0
     for title, fault in scenarios:
         old_port = master["port"]
-        with Load(user_ids) as load:
+        with Load(user_ids, port=WEB_PORT, threads=LOAD_THREADS, pace=PACE) as load:
             new_port, promoted_at = run_failover(
                 procs, load, title=title.format(old=old_port, name=MASTER_NAME), old_port=old_port, fault=fault
             )
@@ -614,7 +343,7 @@ def demo(procs):
         views = [r for r in load.records if r[2] == "view"]
         acknowledged = warmup_views + sum(1 for r in views if r[3] == 202)
         uncertain = sum(1 for r in views if r[3] == 503 and r[4] == "unconfirmed" or r[3] == 0)
-        total = views_in_database()
+        total = views_in_database(user_ids)
         stored, counted = total - counted, total
         warmup_views = 0
         lost = max(0, acknowledged - stored)

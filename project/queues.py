@@ -65,11 +65,31 @@ def forget() -> None:
         _cache = None
 
 
-def depths() -> dict[str, int]:
-    """Messages waiting per queue (lists on the state Redis, the broker)."""
-    from django_redis import get_redis_connection
+_broker_client = None
 
-    pipe = get_redis_connection("state").pipeline(transaction=False)
+
+def _broker_redis():
+    global _broker_client
+    from django.conf import settings
+    from django_redis import get_redis_connection
+    from redis import Redis
+    from redis.cluster import RedisCluster
+
+    state = get_redis_connection("state")
+    if not isinstance(state, RedisCluster):
+        return state
+    if _broker_client is None:
+        timeout = settings.CACHES["state"]["OPTIONS"]["SOCKET_TIMEOUT"]
+        _broker_client = Redis.from_url(
+            settings.CELERY_BROKER_URL, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return _broker_client
+
+
+def depths() -> dict[str, int]:
+    """Messages waiting per queue (lists on the broker Redis: the state Redis, or CELERY_BROKER_URL's
+    single Redis when the state Redis is a cluster, which cannot be a broker)."""
+    pipe = _broker_redis().pipeline(transaction=False)
     for queue in QUEUES:
         pipe.llen(queue)
     return dict(zip(QUEUES, pipe.execute(), strict=True))

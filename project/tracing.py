@@ -7,10 +7,15 @@ adds a middleware of its own), Celery pool processes from worker_process_init (p
 span exporter's thread does not survive the fork). Celery's instrumentation puts the publisher's
 trace context in the task's headers, so a task's span is a child of the request that queued it.
 
+A buffered view and the flush that applies it are two traces (the flush is beat's periodic task, not
+queued by the request): the view's request leaves its trace context (`traceparent()`) beside the
+buffer, and the flush's span for that shard group links to every such request (`span_linked_to`).
+
 Off, nothing is imported or patched: the hot path pays one settings lookup per process, not per call.
 """
 
 import threading
+from contextlib import contextmanager
 
 from django.conf import settings
 
@@ -81,3 +86,43 @@ def shutdown() -> None:
         if _provider is not None:
             _provider.shutdown()
         _provider = None
+
+
+def enabled() -> bool:
+    """Whether this process traces (set up and not shut down)."""
+    return _provider is not None
+
+
+def traceparent() -> str | None:
+    """The W3C traceparent of the current span ("00-<trace id>-<span id>-<flags>"), or None when this
+    process does not trace or no span is current."""
+    if _provider is None:
+        return None
+    from opentelemetry import trace
+
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+
+
+@contextmanager
+def span_linked_to(name: str, traceparents: list[str]):
+    """Run the block in a new span `name` (a child of the current one) with a link to each of
+    `traceparents` (malformed ones are skipped); nothing at all when this process does not trace."""
+    if _provider is None:
+        yield
+        return
+    from opentelemetry import trace
+    from opentelemetry.trace import Link, SpanContext, TraceFlags
+
+    links = []
+    for value in traceparents:
+        parts = value.split("-")
+        try:
+            trace_id, span_id, flags = int(parts[1], 16), int(parts[2], 16), int(parts[3], 16)
+        except (IndexError, ValueError):
+            continue
+        links.append(Link(SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))))
+    with trace.get_tracer("bulwark", tracer_provider=_provider).start_as_current_span(name, links=links):
+        yield

@@ -22,6 +22,9 @@ import redis
 import redis.sentinel
 from django.conf import settings
 from django.http import JsonResponse
+from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 from project import queues
 from project.db.replicas import monitor, probe_connect
@@ -67,6 +70,21 @@ def _check_redis_sentinel(sentinels: list, master_name: str) -> dict:
     return {"master": f"{host}:{port}"}
 
 
+def _check_redis_cluster(nodes: list) -> dict:
+    # Every master must answer: a key's slot may be on any of them.
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        retry=Retry(NoBackoff(), 0),
+    )
+    try:
+        client.ping(target_nodes=RedisCluster.PRIMARIES)
+        return {"masters": len(client.get_primaries())}
+    finally:
+        client.close()
+
+
 def _timed(name, kind, required, fn, *args):
     started = time.perf_counter()
     try:
@@ -95,8 +113,11 @@ def dependency_checks():
         for alias in spec["replicas"]:
             checks.append((alias, "postgres-replica", False, _check_postgres, alias))
     checks.append(("redis-cache", "redis", True, _check_redis, settings.REDIS_CACHE_URL))
-    sentinels = settings.CACHES.get("state", {}).get("OPTIONS", {}).get("SENTINELS")
-    if sentinels:
+    state_options = settings.CACHES.get("state", {}).get("OPTIONS", {})
+    sentinels = state_options.get("SENTINELS")
+    if state_options.get("CLUSTER_NODES"):
+        checks.append(("redis-state", "redis", True, _check_redis_cluster, state_options["CLUSTER_NODES"]))
+    elif sentinels:
         master_name = urlsplit(settings.REDIS_STATE_URL).hostname
         checks.append(("redis-state", "redis", True, _check_redis_sentinel, sentinels, master_name))
     else:

@@ -47,13 +47,26 @@ def _begin_script():
     return lua_script(_BEGIN_LUA)
 
 
-def caller_key(request) -> str:
-    """The state Redis key counting the new Idempotency-Keys of `request`'s caller: its user id, else its
-    address (an IPv6 client by its /64, which it usually owns whole, so it cannot rotate around the cap)."""
+def _caller(request) -> str:
+    """`request`'s caller: its user id, else its address (an IPv6 client by its /64, which it usually
+    owns whole, so it cannot rotate around the cap)."""
     user = getattr(request, "user", None)
     if getattr(user, "is_authenticated", False) and hasattr(user, "id"):
-        return f"idem:callers:u{user.id}"
-    return f"idem:callers:{ip_key(request)}"
+        return f"u{user.id}"
+    return ip_key(request)
+
+
+# A caller's records and its count of new keys share the hash tag {idem:<caller>}: the begin script
+# touches both, so on a Redis Cluster they must be in one slot.
+def caller_key(request) -> str:
+    """The state Redis key counting the new Idempotency-Keys of `request`'s caller."""
+    return f"idem:{{idem:{_caller(request)}}}:callers"
+
+
+def record_key(request, key: str) -> str:
+    """The state Redis key of the record of Idempotency-Key `key` sent by `request`'s caller to its path."""
+    digest = hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
+    return f"idem:{{idem:{_caller(request)}}}:{digest}"
 
 
 def _exhausted(retry_after: int) -> Response:
@@ -90,8 +103,8 @@ def idempotent(*, store_body: bool = True):
             if len(key) > 200:
                 return Response(error_body("Idempotency-Key is too long (max 200).", "invalid"), status=400)
             body_hash = hashlib.sha256(request.body).hexdigest()
-            redis_key = "idem:" + hashlib.sha256(f"{_scope(request)}:{key}".encode()).hexdigest()
-            request.idempotency_id = redis_key.removeprefix("idem:")
+            redis_key = record_key(request, key)
+            request.idempotency_id = redis_key.rpartition(":")[2]  # the digest (a view id of write-behind)
             try:
                 client = state_redis()
                 outcome, retry_after = _begin_script()(

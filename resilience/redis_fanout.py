@@ -8,14 +8,19 @@ same server share one pipelined write. redis-py pipelines batch one server; this
 A call is a plain command (`command(client, "GET", key)`) or a Lua script (`script_call(...)`):
 plain commands where they do the job, since every EVALSHA costs the server several times a GET.
 
+A Redis Cluster client (the state Redis in cluster mode) is not a connection pool: its calls go through
+the cluster client itself, which follows MOVED and refreshes its slot table after a failover, while the
+other servers' calls are in flight.
+
 Each call's outcome is its own: a server that is down or hung (the socket timeout applies) turns
 into an exception in that call's slot, never into a failure of the calls on other servers.
 """
 
 from typing import Any, NamedTuple
 
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 _PENDING = object()
 
@@ -45,8 +50,11 @@ def run_all(calls: list[Call]) -> list:
     for index, call in enumerate(calls):
         by_client.setdefault(id(call.client), []).append(index)
 
-    in_flight = []
+    in_flight, clustered = [], []
     for indexes in by_client.values():
+        if isinstance(calls[indexes[0]].client, RedisCluster):
+            clustered += indexes
+            continue
         pool = calls[indexes[0]].client.connection_pool
         connection = None
         try:
@@ -59,6 +67,12 @@ def run_all(calls: list[Call]) -> list:
                 pool.release(connection)
             continue
         in_flight.append((pool, connection, indexes))
+
+    for index in clustered:  # while the single servers' calls are in flight
+        try:
+            results[index] = calls[index].client.execute_command(*calls[index].args)
+        except (RedisError, RedisClusterException, OSError) as exc:
+            results[index] = exc
 
     for pool, connection, indexes in in_flight:
         try:

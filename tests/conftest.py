@@ -109,3 +109,43 @@ def admin_client(staff):
     client.force_login(staff)
     caught_up()
     return client
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A real local Redis Cluster, 3 masters each with a replica, started once for the session by the
+    first test that asks for it (deploy/demo_support.py, as `make cluster-demo` starts it); stopped at
+    the end. Ports are free loopback ports (the bus ports given explicitly), files under pytest's tmp."""
+    from deploy.demo_support import Cluster, Processes
+
+    from .stack import free_port
+
+    ports: list[int] = []
+    while len(ports) < 12:
+        port = free_port()
+        if port not in ports:
+            ports.append(port)
+    procs = Processes(tmp_path_factory.mktemp("redis-cluster"))
+    cluster = Cluster(procs, ports[:6], ports[6:], node_timeout_ms=1000)
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        procs.stop_all()
+
+
+@pytest.fixture
+def on_cluster(settings, redis_cluster):
+    """Point the "state" alias at `redis_cluster` for the test (REDIS_STATE_CLUSTER_NODES's settings,
+    built by project/settings/caches.py's own code), from an empty cluster; yield the cluster."""
+    from project.settings.caches import build_caches
+    from resilience.redis_state import state_redis
+
+    nodes = " ".join(f"{host}:{port}" for host, port in redis_cluster.nodes())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REDIS_STATE_CLUSTER_NODES", nodes)
+        caches, _, _ = build_caches(redis_db=settings.REDIS_DB)
+    settings.CACHES = {**settings.CACHES, "state": caches["state"]}
+    state_redis().flushall(target_nodes="primaries")
+    forget_guards()
+    return redis_cluster

@@ -17,6 +17,7 @@ from django.db import connections
 from django_redis import get_redis_connection
 
 from project import queues
+from resilience.redis_state import masters
 
 REDIS_ROLES = ("default", "state")
 
@@ -132,20 +133,27 @@ def shard_map_summary() -> dict:
 
 # --- Redis ---
 def redis_role(alias: str) -> dict:
-    """INFO memory and stats of one Redis role ("default" = cache, "state")."""
-    client = get_redis_connection(alias)
-    info = client.info("memory")
-    info.update(client.info("stats"))
-    hits, misses = int(info.get("keyspace_hits", 0)), int(info.get("keyspace_misses", 0))
+    """INFO memory and stats of one Redis role ("default" = cache, "state"); on a Redis Cluster the
+    counters are summed over its masters and the memory is listed per master."""
+    infos = []
+    for client in masters(get_redis_connection(alias)):
+        info = client.info("memory")
+        info.update(client.info("stats"))
+        infos.append(info)
+
+    def total(field):
+        return sum(int(info.get(field, 0)) for info in infos)
+
+    hits, misses = total("keyspace_hits"), total("keyspace_misses")
     return {
         "role": "cache" if alias == "default" else alias,
-        "used_memory_human": info.get("used_memory_human"),
-        "maxmemory_policy": info.get("maxmemory_policy"),
+        "used_memory_human": " + ".join(str(info.get("used_memory_human")) for info in infos),
+        "maxmemory_policy": infos[0].get("maxmemory_policy"),
         "keyspace_hits": hits,
         "keyspace_misses": misses,
         "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
-        "ops_per_sec": int(info.get("instantaneous_ops_per_sec", 0)),
-        "evicted_keys": int(info.get("evicted_keys", 0)),
+        "ops_per_sec": total("instantaneous_ops_per_sec"),
+        "evicted_keys": total("evicted_keys"),
     }
 
 

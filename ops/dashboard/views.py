@@ -223,13 +223,10 @@ def _denied_series(minutes: int) -> dict[str, list[int]]:
     """policy -> 429s per minute over the last `minutes` minutes, oldest first. Raises for Redis trouble."""
     now = int(time.time() // 60)
     span = list(range(now - minutes + 1, now + 1))
-    pipe = ratelimit_limiter.state_redis().pipeline(transaction=False)
-    for minute in span:
-        pipe.hgetall(ratelimit_limiter.denied_by_policy_key(minute))
     series: dict[str, list[int]] = {name: [0] * minutes for name in all_policies()}
-    for i, counts in enumerate(pipe.execute()):
+    for i, counts in enumerate(ratelimit_limiter.denied_per_minute(span)):
         for policy, denials in counts.items():
-            series.setdefault(policy.decode(), [0] * minutes)[i] = int(denials)
+            series.setdefault(policy, [0] * minutes)[i] = denials
     return series
 
 

@@ -108,9 +108,14 @@ heartbeat = Heartbeat()
 def live_processes() -> list[Process]:
     """Every process whose heartbeat has not expired. Raise redis' errors when the state Redis is down."""
     client = _redis()
+    # On a Redis Cluster, redis-py's scan_iter visits every master; the keys are in many slots, so they
+    # are read by a pipeline of GETs (one MGET would be refused as CROSSSLOT).
     keys = sorted(client.scan_iter(match=f"{PREFIX}*", count=1000))
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
     processes = []
-    for key, raw in zip(keys, client.mget(keys) if keys else [], strict=True):
+    for key, raw in zip(keys, pipe.execute() if keys else [], strict=True):
         if raw is None:  # expired between SCAN and MGET
             continue
         data = json.loads(raw)

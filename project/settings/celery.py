@@ -4,14 +4,18 @@ Late acknowledgement plus reject-on-worker-lost means a SIGKILLed worker's task 
 every task must be idempotent (the write-behind flush is, by its batch ledger).
 
 With REDIS_STATE_SENTINELS the default broker is kombu's sentinel:// transport on those Sentinels
-(`sentinel://h1:p1/db;sentinel://h2:p2/db`), which follows the master through a failover.
+(`sentinel://h1:p1/db;sentinel://h2:p2/db`), which follows the master through a failover. With
+REDIS_STATE_CLUSTER_NODES there is no default: kombu has no Redis Cluster transport, so CELERY_BROKER_URL
+must name a single Redis (redis://) or RabbitMQ (amqp://).
 """
 
 from urllib.parse import urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
 from project.worker import DEFAULT_QUEUE, WEBHOOKS_QUEUE
 
-from .caches import state_sentinels
+from .caches import state_mode, state_sentinels
 from .env import env
 
 
@@ -22,6 +26,11 @@ def build_celery(*, state_url: str) -> dict:
         db = urlsplit(state_url).path.lstrip("/") or "0"
         default_broker = ";".join(f"sentinel://{host}:{port}/{db}" for host, port in sentinels)
     broker_url = env("CELERY_BROKER_URL", default_broker)
+    if state_mode() == "cluster" and broker_url == state_url:
+        raise ImproperlyConfigured(
+            "REDIS_STATE_CLUSTER_NODES: Celery's broker cannot be a Redis Cluster; set CELERY_BROKER_URL "
+            "to a single Redis (redis://host:port/db) or RabbitMQ (amqp://...)."
+        )
     # Unacked tasks come back after this; keep it above the longest task, far below the 1 h default.
     transport_options = {"visibility_timeout": 300}
     if broker_url.startswith("sentinel://"):

@@ -19,8 +19,11 @@ from .storage import Acquired, Outcome, Peek, Recorded, Snapshot, Transition, bu
 logger = logging.getLogger("resilience.breaker")
 
 __all__ = ["UNAVAILABLE", "RedisStorage", "outage", "state_redis"]
-KEY_VERSION = "v1"
-NAMES_KEY = f"cb:{KEY_VERSION}:names"
+KEY_VERSION = "v2"  # v2: hash-tagged for Redis Cluster
+# Every breaker script also adds to the set of names, so every breaker key carries one hash tag: on a
+# Redis Cluster all breakers live in one slot (a few small keys per dependency, a few dozen in all).
+TAG = "{cb}"
+NAMES_KEY = f"cb:{KEY_VERSION}:{TAG}:names"
 _DIR = Path(__file__).resolve().parent
 
 
@@ -30,7 +33,7 @@ def _script(name: str) -> Script:
 
 def breaker_keys(name: str) -> list[str]:
     """KEYS of every breaker script: state hash, half-open permits, transitions, the set of names."""
-    base = f"cb:{KEY_VERSION}:{name}"
+    base = f"cb:{KEY_VERSION}:{TAG}:{name}"
     return [f"{base}:state", f"{base}:permits", f"{base}:transitions", NAMES_KEY]
 
 

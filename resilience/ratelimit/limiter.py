@@ -10,6 +10,7 @@ TimeoutError instead: an operator must not be told an action succeeded when it d
 import logging
 import random
 import time
+import zlib
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -24,7 +25,7 @@ from .scripts import UNAVAILABLE, outage, script, state_redis
 
 logger = logging.getLogger("resilience.ratelimit")
 
-KEY_VERSION = "v1"
+KEY_VERSION = "v2"  # v2: hash-tagged for Redis Cluster
 FAIL_CLOSED_RETRY_AFTER = (1, 5)
 
 
@@ -42,22 +43,37 @@ class Decision:
     degraded: bool = False
 
 
+STATS_SLOTS = 16
+"""The denial statistics are split into this many parts, each under its own hash tag. A limiter script
+touches one (policy, key)'s counters and its part's statistics, so one Redis Cluster slot; readers of
+the statistics add the parts up. Changing it moves every key (bump KEY_VERSION with it)."""
+
+
+def _tag(policy_name: str, key: str) -> str:
+    """The hash tag of `key` under the policy: its statistics part, `{rl:<0..STATS_SLOTS-1>}`."""
+    return f"{{rl:{zlib.crc32(f'{policy_name}|{key}'.encode()) % STATS_SLOTS}}}"
+
+
+def _part_tags() -> list[str]:
+    return [f"{{rl:{part}}}" for part in range(STATS_SLOTS)]
+
+
 def state_key(policy: Policy, key: str) -> str:
     """Redis key of the counters of `key` under `policy` (the algorithm is part of it: a policy that
     changes algorithm must not read the other algorithm's hash)."""
-    return f"rl:{KEY_VERSION}:{policy.name}:{policy.algorithm}:{key}"
+    return f"rl:{KEY_VERSION}:{_tag(policy.name, key)}:{policy.name}:{policy.algorithm}:{key}"
 
 
-def denied_key(minute: int, *, shadow: bool = False) -> str:
-    """Sorted set of "policy|key" members denied during `minute` (epoch seconds // 60); with `shadow`,
-    the ones a policy in shadow mode would have denied (and admitted)."""
-    return f"rl:{KEY_VERSION}:{'shadow_' if shadow else ''}denied:{minute}"
+def denied_key(minute: int, tag: str, *, shadow: bool = False) -> str:
+    """Sorted set of "policy|key" members denied during `minute` (epoch seconds // 60), in part `tag`;
+    with `shadow`, the ones a policy in shadow mode would have denied (and admitted)."""
+    return f"rl:{KEY_VERSION}:{tag}:{'shadow_' if shadow else ''}denied:{minute}"
 
 
-def denied_by_policy_key(minute: int, *, shadow: bool = False) -> str:
-    """Hash of policy name -> number of denials (429s) during `minute`; with `shadow`, of requests a
-    policy in shadow mode would have denied."""
-    return f"rl:{KEY_VERSION}:{'shadow_' if shadow else ''}denied_by_policy:{minute}"
+def denied_by_policy_key(minute: int, tag: str, *, shadow: bool = False) -> str:
+    """Hash of policy name -> number of denials (429s) during `minute`, in part `tag`; with `shadow`,
+    of requests a policy in shadow mode would have denied."""
+    return f"rl:{KEY_VERSION}:{tag}:{'shadow_' if shadow else ''}denied_by_policy:{minute}"
 
 
 def _stats_minutes() -> int:
@@ -111,7 +127,11 @@ def evaluate_with(
     limiter = script_call(
         state_redis(),
         script(policy.algorithm),
-        [state_key(policy, key), denied_key(minute, shadow=shadow), denied_by_policy_key(minute, shadow=shadow)],
+        [
+            state_key(policy, key),
+            denied_key(minute, tag := _tag(policy.name, key), shadow=shadow),
+            denied_by_policy_key(minute, tag, shadow=shadow),
+        ],
         [
             policy.limit,
             policy.period * 1000,
@@ -147,11 +167,12 @@ def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Deci
         if not allowed and cost:
             # django-ratelimit keeps no statistics: record the denial like the Lua scripts do.
             shadow = policy.mode == "shadow"
+            tag = _tag(policy.name, key)
             pipe = state_redis().pipeline(transaction=False)
-            pipe.zincrby(denied_key(minute, shadow=shadow), 1, f"{policy.name}|{key}")
-            pipe.expire(denied_key(minute, shadow=shadow), _stats_minutes() * 60)
-            pipe.hincrby(denied_by_policy_key(minute, shadow=shadow), policy.name, 1)
-            pipe.expire(denied_by_policy_key(minute, shadow=shadow), _stats_minutes() * 60)
+            pipe.zincrby(denied_key(minute, tag, shadow=shadow), 1, f"{policy.name}|{key}")
+            pipe.expire(denied_key(minute, tag, shadow=shadow), _stats_minutes() * 60)
+            pipe.hincrby(denied_by_policy_key(minute, tag, shadow=shadow), policy.name, 1)
+            pipe.expire(denied_by_policy_key(minute, tag, shadow=shadow), _stats_minutes() * 60)
             pipe.execute()
     except (*UNAVAILABLE, Unavailable, ConnectionInterrupted) as exc:
         outage.failed(exc)
@@ -195,13 +216,41 @@ def top_denied(*, minutes: int = 5, count: int = 20) -> list[tuple[str, str, int
 
     Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
     """
-    rows = state_redis().zunion([denied_key(m) for m in _recent_minutes(minutes)], withscores=True)
-    top = sorted(rows, key=lambda row: -row[1])[:count]
+    minutes_ = _recent_minutes(minutes)
+    pipe = state_redis().pipeline(transaction=False)
+    for tag in _part_tags():  # one ZUNION per part: a cluster refuses one over several slots
+        pipe.zunion([denied_key(m, tag) for m in minutes_], withscores=True)
+    totals: dict[bytes, float] = {}
+    for rows in pipe.execute():
+        for member, score in rows:
+            totals[member] = totals.get(member, 0) + score
+    top = sorted(totals.items(), key=lambda row: (-row[1], row[0]))[:count]  # ties: by member, as ZUNION
     result = []
     for member, score in top:
         policy, _, key = member.decode().partition("|")
         result.append((policy, key, int(score)))
     return result
+
+
+def denied_per_minute(minutes: list[int], *, shadow: bool = False) -> list[dict[str, int]]:
+    """Return, for each minute in `minutes` (epoch seconds // 60), policy name -> denials (429s); with
+    `shadow`, the requests policies in shadow mode would have denied.
+
+    Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
+    """
+    pipe = state_redis().pipeline(transaction=False)
+    for minute in minutes:
+        for tag in _part_tags():
+            pipe.hgetall(denied_by_policy_key(minute, tag, shadow=shadow))
+    replies = pipe.execute()
+    per_minute = []
+    for i in range(len(minutes)):
+        counts: dict[str, int] = {}
+        for part in replies[i * STATS_SLOTS : (i + 1) * STATS_SLOTS]:
+            for policy, denials in part.items():
+                counts[policy.decode()] = counts.get(policy.decode(), 0) + int(denials)
+        per_minute.append(counts)
+    return per_minute
 
 
 def denied_counts(*, minutes: int = 5, shadow: bool = False) -> dict[str, int]:
@@ -210,11 +259,8 @@ def denied_counts(*, minutes: int = 5, shadow: bool = False) -> dict[str, int]:
 
     Raises redis' ConnectionError/TimeoutError when the state Redis is unavailable.
     """
-    pipe = state_redis().pipeline(transaction=False)
-    for minute in _recent_minutes(minutes):
-        pipe.hgetall(denied_by_policy_key(minute, shadow=shadow))
     totals: dict[str, int] = {}
-    for counts in pipe.execute():
+    for counts in denied_per_minute(_recent_minutes(minutes), shadow=shadow):
         for policy, denials in counts.items():
-            totals[policy.decode()] = totals.get(policy.decode(), 0) + int(denials)
+            totals[policy] = totals.get(policy, 0) + denials
     return totals

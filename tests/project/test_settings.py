@@ -132,3 +132,33 @@ def test_production_log_lines_are_json_objects_naming_their_request_id():
     ours = next(line for line in lines if line["logger"] == "bulwark.test")
     assert ours["message"] == "flushed 3 views" and ours["request_id"] == "task-0001" and ours["policy"] == "views"
     assert any(line["logger"] == "py.warnings" and "a library's deprecation" in line["message"] for line in lines)
+
+
+def test_the_state_redis_mode_is_chosen_in_one_place_and_a_cluster_is_never_the_broker(monkeypatch):
+    import pytest
+    from django.core.exceptions import ImproperlyConfigured
+
+    from project.settings.caches import build_caches, state_mode
+    from project.settings.celery import build_celery
+
+    monkeypatch.delenv("REDIS_STATE_SENTINELS", raising=False)
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    assert state_mode() == "single"
+    monkeypatch.setenv("REDIS_STATE_CLUSTER_NODES", "127.0.0.1:7000 127.0.0.1:7001")
+    assert state_mode() == "cluster"
+    caches, _, state_url = build_caches(redis_db=1)
+    options = caches["state"]["OPTIONS"]
+    assert options["CONNECTION_FACTORY"] == "resilience.redis_state.ClusterConnectionFactory"
+    assert options["CLUSTER_NODES"] == [("127.0.0.1", 7000), ("127.0.0.1", 7001)]
+    assert "CONNECTION_FACTORY" not in caches["default"]["OPTIONS"]  # the cache Redis stays one server
+    with pytest.raises(ImproperlyConfigured, match="CELERY_BROKER_URL"):
+        build_celery(state_url=state_url)
+    monkeypatch.setenv("CELERY_BROKER_URL", "redis://127.0.0.1:6379/0")
+    assert build_celery(state_url=state_url)["CELERY_BROKER_URL"] == "redis://127.0.0.1:6379/0"
+    monkeypatch.setenv("REDIS_STATE_SENTINELS", "127.0.0.1:26379")
+    with pytest.raises(ImproperlyConfigured, match="not both"):
+        state_mode()
+    monkeypatch.setenv("REDIS_STATE_SENTINELS", "")
+    monkeypatch.setenv("REDIS_STATE_CLUSTER_NODES", "no-port")
+    with pytest.raises(ImproperlyConfigured, match="host:port"):
+        state_mode()

@@ -158,3 +158,37 @@ def test_a_task_queued_inside_a_trace_runs_in_that_trace_in_a_real_worker(spans,
         assert {"redis", "postgresql"} <= systems, [s.name for s in collector.spans]
     finally:
         collector.stop()
+
+
+def test_the_flush_that_applies_a_buffered_view_links_to_the_views_request(spans):
+    from users.sharding.access import group_for_user_id
+    from users.tasks import writebehind_flush
+
+    user = UserFactory()
+    spans.clear()
+    assert Client().post(f"/api/v1/users/{user['id']}/views/").status_code == 202
+    (post,) = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    spans.clear()
+
+    writebehind_flush.apply()  # the beat task, run here: Celery's instrumentation gives it its span
+
+    finished = spans.get_finished_spans()
+    (run,) = [s for s in finished if s.name == "run/users.writebehind_flush"]
+    group = group_for_user_id(user["id"])
+    (flush_span,) = [s for s in finished if s.name == f"write-behind flush {group}"]
+    # A child of the task's span, in the task's trace, linked to the request that buffered the view.
+    assert flush_span.parent.span_id == run.context.span_id
+    assert flush_span.context.trace_id == run.context.trace_id != post.context.trace_id
+    assert [(link.context.trace_id, link.context.span_id) for link in flush_span.links] == [
+        (post.context.trace_id, post.context.span_id)
+    ]
+    # The batch's UPDATE on the shard is inside the flush span.
+    assert any(
+        s.attributes.get("db.system") == "postgresql" and s.parent.span_id == flush_span.context.span_id
+        for s in finished
+        if s.parent is not None
+    )
+    # Taken: the next flush links to nothing.
+    spans.clear()
+    writebehind_flush.apply()
+    assert all(not s.links for s in spans.get_finished_spans() if s.name.startswith("write-behind flush"))

@@ -42,7 +42,7 @@ def test_the_sixth_new_key_of_a_caller_gets_429_and_other_callers_are_unaffected
     assert set(refused.json()) == {"detail", "code", "request_id"}
     assert 0 < int(refused["Retry-After"]) <= idempotency.IDEMPOTENCY_TTL
     assert users() == 5  # refused, not run without the guarantee
-    assert not state_redis_db.exists(f"idem:callers:ip:{BOB}")
+    assert not state_redis_db.exists(f"idem:{{idem:ip:{BOB}}}:callers")
 
     replay = register(ALICE, "alice0", "key-0")  # a retry with a known key is still answered
     assert replay.status_code == 201 and replay["Idempotent-Replayed"] == "true"
@@ -50,7 +50,7 @@ def test_the_sixth_new_key_of_a_caller_gets_429_and_other_callers_are_unaffected
     assert register(BOB, "bob0", "key-5").status_code == 201  # another caller has its own quota
     assert register(ALICE, "alice5", "key-5").status_code == 429
     assert users() == 7
-    assert int(state_redis_db.get(f"idem:callers:ip:{ALICE}")) == 5
+    assert int(state_redis_db.get(f"idem:{{idem:ip:{ALICE}}}:callers")) == 5
 
 
 def test_concurrent_new_keys_cannot_take_a_caller_past_the_cap(real_db, capped):

@@ -12,15 +12,16 @@ import time
 from pathlib import Path
 
 from django.conf import settings
-from redis.exceptions import BusyLoadingError, RedisError
+from redis.exceptions import BusyLoadingError, RedisClusterException, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.sentinel import MasterNotFoundError
 
+from project import tracing
 from resilience.redis_fanout import Call, script_call
-from resilience.redis_state import lua_script, state_redis
+from resilience.redis_state import NOT_RUN, lua_script, run_and_wait, state_redis
 from users.sharding.access import group_for_user_id
 
-from .keys import COUNT_FIELD, STATS, group_keys, rev_field, seen_field, views_field
+from .keys import COUNT_FIELD, STATS, TRACE_LINKS, GroupKeys, group_keys, rev_field, seen_field, views_field
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,12 @@ def max_pending_per_shard() -> int:
     return max(1, settings.WRITE_BEHIND_MAX_PENDING // len(settings.SHARD_GROUPS))
 
 
-def _never_sent(exc: RedisError) -> bool:
+def _never_sent(exc: RedisError | RedisClusterException) -> bool:
     # redis-py reports a failed connect as "Error <errno> connecting to host:port", a server still
     # replaying its AOF refuses every command with LOADING, and while no Sentinel names a master there
-    # is nowhere to send it: in each case the command was not applied, so the fallback cannot double count.
-    return isinstance(exc, BusyLoadingError | MasterNotFoundError) or (
+    # is nowhere to send it; a Redis Cluster answers CLUSTERDOWN, TRYAGAIN or MOVED without running it
+    # (NOT_RUN). In each case the command was not applied, so the fallback cannot double count.
+    return isinstance(exc, (BusyLoadingError, MasterNotFoundError, *NOT_RUN)) or (
         isinstance(exc, RedisConnectionError) and "connecting to" in str(exc)
     )
 
@@ -99,13 +101,17 @@ def views_add(*, user_id: int, count: int = 1, view_id: str | None = None) -> st
         if replicas:
             # WAIT blocks until `replicas` replicas have everything this connection wrote, or the
             # timeout; in the same pipeline, so on the same connection and in the same round trip.
-            pipe = redis_state().pipeline(transaction=False)
-            script("ingest")(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", replicas, settings.WRITE_BEHIND_WAIT_TIMEOUT_MS)
-            result, confirmed = pipe.execute()
+            result, confirmed = run_and_wait(
+                redis_state(),
+                script("ingest"),
+                keys=keys,
+                args=args,
+                replicas=replicas,
+                timeout_ms=settings.WRITE_BEHIND_WAIT_TIMEOUT_MS,
+            )
         else:
             result, confirmed = script("ingest")(keys=keys, args=args), 0
-    except RedisError as exc:
+    except (RedisError, RedisClusterException) as exc:
         if not _never_sent(exc):
             logger.warning("write-behind buffer failed mid-command (%s): view of %s not acknowledged", exc, user_id)
             raise BufferUncertain(str(exc)) from exc
@@ -116,12 +122,42 @@ def views_add(*, user_id: int, count: int = 1, view_id: str | None = None) -> st
         return "direct"
     if result == -1:
         raise BufferFull(k.group)
+    if (parent := tracing.traceparent()) is not None:
+        _remember_trace(k, parent)
     if replicas and confirmed < replicas:
         # The master has the view, a failover now could lose it: not acknowledged. A direct database
         # write instead would count it twice whenever the master survives.
         logger.warning("view of %s buffered but confirmed by %s of %s replica(s)", user_id, confirmed, replicas)
         raise BufferUncertain(f"confirmed by {confirmed} of {replicas} replica(s)")
     return "buffered"
+
+
+def _remember_trace(k: GroupKeys, parent: str) -> None:
+    """Leave this request's trace context for the group's next flush to link to (tracing on only: one
+    more round trip). Best effort: a lost one costs a link, never a view."""
+    try:
+        pipe = redis_state().pipeline(transaction=False)
+        pipe.lpush(k.traces, parent)
+        pipe.ltrim(k.traces, 0, TRACE_LINKS - 1)
+        pipe.execute()
+    except (RedisError, RedisClusterException) as exc:
+        logger.info("trace link of a buffered view dropped: %s", exc)
+
+
+def take_traces(k: GroupKeys) -> list[str]:
+    """Take the trace contexts left by the requests that buffered views in the group since the last
+    take (none, and no Redis call, when this process does not trace)."""
+    if not tracing.enabled():
+        return []
+    try:
+        pipe = redis_state().pipeline(transaction=True)  # one slot: a cluster runs it too
+        pipe.lrange(k.traces, 0, -1)
+        pipe.delete(k.traces)
+        parents, _ = pipe.execute()
+    except (RedisError, RedisClusterException) as exc:
+        logger.info("flush span not linked to its requests: %s", exc)
+        return []
+    return [p.decode() if isinstance(p, bytes) else p for p in parents]
 
 
 def touch_last_seen(*, user_id: int) -> None:

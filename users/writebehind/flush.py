@@ -31,13 +31,15 @@ from django.db import DatabaseError, connections, transaction
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from project import tracing
 from resilience import faults
+from resilience.redis_state import run_and_wait
 from users import cache
 from users.sharding.access import ShardUnavailable, group_for_user_id, write_on
 from users.sharding.ids import logical_shard_of_id
 from users.sharding.shardmap import shard_map
 
-from .buffer import redis_state, script
+from .buffer import redis_state, script, take_traces
 from .keys import STATS, GroupKeys, group_keys, parse_fields, rev_field
 
 logger = logging.getLogger(__name__)
@@ -179,11 +181,15 @@ def _claim(k: GroupKeys) -> tuple[list[str], str]:
     args = [int(time.time() * 1000), int(settings.WRITE_BEHIND_RECLAIM_AFTER * 1000)]
     replicas = settings.WRITE_BEHIND_WAIT_REPLICAS
     if replicas:
-        pipe = redis_state().pipeline(transaction=False)  # WAIT counts this connection's writes
-        script("claim")(keys=keys, args=args, client=pipe)
-        pipe.execute_command("WAIT", replicas, settings.WRITE_BEHIND_WAIT_TIMEOUT_MS)
         try:
-            claimed, confirmed = pipe.execute()
+            claimed, confirmed = run_and_wait(
+                redis_state(),
+                script("claim"),
+                keys=keys,
+                args=args,
+                replicas=replicas,
+                timeout_ms=settings.WRITE_BEHIND_WAIT_TIMEOUT_MS,
+            )
         except RedisTimeoutError:  # the claim may exist on the master: it stays there, re-claimed later
             confirmed = 0
         if confirmed < replicas:
@@ -200,20 +206,22 @@ def flush() -> dict:
     batches = rows = acknowledged = 0
     for group in settings.SHARD_GROUPS:
         k = group_keys(group)
-        # A second round when the first only finished an old batch: the buffer that accumulated
-        # behind it (a shard back from an outage) goes out now, not one interval later.
-        for _ in range(2):
-            claimed, new = _claim(k)
-            faults.point("flush.after_claim")
-            done = True
-            for batch_key in claimed:
-                applied, ok = _apply_batch(k, batch_key)
-                batches += 1
-                rows += applied
-                acknowledged += ok
-                done = done and ok
-            if not claimed or not done or new in claimed:
-                break
+        # With tracing on, this group's flush is a span linked to the requests that buffered its views.
+        with tracing.span_linked_to(f"write-behind flush {group}", take_traces(k)):
+            # A second round when the first only finished an old batch: the buffer that accumulated
+            # behind it (a shard back from an outage) goes out now, not one interval later.
+            for _ in range(2):
+                claimed, new = _claim(k)
+                faults.point("flush.after_claim")
+                done = True
+                for batch_key in claimed:
+                    applied, ok = _apply_batch(k, batch_key)
+                    batches += 1
+                    rows += applied
+                    acknowledged += ok
+                    done = done and ok
+                if not claimed or not done or new in claimed:
+                    break
     duration_ms = (time.perf_counter() - started) * 1000
     if batches:
         pipe = redis_state().pipeline(transaction=False)

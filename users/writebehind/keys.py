@@ -12,12 +12,15 @@ Per group:
              which also gets `r:<user id>` fields: the user's row version once the batch is applied)
 - `first`    zset batch key -> epoch ms of its first claim (the ledger must outlive it)
 - `marker`   one key per idempotent view id: that view was counted (see `views_add(view_id=...)`)
+- `traces`   list of the W3C traceparents of the latest requests that buffered views (tracing on only,
+             at most TRACE_LINKS), taken by the next flush to link its span to them (project/tracing.py)
 """
 
 from dataclasses import dataclass
 
 STATS = "wb:stats"  # flush figures, shared by all groups (read and written outside the scripts)
 COUNT_FIELD = "#views"
+TRACE_LINKS = 32  # the most request traces one flush of a group links to
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ class GroupKeys:
     since: str
     batches: str
     first: str
+    traces: str
 
     def batch(self, batch_id: str) -> str:
         return f"{_prefix(self.group)}:batch:{batch_id}"
@@ -47,6 +51,7 @@ def group_keys(group: str) -> GroupKeys:
         since=f"{prefix}:since",
         batches=f"{prefix}:batches",
         first=f"{prefix}:first",
+        traces=f"{prefix}:traces",
     )
 
 
