@@ -214,7 +214,7 @@ def server(kind, port=None, **env_extra):
     """Serve the bench settings with `kind` on a free loopback port (several engineers' benches and
     stacks share this machine, so no fixed port)."""
     port = port or free_port()
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.bench", **env_extra}
     if kind == "gunicorn":
         cmd = [
             str(VENV_BIN / "gunicorn"),
@@ -361,6 +361,50 @@ def bench_http(users, tokens):
         http_row("writebehind", "POST /views/ direct UPDATE per request (5 hot users)", direct)
         http_row("writebehind", "POST /views/ through the buffer (5 hot users)", buffered, direct, ">= 3")
     flush.flush()
+
+
+# ---------------------------------------------------------------- the issue's baselines
+def bench_baselines(users, tokens):
+    """The protected reads against a naive DRF (and plain Django) view doing one django-redis GET in a
+    minimal project (bench/bare_settings.py: no middleware, no auth), same server command, processes
+    and threads, alternating pairs, median of three, this run."""
+    print("baselines (bare DRF / bare Django + django-redis)", flush=True)
+    from django.core.cache import cache
+
+    from bench.bare_urls import BARE_KEY
+
+    uid = users[0]["id"]
+    client = Client()
+    body = json.loads(client.get(f"/api/v1/users/{uid}/").content)  # warms the cache too
+    cache.set(BARE_KEY.format(uid), body, None)  # the same body, so both sides send as many bytes
+    me_headers = {"Authorization": f"Token {tokens[0]}"}
+    client.get("/api/v1/users/me/", headers=me_headers)
+    with (
+        server("granian") as url,
+        server("granian", DJANGO_SETTINGS_MODULE="bench.bare_settings") as bare_url,
+    ):
+        cached_url, me_url = f"{url}/api/v1/users/{uid}/", f"{url}/api/v1/users/me/"
+        drf, cached = alternate(lambda: wrk(f"{bare_url}/bare/drf/{uid}"), lambda: wrk(cached_url))
+        plain, cached_vs_plain = alternate(lambda: wrk(f"{bare_url}/bare/django/{uid}"), lambda: wrk(cached_url))
+        drf_me, me = alternate(lambda: wrk(f"{bare_url}/bare/drf/{uid}"), lambda: wrk(me_url, headers=me_headers))
+    http_row("baselines", "bare DRF @api_view, one django-redis GET", drf)
+    http_row("baselines", "cached GET /users/{id}/ / bare DRF", cached, drf, ">= 0.9")
+    http_row("baselines", "bare Django view, one django-redis GET", plain)
+    http_row("baselines", "cached GET /users/{id}/ / bare Django", cached_vs_plain, plain)
+    http_row("baselines", "bare DRF (paired with /me)", drf_me)
+    http_row("baselines", "GET /users/me/ with a token / bare DRF", me, drf_me, ">= 0.8")
+    for label, (_rps, p50, p99, _errors) in (("bare DRF", drf), ("cached GET", cached), ("/me", me)):
+        report("baselines", f"{label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
+    for label, path, headers in (
+        ("cached GET", f"/api/v1/users/{uid}/", {}),
+        ("/me", "/api/v1/users/me/", me_headers),
+    ):
+        with roundtrips.counting() as counts:
+            for _ in range(100):
+                client.get(path, headers=headers)
+        report("baselines", f"{label}: Redis round trips per request", counts.total() / 100)
+        report("baselines", f"{label}:   of which state Redis", counts.by_port(settings.REDIS_STATE_URL) / 100)
+    report("baselines", "bare views: Redis round trips per request", 1)
 
 
 # ---------------------------------------------------------------- dependency breakers on the hot read
@@ -652,6 +696,7 @@ def main():
         ("data", lambda: bench_data_layer(users)),
         ("consistency", lambda: bench_consistency(users)),
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
+        ("baselines", lambda: bench_baselines(users, tokens)),
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),
         ("flush", bench_flush),

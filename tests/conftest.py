@@ -10,6 +10,7 @@ from django_redis import get_redis_connection
 from project.db import pinning
 from project.db.replicas import monitor
 from resilience.breaker import forget_guards
+from users import cache
 from users.models import ShardMapEntry
 from users.sharding.shardmap import initial_ranges, shard_map
 
@@ -61,6 +62,9 @@ def truncate_everything():
             get_redis_connection(alias).flushdb()
     # Breakers live in the state Redis just flushed: no process-local copy of a forced state survives.
     forget_guards()
+    # The flush reaches this process's local cache through tracking, asynchronously: drop it now.
+    if (local := cache.local_cache()) is not None:
+        local.clear()
 
 
 @pytest.fixture
