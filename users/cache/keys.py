@@ -1,7 +1,7 @@
 """The one place the users cache keys are spelled: named, versioned key functions."""
 
 USER_PREFIX = "users:v1:id:"
-TOKEN_PREFIX = "users:v2:tok:"  # v2: {user_id, created, used}, was a bare user id
+TOKEN_PREFIX = "users:v2:tok:"  # noqa: S105 (a key prefix, not a secret); v2: {user_id, created, used}, was a bare user id
 # Hot entries kept in each process's tracked local cache (store.local_cache): rows by id, tokens.
 LOCAL_PREFIXES = (USER_PREFIX, TOKEN_PREFIX)
 
