@@ -164,7 +164,8 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
     already made; None (not probed, or the key was absent) and a version floor both go on to take the
     lease. `local` as for `probe`. Returns the value or None. Cache failures are invisible to the caller.
     """
-    near = local_cache() if local and probed is None else None
+    # Not while the breaker is open: writes then skip the cache Redis, so no invalidation would come.
+    near = local_cache() if local and probed is None and _breaker.allows() else None
     try:
         if probed is not None and entry.is_entry(peeked := _settle(probed)):
             hit, value = 1, peeked
