@@ -407,6 +407,99 @@ def bench_baselines(users, tokens):
     report("baselines", "bare views: Redis round trips per request", 1)
 
 
+# ---------------------------------------------------------------- the tracked local cache
+def zipf_paths(user_ids, n=2000, s=1.1, seed=7):
+    """`n` GET paths over `user_ids`, ranks drawn with probability proportional to 1 / rank**s (hot keys)."""
+    weights = [1 / (rank + 1) ** s for rank in range(len(user_ids))]
+    picks = random.Random(seed).choices(user_ids, weights=weights, k=n)
+    return [f"/api/v1/users/{user_id}/" for user_id in picks]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def server_workers(url: str) -> list[int]:
+    """The pids of the processes serving `url` (the granian workers: every process in its group but the
+    first)."""
+    port = url.rsplit(":", 1)[1]
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    master = int(re.findall(r"pid=(\d+)", out)[0])
+    pgid = os.getpgid(master)
+    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
+    group = []
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            if os.getpgid(pid) == pgid and pid != pgid:
+                group.append(pid)
+    return group
+
+
+def bench_local_cache():
+    """The tracked per-process cache (resilience/client_cache.py): memory per server process under a Zipf
+    read mix over many users (entries and bytes are bounded by USERS_LOCAL_CACHE_*), against the same
+    servers with it off; and the invalidation delay, from a write to the last of several tracking
+    clients dropping the key (the bound is client_cache.INVALIDATION_BOUND)."""
+    print("local cache (tracked)", flush=True)
+    from resilience.client_cache import INVALIDATION_BOUND, LocalCache
+
+    many = bulk_users(1000, "zipf")  # per shard group: 2,000 users
+    paths = zipf_paths(many)
+    client = Client()
+    for path in set(paths):  # the cache Redis warm for both sides: the figures compare hits
+        client.get(path)
+    with server("granian") as on_url, server("granian", USERS_LOCAL_CACHE_ENTRIES="0") as off_url:
+        off, on = alternate(lambda: wrk(off_url, paths=paths), lambda: wrk(on_url, paths=paths))
+        rss_on = [rss_kib(pid) for pid in server_workers(on_url)]
+        rss_off = [rss_kib(pid) for pid in server_workers(off_url)]
+    http_row("localcache", "Zipf GET mix over 2,000 users, local cache off", off)
+    http_row("localcache", "Zipf GET mix over 2,000 users, local cache on", on, off)
+    report("localcache", "RSS per server process, local cache on (max)", max(rss_on, default=0) / 1024, "MiB")
+    report("localcache", "RSS per server process, local cache off (max)", max(rss_off, default=0) / 1024, "MiB")
+    report("localcache", "bound per process (USERS_LOCAL_CACHE_BYTES)", settings.USERS_LOCAL_CACHE_BYTES / 2**20, "MiB")
+
+    client = get_redis_connection("default")
+    trackers = [
+        LocalCache(
+            name=f"bench{i}",
+            connection_kwargs=client.connection_pool.connection_kwargs,
+            prefixes=("bench:inval:",),
+            max_entries=10,
+            max_bytes=10000,
+        )
+        for i in range(4)
+    ]
+    delays = []
+    try:
+        for tracker in trackers:
+            while tracker.begin() is None:
+                time.sleep(0.01)
+        for i in range(300):
+            key = f"bench:inval:{i % 5}"
+            for tracker in trackers:
+                tracker.fill(key, b"old", tracker.begin())
+            written = time.perf_counter()
+            client.set(key, b"new")
+            while any(tracker.get(key) is not None for tracker in trackers):
+                time.sleep(0.0002)
+            delays.append((time.perf_counter() - written) * 1000)
+    finally:
+        for tracker in trackers:
+            tracker.stop()
+    delays.sort()
+    report("localcache", "invalidation delay p50 (write -> last of 4 trackers dropped)", delays[len(delays) // 2], "ms")
+    report(
+        "localcache",
+        "invalidation delay p99",
+        delays[int(len(delays) * 0.99)],
+        "ms",
+        f"<= {INVALIDATION_BOUND * 1000:.0f}",
+    )
+
+
 # ---------------------------------------------------------------- dependency breakers on the hot read
 def bench_breakers(users):
     """The cached read with the dependency breakers (cache Redis, databases) on vs off, same run, the
@@ -697,6 +790,7 @@ def main():
         ("consistency", lambda: bench_consistency(users)),
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
         ("baselines", lambda: bench_baselines(users, tokens)),
+        ("localcache", bench_local_cache),
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),
         ("flush", bench_flush),
