@@ -405,6 +405,19 @@ def bench_baselines(users, tokens):
         report("baselines", f"{label}: Redis round trips per request", counts.total() / 100)
         report("baselines", f"{label}:   of which state Redis", counts.by_port(settings.REDIS_STATE_URL) / 100)
     report("baselines", "bare views: Redis round trips per request", 1)
+    # Server setting: granian's --backpressure (requests a worker takes on at once) at its thread count,
+    # so a busy worker leaves new connections' requests to the idle ones, vs granian's default (backlog/workers).
+    with (
+        server("granian") as url,
+        server("granian", GRANIAN_BACKPRESSURE=THREADS) as bounded_url,
+    ):
+        default, bounded = alternate(
+            lambda: wrk(f"{url}/api/v1/users/{uid}/"), lambda: wrk(f"{bounded_url}/api/v1/users/{uid}/")
+        )
+    http_row("baselines", "cached GET, granian default backpressure", default)
+    http_row("baselines", f"cached GET, --backpressure {THREADS}", bounded, default)
+    for label, (_rps, p50, p99, _errors) in (("default", default), (f"--backpressure {THREADS}", bounded)):
+        report("baselines", f"cached GET, {label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
 
 
 # ---------------------------------------------------------------- the tracked local cache
