@@ -465,9 +465,13 @@ def bench_local_cache():
     for path in set(paths):  # the cache Redis warm for both sides: the figures compare hits
         client.get(path)
     with server("granian") as on_url, server("granian", USERS_LOCAL_CACHE_ENTRIES="0") as off_url:
+        hot = paths[0]  # the hottest user
+        hot_off, hot_on = alternate(lambda: wrk(f"{off_url}{hot}"), lambda: wrk(f"{on_url}{hot}"))
         off, on = alternate(lambda: wrk(off_url, paths=paths), lambda: wrk(on_url, paths=paths))
         rss_on = [rss_kib(pid) for pid in server_workers(on_url)]
         rss_off = [rss_kib(pid) for pid in server_workers(off_url)]
+    http_row("localcache", "cached GET of one user, local cache off", hot_off)
+    http_row("localcache", "cached GET of one user, local cache on", hot_on, hot_off)
     http_row("localcache", "Zipf GET mix over 2,000 users, local cache off", off)
     http_row("localcache", "Zipf GET mix over 2,000 users, local cache on", on, off)
     report("localcache", "RSS per server process, local cache on (max)", max(rss_on, default=0) / 1024, "MiB")
