@@ -22,6 +22,7 @@
 import logging
 import random
 import secrets
+import threading
 import time
 from functools import partial
 from pathlib import Path
@@ -80,6 +81,7 @@ def _client():
 
 
 _local_cache: LocalCache | None = None
+_local_cache_lock = threading.Lock()
 
 
 def local_cache() -> LocalCache | None:
@@ -87,14 +89,17 @@ def local_cache() -> LocalCache | None:
     global _local_cache
     if settings.USERS_LOCAL_CACHE_ENTRIES <= 0:
         return None
-    if _local_cache is None:
-        _local_cache = LocalCache(
-            name="users",
-            connection_kwargs=_client().connection_pool.connection_kwargs,
-            prefixes=LOCAL_PREFIXES,
-            max_entries=settings.USERS_LOCAL_CACHE_ENTRIES,
-            max_bytes=settings.USERS_LOCAL_CACHE_BYTES,
-        )
+    if _local_cache is not None:
+        return _local_cache
+    with _local_cache_lock:  # two first requests at once must not start two tracking threads
+        if _local_cache is None:
+            _local_cache = LocalCache(
+                name="users",
+                connection_kwargs=_client().connection_pool.connection_kwargs,
+                prefixes=LOCAL_PREFIXES,
+                max_entries=settings.USERS_LOCAL_CACHE_ENTRIES,
+                max_bytes=settings.USERS_LOCAL_CACHE_BYTES,
+            )
     return _local_cache
 
 
