@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.bench")
 
@@ -255,7 +256,9 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
-    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx count)."""
+    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx count, server CPU µs per request). The last
+    is the CPU time the processes serving `url` spent per request during the run (user + system, from
+    /proc): unlike requests/s it hardly moves with what else runs on a shared machine."""
     lines = [f'wrk.method = "{method}"']
     for name, value in (headers or {}).items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
@@ -266,12 +269,15 @@ def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     subprocess.run(["wrk", "-t2", "-c4", "-d1s", "-s", script.name, url], capture_output=True, check=True)  # warm-up
+    serving = server_workers(url)
+    cpu_before = cpu_seconds(serving)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(SECONDS)}s", "--latency", "-s", script.name, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(serving) - cpu_before
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -280,17 +286,48 @@ def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
         return float(value) * _UNITS[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, pct(50), pct(99), int(errors.group(1)) if errors else 0
+    served = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, pct(50), pct(99), int(errors.group(1)) if errors else 0, cpu / max(served, 1) * 1e6
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_workers(url: str) -> list[int]:
+    """The pids of the processes serving `url`: the server's process group (every server here is
+    started in its own session), the listening process found with `ss`."""
+    port = urlsplit(url).port
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    listening = re.findall(r"pid=(\d+)", out)
+    if not listening:
+        return []
+    group = os.getpgid(int(listening[0]))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == group:
+                    pids.append(int(entry))
+    return pids
 
 
 def http_row(section, label, result, baseline=None, target=None):
-    rps, p50, p99, errors = result
+    rps, p50, p99, errors, cpu = result
     report(section, f"{label}: requests/s", rps, "1/s")
     report(section, f"{label}: p50 / p99", f"{p50:.2f} / {p99:.2f}", "ms")
+    report(section, f"{label}: server CPU per request", cpu, "us")
     if errors:
         report(section, f"{label}: non-2xx responses", errors)
     if baseline:
         report(section, f"{label}: ratio to baseline", rps / baseline[0], "x", target)
+        report(section, f"{label}: server CPU per request / baseline's", cpu / baseline[4], "x")
 
 
 def alternate(baseline, subject, rounds=3):
@@ -393,7 +430,7 @@ def bench_baselines(users, tokens):
     http_row("baselines", "cached GET /users/{id}/ / bare Django", cached_vs_plain, plain)
     http_row("baselines", "bare DRF (paired with /me)", drf_me)
     http_row("baselines", "GET /users/me/ with a token / bare DRF", me, drf_me, ">= 0.8")
-    for label, (_rps, p50, p99, _errors) in (("bare DRF", drf), ("cached GET", cached), ("/me", me)):
+    for label, (_rps, p50, p99, _errors, _cpu) in (("bare DRF", drf), ("cached GET", cached), ("/me", me)):
         report("baselines", f"{label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
     for label, path, headers in (
         ("cached GET", f"/api/v1/users/{uid}/", {}),
@@ -416,7 +453,7 @@ def bench_baselines(users, tokens):
         )
     http_row("baselines", "cached GET, granian default backpressure", default)
     http_row("baselines", f"cached GET, --backpressure {THREADS}", bounded, default)
-    for label, (_rps, p50, p99, _errors) in (("default", default), (f"--backpressure {THREADS}", bounded)):
+    for label, (_rps, p50, p99, _errors, _cpu) in (("default", default), (f"--backpressure {THREADS}", bounded)):
         report("baselines", f"cached GET, {label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
 
 
@@ -433,22 +470,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def server_workers(url: str) -> list[int]:
-    """The pids of the processes serving `url` (the granian workers: every process in its group but the
-    first)."""
-    port = url.rsplit(":", 1)[1]
-    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
-    master = int(re.findall(r"pid=(\d+)", out)[0])
-    pgid = os.getpgid(master)
-    pids = [int(p) for p in os.listdir("/proc") if p.isdigit()]
-    group = []
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            if os.getpgid(pid) == pgid and pid != pgid:
-                group.append(pid)
-    return group
 
 
 def bench_local_cache():
