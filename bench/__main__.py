@@ -1,6 +1,9 @@
 """`make bench`: every figure as a ratio against its baseline measured in the same run.
 
-Sections: data layer (routing overhead, replica share), read-your-writes (write latency with and
+Sections: baselines (the cached read and /me against a bare DRF and a bare Django view doing one
+django-redis GET in a minimal project, bench/bare_settings.py; p99/p50 at 16 connections; granian
+--backpressure), local cache (hot read and a Zipf mix with it on vs off, RSS per process, invalidation
+delay), data layer (routing overhead, replica share), read-your-writes (write latency with and
 without `synchronous_commit = remote_apply`; the replica share of reads with LSN pinning vs the time
 window, same mix), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
@@ -9,7 +12,8 @@ per check, breaker overhead), dependency breakers (the cached read with them on 
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
 idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
-ratios, not the absolute numbers.
+ratios, not the absolute numbers; every HTTP row also gives the serving processes' CPU time per request,
+which moves far less with the neighbours' load than requests/s does.
 """
 
 import contextlib
