@@ -1,6 +1,9 @@
 """`make bench`: every figure as a ratio against its baseline measured in the same run.
 
-Sections: data layer (routing overhead, replica share), read-your-writes (write latency with and
+Sections: baselines (the cached read and /me against a bare DRF and a bare Django view doing one
+django-redis GET in a minimal project, bench/bare_settings.py; p99/p50 at 16 connections; granian
+--backpressure), local cache (hot read and a Zipf mix with it on vs off, RSS per process, invalidation
+delay), data layer (routing overhead, replica share), read-your-writes (write latency with and
 without `synchronous_commit = remote_apply`; the replica share of reads with LSN pinning vs the time
 window, same mix), HTTP (gunicorn vs granian; cached, uncached,
 /me vs a bare django-redis view; Redis round trips per request), rate limiting (on vs off, round trips
@@ -10,7 +13,8 @@ cached read with OpenTelemetry on, spans exported to a local OTLP/HTTP sink, vs 
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
 idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
-ratios, not the absolute numbers.
+ratios, not the absolute numbers; every HTTP row also gives the serving processes' CPU time per request,
+which moves far less with the neighbours' load than requests/s does.
 """
 
 import contextlib
@@ -25,6 +29,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.bench")
 
@@ -215,7 +220,7 @@ def server(kind, port=None, **env_extra):
     """Serve the bench settings with `kind` on a free loopback port (several engineers' benches and
     stacks share this machine, so no fixed port)."""
     port = port or free_port()
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.bench", **env_extra)
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.bench", **env_extra}
     if kind == "gunicorn":
         cmd = [
             str(VENV_BIN / "gunicorn"),
@@ -256,7 +261,9 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
 def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
-    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx count)."""
+    """Run wrk; return (requests/s, p50 ms, p99 ms, non-2xx count, server CPU µs per request). The last
+    is the CPU time the processes serving `url` spent per request during the run (user + system, from
+    /proc): unlike requests/s it hardly moves with what else runs on a shared machine."""
     lines = [f'wrk.method = "{method}"']
     for name, value in (headers or {}).items():
         lines.append(f'wrk.headers["{name}"] = "{value}"')
@@ -267,12 +274,15 @@ def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write("\n".join(lines) + "\n")
     subprocess.run(["wrk", "-t2", "-c4", "-d1s", "-s", script.name, url], capture_output=True, check=True)  # warm-up
+    serving = server_workers(url)
+    cpu_before = cpu_seconds(serving)
     out = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{int(SECONDS)}s", "--latency", "-s", script.name, url],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(serving) - cpu_before
     os.unlink(script.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
 
@@ -281,17 +291,48 @@ def wrk(url, *, method="GET", headers=None, paths=None, connections=16):
         return float(value) * _UNITS[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return rps, pct(50), pct(99), int(errors.group(1)) if errors else 0
+    served = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, pct(50), pct(99), int(errors.group(1)) if errors else 0, cpu / max(served, 1) * 1e6
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_workers(url: str) -> list[int]:
+    """The pids of the processes serving `url`: the server's process group (every server here is
+    started in its own session), the listening process found with `ss`."""
+    port = urlsplit(url).port
+    out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+    listening = re.findall(r"pid=(\d+)", out)
+    if not listening:
+        return []
+    group = os.getpgid(int(listening[0]))
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.getpgid(int(entry)) == group:
+                    pids.append(int(entry))
+    return pids
 
 
 def http_row(section, label, result, baseline=None, target=None):
-    rps, p50, p99, errors = result
+    rps, p50, p99, errors, cpu = result
     report(section, f"{label}: requests/s", rps, "1/s")
     report(section, f"{label}: p50 / p99", f"{p50:.2f} / {p99:.2f}", "ms")
+    report(section, f"{label}: server CPU per request", cpu, "us")
     if errors:
         report(section, f"{label}: non-2xx responses", errors)
     if baseline:
         report(section, f"{label}: ratio to baseline", rps / baseline[0], "x", target)
+        report(section, f"{label}: server CPU per request / baseline's", cpu / baseline[4], "x")
 
 
 def alternate(baseline, subject, rounds=3):
@@ -377,6 +418,144 @@ def bench_concurrency(tokens):
         )
     http_row("concurrency", "GET /users/me/, api.concurrent off", off)
     http_row("concurrency", "GET /users/me/, api.concurrent on (slot taken, given back)", on, off, ">= 0.9")
+
+
+# ---------------------------------------------------------------- the issue's baselines
+def bench_baselines(users, tokens):
+    """The protected reads against a naive DRF (and plain Django) view doing one django-redis GET in a
+    minimal project (bench/bare_settings.py: no middleware, no auth), same server command, processes
+    and threads, alternating pairs, median of three, this run."""
+    print("baselines (bare DRF / bare Django + django-redis)", flush=True)
+    from django.core.cache import cache
+
+    from bench.bare_urls import BARE_KEY
+
+    uid = users[0]["id"]
+    client = Client()
+    body = json.loads(client.get(f"/api/v1/users/{uid}/").content)  # warms the cache too
+    cache.set(BARE_KEY.format(uid), body, None)  # the same body, so both sides send as many bytes
+    me_headers = {"Authorization": f"Token {tokens[0]}"}
+    client.get("/api/v1/users/me/", headers=me_headers)
+    with (
+        server("granian") as url,
+        server("granian", DJANGO_SETTINGS_MODULE="bench.bare_settings") as bare_url,
+    ):
+        cached_url, me_url = f"{url}/api/v1/users/{uid}/", f"{url}/api/v1/users/me/"
+        drf, cached = alternate(lambda: wrk(f"{bare_url}/bare/drf/{uid}"), lambda: wrk(cached_url))
+        plain, cached_vs_plain = alternate(lambda: wrk(f"{bare_url}/bare/django/{uid}"), lambda: wrk(cached_url))
+        drf_me, me = alternate(lambda: wrk(f"{bare_url}/bare/drf/{uid}"), lambda: wrk(me_url, headers=me_headers))
+    http_row("baselines", "bare DRF @api_view, one django-redis GET", drf)
+    http_row("baselines", "cached GET /users/{id}/ / bare DRF", cached, drf, ">= 0.9")
+    http_row("baselines", "bare Django view, one django-redis GET", plain)
+    http_row("baselines", "cached GET /users/{id}/ / bare Django", cached_vs_plain, plain)
+    http_row("baselines", "bare DRF (paired with /me)", drf_me)
+    http_row("baselines", "GET /users/me/ with a token / bare DRF", me, drf_me, ">= 0.8")
+    for label, (_rps, p50, p99, _errors, _cpu) in (("bare DRF", drf), ("cached GET", cached), ("/me", me)):
+        report("baselines", f"{label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
+    for label, path, headers in (
+        ("cached GET", f"/api/v1/users/{uid}/", {}),
+        ("/me", "/api/v1/users/me/", me_headers),
+    ):
+        with roundtrips.counting() as counts:
+            for _ in range(100):
+                client.get(path, headers=headers)
+        report("baselines", f"{label}: Redis round trips per request", counts.total() / 100)
+        report("baselines", f"{label}:   of which state Redis", counts.by_port(settings.REDIS_STATE_URL) / 100)
+    report("baselines", "bare views: Redis round trips per request", 1)
+    # Server setting: granian's --backpressure (requests a worker takes on at once) at its thread count,
+    # so a busy worker leaves new connections' requests to the idle ones, vs granian's default (backlog/workers).
+    with (
+        server("granian") as url,
+        server("granian", GRANIAN_BACKPRESSURE=THREADS) as bounded_url,
+    ):
+        default, bounded = alternate(
+            lambda: wrk(f"{url}/api/v1/users/{uid}/"), lambda: wrk(f"{bounded_url}/api/v1/users/{uid}/")
+        )
+    http_row("baselines", "cached GET, granian default backpressure", default)
+    http_row("baselines", f"cached GET, --backpressure {THREADS}", bounded, default)
+    for label, (_rps, p50, p99, _errors, _cpu) in (("default", default), (f"--backpressure {THREADS}", bounded)):
+        report("baselines", f"cached GET, {label}: p99 / p50 at 16 connections", p99 / p50, "x", "<= 5")
+
+
+# ---------------------------------------------------------------- the tracked local cache
+def zipf_paths(user_ids, n=2000, s=1.1, seed=7):
+    """`n` GET paths over `user_ids`, ranks drawn with probability proportional to 1 / rank**s (hot keys)."""
+    weights = [1 / (rank + 1) ** s for rank in range(len(user_ids))]
+    picks = random.Random(seed).choices(user_ids, weights=weights, k=n)
+    return [f"/api/v1/users/{user_id}/" for user_id in picks]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def bench_local_cache():
+    """The tracked per-process cache (resilience/client_cache.py): memory per server process under a Zipf
+    read mix over many users (entries and bytes are bounded by USERS_LOCAL_CACHE_*), against the same
+    servers with it off; and the invalidation delay, from a write to the last of several tracking
+    clients dropping the key (the bound is client_cache.INVALIDATION_BOUND)."""
+    print("local cache (tracked)", flush=True)
+    from resilience.client_cache import INVALIDATION_BOUND, LocalCache
+
+    many = bulk_users(1000, "zipf")  # per shard group: 2,000 users
+    paths = zipf_paths(many)
+    client = Client()
+    for path in set(paths):  # the cache Redis warm for both sides: the figures compare hits
+        client.get(path)
+    with server("granian") as on_url, server("granian", USERS_LOCAL_CACHE_ENTRIES="0") as off_url:
+        hot = paths[0]  # the hottest user
+        hot_off, hot_on = alternate(lambda: wrk(f"{off_url}{hot}"), lambda: wrk(f"{on_url}{hot}"))
+        off, on = alternate(lambda: wrk(off_url, paths=paths), lambda: wrk(on_url, paths=paths))
+        rss_on = [rss_kib(pid) for pid in server_workers(on_url)]
+        rss_off = [rss_kib(pid) for pid in server_workers(off_url)]
+    http_row("localcache", "cached GET of one user, local cache off", hot_off)
+    http_row("localcache", "cached GET of one user, local cache on", hot_on, hot_off)
+    http_row("localcache", "Zipf GET mix over 2,000 users, local cache off", off)
+    http_row("localcache", "Zipf GET mix over 2,000 users, local cache on", on, off)
+    report("localcache", "RSS per server process, local cache on (max)", max(rss_on, default=0) / 1024, "MiB")
+    report("localcache", "RSS per server process, local cache off (max)", max(rss_off, default=0) / 1024, "MiB")
+    report("localcache", "bound per process (USERS_LOCAL_CACHE_BYTES)", settings.USERS_LOCAL_CACHE_BYTES / 2**20, "MiB")
+
+    client = get_redis_connection("default")
+    trackers = [
+        LocalCache(
+            name=f"bench{i}",
+            connection_kwargs=client.connection_pool.connection_kwargs,
+            prefixes=("bench:inval:",),
+            max_entries=10,
+            max_bytes=10000,
+        )
+        for i in range(4)
+    ]
+    delays = []
+    try:
+        for tracker in trackers:
+            while tracker.begin() is None:
+                time.sleep(0.01)
+        for i in range(300):
+            key = f"bench:inval:{i % 5}"
+            for tracker in trackers:
+                tracker.fill(key, b"old", tracker.begin())
+            written = time.perf_counter()
+            client.set(key, b"new")
+            while any(tracker.get(key) is not None for tracker in trackers):
+                time.sleep(0.0002)
+            delays.append((time.perf_counter() - written) * 1000)
+    finally:
+        for tracker in trackers:
+            tracker.stop()
+    delays.sort()
+    report("localcache", "invalidation delay p50 (write -> last of 4 trackers dropped)", delays[len(delays) // 2], "ms")
+    report(
+        "localcache",
+        "invalidation delay p99",
+        delays[int(len(delays) * 0.99)],
+        "ms",
+        f"<= {INVALIDATION_BOUND * 1000:.0f}",
+    )
 
 
 # ---------------------------------------------------------------- dependency breakers on the hot read
@@ -748,6 +927,8 @@ def main():
         ("data", lambda: bench_data_layer(users)),
         ("consistency", lambda: bench_consistency(users)),
         ("roundtrips", lambda: bench_roundtrips(users, tokens)),
+        ("baselines", lambda: bench_baselines(users, tokens)),
+        ("localcache", bench_local_cache),
         ("http", lambda: bench_http(users, tokens)),
         ("breakers", lambda: bench_breakers(users)),
         ("concurrency", lambda: bench_concurrency(tokens)),

@@ -16,6 +16,7 @@ Each call's outcome is its own: a server that is down or hung (the socket timeou
 into an exception in that call's slot, never into a failure of the calls on other servers.
 """
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from redis.cluster import RedisCluster
@@ -26,15 +27,23 @@ _PENDING = object()
 
 
 class Call(NamedTuple):
-    """One command for `run_all`: `args` as sent; `script` set for an EVALSHA of that script."""
+    """One command for `run_all`: `args` as sent; `script` set for an EVALSHA of that script;
+    `on_reply(reply)`, when set, turns a reply (not an exception) into the call's result. A call
+    whose client is None is already answered: `args[0]` is its result and nothing is sent."""
 
     client: Any
     args: tuple
     script: Script | None = None
+    on_reply: Callable[[Any], Any] | None = None
 
 
-def command(client, *args) -> Call:
-    return Call(client, args)
+def command(client, *args, on_reply=None) -> Call:
+    return Call(client, args, on_reply=on_reply)
+
+
+def ready(result) -> Call:
+    """A call answered without a server (a value from a local cache): `run_all` returns `result`."""
+    return Call(None, (result,))
 
 
 def script_call(client, script: Script, keys: list, args: list) -> Call:
@@ -48,7 +57,10 @@ def run_all(calls: list[Call]) -> list:
     results = [_PENDING] * len(calls)
     by_client: dict[int, list[int]] = {}
     for index, call in enumerate(calls):
-        by_client.setdefault(id(call.client), []).append(index)
+        if call.client is None:
+            results[index] = call.args[0]
+        else:
+            by_client.setdefault(id(call.client), []).append(index)
 
     in_flight, clustered = [], []
     for indexes in by_client.values():
@@ -98,6 +110,8 @@ def run_all(calls: list[Call]) -> list:
                 results[index] = call.client.execute_command(*call.args)
             except (RedisError, OSError) as exc:
                 results[index] = exc
+        if call.on_reply is not None and call.client is not None and not isinstance(results[index], Exception):
+            results[index] = call.on_reply(results[index])
     return results
 
 

@@ -11,6 +11,7 @@ from project.db import pinning
 from project.db.replicas import monitor
 from resilience import overrides
 from resilience.breaker import forget_guards
+from users import cache
 from users.models import ShardMapEntry
 from users.sharding.shardmap import initial_ranges, shard_map
 
@@ -63,6 +64,9 @@ def truncate_everything():
     # Breakers and overrides live in the state Redis just flushed: no process-local copy survives.
     forget_guards()
     overrides.forget()
+    # The flush reaches this process's local cache through tracking, asynchronously: drop it now.
+    if (local := cache.local_cache()) is not None:
+        local.clear()
 
 
 @pytest.fixture

@@ -85,3 +85,18 @@ def check_write_behind(app_configs, **kwargs):
             )
         )
     return errors
+
+
+@checks.register()
+def check_local_cache(app_configs, **kwargs):
+    entries, size = settings.USERS_LOCAL_CACHE_ENTRIES, settings.USERS_LOCAL_CACHE_BYTES
+    if entries < 0 or (entries > 0 and size <= 0):
+        return [
+            checks.Error(
+                f"USERS_LOCAL_CACHE_ENTRIES={entries}, USERS_LOCAL_CACHE_BYTES={size}: the local cache needs "
+                "a positive bound on both.",
+                hint="Set USERS_LOCAL_CACHE_ENTRIES=0 to turn the local cache off.",
+                id="users.E008",
+            )
+        ]
+    return []

@@ -8,6 +8,7 @@ ShardUnavailable.
 """
 
 import heapq
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -67,10 +68,17 @@ def _row_by_id(user_id: int) -> dict | None:
     )
 
 
+def _local_ok() -> bool:
+    """Whether this read may be answered from the process-local cache, whose copies can trail another
+    process's write by the invalidation delay: not for a client that carries read-your-writes state
+    (it wrote recently: it must see its write whichever process answers)."""
+    return not pinning.lsns() and pinning.pinned_until() <= time.time()
+
+
 def user_cache_probe(*, user_id: int) -> tuple | None:
     """The cache read `user_get_by_id` starts with, as a call to send ahead with another server's
     (users.cache.probe); None when that read will not use the cache (a strong read)."""
-    return None if pinning.strong() else cache.probe(cache.user_key(user_id))
+    return None if pinning.strong() else cache.probe(cache.user_key(user_id), local=_local_ok())
 
 
 def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
@@ -85,7 +93,11 @@ def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
             cache.write_through(cache.user_key(user_id), row, version=row["rev"])
         return row
     return cache.get_or_load(
-        cache.user_key(user_id), lambda: _row_by_id(user_id), version_of=lambda row: row["rev"], probed=probed
+        cache.user_key(user_id),
+        lambda: _row_by_id(user_id),
+        version_of=lambda row: row["rev"],
+        probed=probed,
+        local=_local_ok(),
     )
 
 
@@ -208,7 +220,7 @@ def token_entry_get(*, user_id: int, digest: str, before_lookup: Callable[[], No
             )
         return None if found is None else _token_entry(user_id, *found)
 
-    return cache.get_or_load(cache.token_key(digest), load, version_of=token_entry_version)
+    return cache.get_or_load(cache.token_key(digest), load, version_of=token_entry_version, local=_local_ok())
 
 
 def token_digests(*, user_id: int) -> list[str]:

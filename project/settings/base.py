@@ -90,6 +90,11 @@ FAULT_POINT_MARKER = env("FAULT_POINT_MARKER", "")
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
 USERS_FAST_READ = env("USERS_FAST_READ", True, bool)
+# Each process keeps hot user rows and tokens in a local cache that the cache Redis invalidates through
+# client tracking (users/cache/store.py, resilience/client_cache.py): at most this many entries and bytes.
+# 0 entries turns it off (every read asks the cache Redis).
+USERS_LOCAL_CACHE_ENTRIES = env("USERS_LOCAL_CACHE_ENTRIES", 10000, int)
+USERS_LOCAL_CACHE_BYTES = env("USERS_LOCAL_CACHE_BYTES", 8 * 1024 * 1024, int)
 # Usernames product accounts may not take (compared by identity: case and width do not matter), besides
 # the names of staff accounts.
 USERS_RESERVED_USERNAMES = env(

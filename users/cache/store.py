@@ -12,24 +12,33 @@
   process's own while that is down) skips Redis entirely for a few seconds after repeated failures;
   forced open from the admin, every process serves from the databases within one sync interval. Failed
   invalidations are queued in the state Redis and replayed (see `replay_invalidations`).
+- Hot entries (user rows, tokens) are also kept in a bounded per-process cache (resilience/client_cache.py,
+  USERS_LOCAL_CACHE_ENTRIES / USERS_LOCAL_CACHE_BYTES) that Redis invalidates through client tracking: a
+  hit costs no round trip. Another process's write reaches it within the invalidation delay (bound:
+  client_cache.INVALIDATION_BOUND); this process's own writes drop their key at once. Callers pass
+  `local=False` where even that delay is too much (a client reading its own writes).
 """
 
 import logging
 import random
 import secrets
+import threading
 import time
+from functools import partial
 from pathlib import Path
 
+from django.conf import settings
 from django_redis import get_redis_connection
 from redis.exceptions import RedisError
 
 from resilience.breaker import guard
-from resilience.redis_fanout import Call, command
+from resilience.client_cache import LocalCache
+from resilience.redis_fanout import Call, command, ready
 from resilience.redis_state import CACHE_ALIAS, lua_script, state_redis
 
 from . import entry
 from .entry import NOT_FOUND, TOMBSTONE_VERSION
-from .keys import lease_key
+from .keys import LOCAL_PREFIXES, lease_key
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +80,35 @@ def _client():
     return get_redis_connection(CACHE_ALIAS)
 
 
+_local_cache: LocalCache | None = None
+_local_cache_lock = threading.Lock()
+
+
+def local_cache() -> LocalCache | None:
+    """This process's tracked cache of hot entries, or None when USERS_LOCAL_CACHE_ENTRIES is 0."""
+    global _local_cache
+    if settings.USERS_LOCAL_CACHE_ENTRIES <= 0:
+        return None
+    if _local_cache is not None:
+        return _local_cache
+    with _local_cache_lock:  # two first requests at once must not start two tracking threads
+        if _local_cache is None:
+            _local_cache = LocalCache(
+                name="users",
+                connection_kwargs=_client().connection_pool.connection_kwargs,
+                prefixes=LOCAL_PREFIXES,
+                max_entries=settings.USERS_LOCAL_CACHE_ENTRIES,
+                max_bytes=settings.USERS_LOCAL_CACHE_BYTES,
+            )
+    return _local_cache
+
+
+def _forget_locally(key: str) -> None:
+    """This process wrote `key`: its local copy goes now, not when Redis' invalidation arrives."""
+    if _local_cache is not None:
+        _local_cache.discard(key)
+
+
 def _script(name: str):
     # Every script gets the entry format (entry.py's constants, then _entry.lua's parse and version
     # comparison): one definition, and versions never compared as doubles.
@@ -100,32 +138,51 @@ def _settle(result):
     return result
 
 
-def probe(key: str) -> Call | None:
+def probe(key: str, *, local: bool = True) -> Call | None:
     """A plain GET of `key` as a resilience.redis_fanout.Call, so that it can be in flight together with
-    another server's; None while the breaker is open. Pass its result to `get_or_load(...,
+    another server's; None while the breaker is open. With `local`, a value in this process's tracked
+    cache answers the call without Redis, and a value Redis returns is kept there. Pass its result to `get_or_load(...,
     probed=result)`. It only peeks: the lease is taken on a miss by get_or_load, so a request refused
     after the probe (rate limited, say) leaves no lease behind. A GET, not get_or_lease.lua: on this
     path, the hottest read, a script costs the cache Redis several times as much."""
     if not _breaker.allows():
         return None
-    return command(_client(), "GET", key)
+    near = local_cache() if local else None
+    if near is None:
+        return command(_client(), "GET", key)
+    raw = near.get(key)
+    if raw is not None:
+        return ready(raw)
+    return command(_client(), "GET", key, on_reply=partial(_fill, near, key, near.begin()))
 
 
-def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=None):
+def _fill(near: LocalCache, key: str, token, raw):
+    """Keep an entry Redis returned (not a miss, not a floor) in the local cache; return `raw`."""
+    return near.fill(key, raw, token) if entry.is_entry(raw) else raw
+
+
+def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=None, local: bool = True):
     """Return the cached value for `key`, or load it with `loader()` and cache it.
 
     `loader` returns the value (a JSON-able dict) or None when it does not exist; `version_of(value)`
     gives its version. `probed` is the result (or exception) of the `probe(key)` call when it was
     already made; None (not probed, or the key was absent) and a version floor both go on to take the
-    lease. Returns the value or None. Cache failures are invisible to the caller.
+    lease. `local` as for `probe`. Returns the value or None. Cache failures are invisible to the caller.
     """
+    # Not while the breaker is open: writes then skip the cache Redis, so no invalidation would come.
+    near = local_cache() if local and probed is None and _breaker.allows() else None
     try:
         if probed is not None and entry.is_entry(peeked := _settle(probed)):
             hit, value = 1, peeked
+        elif near is not None and (raw := near.get(key)) is not None:
+            hit, value = 1, raw
         else:  # no probe, or it only peeked at a miss: take the lease (or learn who holds it) now
+            token = near.begin() if near is not None else None
             hit, value = _call(
                 lambda: _script("get_or_lease")(keys=[key, lease_key(key)], args=[LEASE_MS, secrets.token_hex(8)])
             )
+            if hit and near is not None:
+                near.fill(key, value, token)
     except CacheUnavailable:
         return loader()
     if hit:
@@ -155,6 +212,7 @@ def get_or_load(key: str, loader, *, version_of, ttl: int = USER_TTL, probed=Non
 
 
 def _set(key: str, version: int, payload: str, ttl: int, *, lease: bool = False) -> bool:
+    _forget_locally(key)
     try:
         stored = _call(
             lambda: _script("set_if_newer")(
@@ -204,6 +262,8 @@ def replay_invalidations(limit: int = 1000) -> int:
     keys = state.srandmember(PENDING_INVALIDATIONS, limit)
     if not keys:
         return 0
+    for key in keys:
+        _forget_locally(key.decode())
     _call(lambda: _client().delete(*keys))
     state.srem(PENDING_INVALIDATIONS, *keys)
     return len(keys)
@@ -215,6 +275,8 @@ def invalidate_many(entries: list[tuple[str, int]], *, chunk: int = 1000) -> Non
     One script call per `chunk` keys; if the cache cannot take it the keys are queued for deletion."""
     for start in range(0, len(entries), chunk):
         part = entries[start : start + chunk]
+        for key, _version in part:
+            _forget_locally(key)
         try:
             _call(
                 lambda part=part: _script("floor_many")(
