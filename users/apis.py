@@ -18,6 +18,7 @@ from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser
+from .etags import if_match_version, none_match, profile_etag
 from .identity import EMAIL_MAX, USERNAME_MAX, USERNAME_PATTERN, email_problem, identity_key, username_problem
 from .sharding.ids import MAX_ID
 from .tokens import TokenClient, token_digest, token_public_id
@@ -60,10 +61,6 @@ def private_profile(row: dict) -> dict:
         "updated_at": row["updated_at"],
         "last_seen_at": row["last_seen_at"],
     }
-
-
-def _version_etag(row: dict) -> str:
-    return f'"v{row["version"]}"'
 
 
 class PublicProfile(serializers.Serializer):
@@ -114,8 +111,10 @@ def _valid(value: str, problem) -> str:
     return value
 
 
-class UserListCreateApi(RateLimitedApiMixin, APIView):
-    """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
+class UserRegisterApi(RateLimitedApiMixin, APIView):
+    """Register an account: answers its private profile, with an ETag."""
+
+    # The first class of /users/ in users/urls.py: it also answers OPTIONS and the 405 of other methods.
 
     permission_classes = [AllowAny]
     rate_limits = {"POST": "users.register"}
@@ -132,11 +131,6 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         def validate_email(self, value):
             return _valid(value, email_problem)
 
-    class ListInput(serializers.Serializer):
-        username = serializers.CharField(max_length=150, required=False)
-        limit = serializers.IntegerField(min_value=1, required=False, default=50)
-        cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
-
     @extend_schema(
         request=RegisterInput,
         responses={201: PrivateProfile, 400: ErrorBody, 409: ErrorBody},
@@ -149,7 +143,25 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         values = data.validated_data
         _check_password(values["password"], username=values["username"], email=values["email"])
         row = services.user_create(**values)
-        return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": _version_etag(row)})
+        return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": profile_etag(row)})
+
+
+class UserListApi(RateLimitedApiMixin, APIView):
+    """`?username=`: the exact, case-insensitive lookup of one user, public. Without it: all users, page
+    by page (`limit`, at most 100, and `cursor`), for staff."""
+
+    # The lookup and the list stay one class: one operation of the URL (GET, one response shape and one
+    # OpenAPI operation), the lookup being the list filtered to at most one row, which makes it public.
+
+    permission_classes = [AllowAny]
+
+    class ListInput(serializers.Serializer):
+        username = serializers.CharField(max_length=150, required=False)
+        limit = serializers.IntegerField(min_value=1, required=False, default=50)
+        cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
+
+        def validate_limit(self, value):
+            return min(value, 100)  # a larger page is served at the cap, not refused
 
     @extend_schema(
         operation_id="users_list",
@@ -174,7 +186,7 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
             if request.user is None:
                 raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
             raise ApiError(403, "Listing all users is for staff.", "permission_denied")
-        rows, next_id = selectors.user_list(limit=min(values["limit"], 100), after_id=values.get("cursor", 0))
+        rows, next_id = selectors.user_list(limit=values["limit"], after_id=values.get("cursor", 0))
         next_cursor = None if next_id is None else str(next_id)
         return Response({"results": [public_profile(r) for r in rows], "next": next_cursor})
 
@@ -202,17 +214,10 @@ def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: st
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
     row = _existing_user(raw_id, probed=sent.get("row"))
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
-    etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
-    if _etag_matches(etag, if_none_match):
+    etag = profile_etag(row, pending_views=pending)
+    if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
-
-
-def _etag_matches(etag: str, if_none_match: str) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/ is ignored, and * matches any
-    current representation."""
-    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-    return "*" in tags or etag in tags
 
 
 def row_companions(raw_id: str, *, pending: bool = False) -> dict:
@@ -272,7 +277,35 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
 
 
+def _me(request, *, probed=None) -> dict:
+    row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
+    if row is None:
+        raise ApiError(401, "The account no longer exists.", "not_authenticated")
+    return row
+
+
 class UserMeApi(RateLimitedApiMixin, APIView):
+    """The caller's private profile, with an ETag (its version for If-Match)."""
+
+    # The first class of /users/me/ in users/urls.py: it also answers OPTIONS and the 405 of other
+    # methods, after IsProductUser, which the URL's three classes share.
+
+    permission_classes = [IsProductUser]
+
+    def rate_limit_companions(self, request):
+        # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
+        probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
+        return {"row": probe} if probe else {}
+
+    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
+    def get(self, request):
+        row = _me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
+        return Response(private_profile(row), headers={"ETag": profile_etag(row)})
+
+
+class UserMeUpdateApi(RateLimitedApiMixin, APIView):
+    """Edit the caller's profile; If-Match refuses the edit when another edit came first."""
+
     permission_classes = [IsProductUser]
 
     class PatchInput(StrictSerializer):
@@ -291,25 +324,6 @@ class UserMeApi(RateLimitedApiMixin, APIView):
                     raise serializers.ValidationError({"current_password": [f"Required to change the {field}."]})
             return attrs
 
-    class DeleteInput(StrictSerializer):
-        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
-
-    def rate_limit_companions(self, request):
-        # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
-        probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
-        return {"row": probe} if probe else {}
-
-    def _me(self, request, *, probed=None) -> dict:
-        row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
-        if row is None:
-            raise ApiError(401, "The account no longer exists.", "not_authenticated")
-        return row
-
-    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
-    def get(self, request):
-        row = self._me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
-        return Response(private_profile(row), headers={"ETag": _version_etag(row)})
-
     @extend_schema(
         description=(
             "Changing the password or the email needs `current_password`, revokes every token of the "
@@ -324,8 +338,8 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         data.is_valid(raise_exception=True)
         changes = dict(data.validated_data)
         current_password = changes.pop("current_password", None)
-        if_match = _parse_if_match(request.headers.get("If-Match"))
-        row = self._me(request)
+        if_match = if_match_version(request.headers.get("If-Match"))
+        row = _me(request)
         if "password" in changes:
             _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
         try:
@@ -341,7 +355,16 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         body = private_profile(row)
         if "token" in row:
             body["token"] = row["token"]
-        return Response(body, headers={"ETag": _version_etag(row)})
+        return Response(body, headers={"ETag": profile_etag(row)})
+
+
+class UserMeDeleteApi(RateLimitedApiMixin, APIView):
+    """End the caller's account."""
+
+    permission_classes = [IsProductUser]
+
+    class DeleteInput(StrictSerializer):
+        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
     @extend_schema(
         description="Deleting the account needs `current_password`: a token alone must not end it.",
@@ -356,15 +379,6 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         except services.InvalidCredentials:
             raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-def _parse_if_match(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    value = raw.strip().removeprefix("W/").strip('"').removeprefix("v")
-    if not (value.isascii() and value.isdigit() and len(value) <= 10):
-        raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")
-    return int(value)
 
 
 def token_client(request) -> TokenClient:
