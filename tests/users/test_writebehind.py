@@ -4,14 +4,12 @@ real Redis, PostgreSQL, and real Celery worker and beat processes."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-import redis
 from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
@@ -23,7 +21,7 @@ from users.sharding.access import group_for_user_id
 from users.writebehind import buffer, flush, keys
 
 from ..factories import UserFactory
-from ..processes import celery_beat, celery_worker
+from ..processes import celery_beat, celery_worker, state_replica
 from ..stack import ROOT, run_together, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
@@ -427,50 +425,6 @@ def test_end_to_end_with_a_real_celery_worker_and_beat_including_a_sigkill_mid_f
     assert stats["last_flush_at"] is not None
     assert stats["total_rows_flushed"] >= 1  # the part committed before the kill is not counted again
     assert "signal 9" in (tmp_path / "worker.log").read_text()  # Celery saw its child SIGKILLed
-
-
-@contextlib.contextmanager
-def state_replica(tmp_path):
-    """A real redis-server replicating the stack's state Redis, on a free port under `tmp_path`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    master = get_redis_connection("state").connection_pool.connection_kwargs["port"]
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--replicaof",
-            "127.0.0.1",
-            str(master),
-            "--dir",
-            str(tmp_path),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    replica = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        wait_for(
-            lambda: replica.info("replication").get("master_link_status") == "up",
-            timeout=30,
-            message="the temporary replica to sync",
-        )
-        # Synced is not yet acknowledging: wait until a WAIT on the master is answered by it.
-        state = get_redis_connection("state")
-        wait_for(lambda: state.execute_command("WAIT", 1, 200) >= 1, timeout=30, message="the replica's acks")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 def test_wait_acknowledges_a_view_only_once_a_replica_has_it_and_a_retry_counts_it_once(settings, tmp_path):
