@@ -18,6 +18,7 @@ from project.db.breakers import PRIMARY_OPTIONS
 from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
+from users.sharding.ids import logical_shard_of_id
 from users.writebehind import buffer, flush, keys
 
 from ..factories import UserFactory
@@ -256,7 +257,7 @@ def test_a_flusher_with_a_stale_shard_map_never_acknowledges_views_it_did_not_ap
     on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
     expected = buffer_views(on_0, 3)
     stale = shard_map.table()
-    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    moving = sorted({logical_shard_of_id(u["id"]) for u in on_0})
     resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
     # This flusher still holds the map from before the move (as one that cannot reach the default
     # database keeps its last copy): it sends the UPDATE to shard_0, where the rows no longer are.
@@ -280,7 +281,7 @@ def test_a_stale_flusher_that_cannot_reload_the_map_keeps_the_batch_claimed(sett
     on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
     expected = buffer_views(on_0, 2)
     stale = shard_map.table()
-    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    moving = sorted({logical_shard_of_id(u["id"]) for u in on_0})
     resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
     settings.SHARDING_MAP_TTL = 3600
     shard_map._table, shard_map._loaded_at = stale, time.monotonic()
@@ -520,7 +521,7 @@ def test_shard_down_under_view_load_healthy_reads_never_exceed_acknowledged(kill
         for t in threads:
             t.start()
         try:
-            time.sleep(2)
+            wait_for(lambda: exact_reads[0] > 0 and all(acked.values()), timeout=30, message="the load on every user")
             shard_allow(settings, "shard_1", False)
             try:
                 if kill_worker:
