@@ -20,6 +20,7 @@ def test_the_schema_documents_each_operation_from_its_own_class():
         "post": "v1_users_create",
     }
     assert {p["name"] for p in users["get"]["parameters"]} == {"username", "limit", "cursor"}
+    assert {} in users["get"]["security"] and {} in users["post"]["security"]  # the lookup is anonymous too
     assert users["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("/RegisterInput")
     assert users["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "/PrivateProfile"
