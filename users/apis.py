@@ -7,7 +7,7 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -18,7 +18,7 @@ from resilience.ratelimit.drf import NOT_RUN, CompanionResults, RateLimitedApiMi
 from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
-from .authentication import ApiUser, IsProductUser, IsStaffUnlessLookup, TokenScheme
+from .authentication import ApiUser, IsProductUser, TokenScheme
 from .etags import if_match_version, none_match, profile_etag
 from .identity import EMAIL_MAX, USERNAME_MAX, USERNAME_PATTERN, email_problem, identity_key, username_problem
 from .sharding.ids import MAX_ID
@@ -147,6 +147,24 @@ class UserRegisterApi(RateLimitedApiMixin, APIView):
         return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": profile_etag(row)})
 
 
+def _is_lookup(request) -> bool:
+    """Whether GET /users/ is the one-row `?username=` lookup. A blank `?username=` is no filter (DRF's
+    serializer drops a blank optional query field), so it is the list: the permission and the view
+    must both decide by this."""
+    return bool(request.query_params.get("username"))
+
+
+class IsStaffUnlessLookup(BasePermission):
+    """GET /users/: the `?username=` lookup is public; the whole list is for staff (the admin session).
+    DRF answers a caller it could not authenticate 401, anyone else 403 with this message."""
+
+    message = "Listing all users is for staff."
+    code = "permission_denied"
+
+    def has_permission(self, request, view):
+        return _is_lookup(request) or bool(request.user and request.user.is_staff)
+
+
 class UserListApi(RateLimitedApiMixin, APIView):
     """`?username=`: the exact, case-insensitive lookup of one user, public. Without it: all users, page
     by page (`limit`, at most 100, and `cursor`), for staff."""
@@ -180,7 +198,7 @@ class UserListApi(RateLimitedApiMixin, APIView):
         params = self.ListInput(data=request.query_params)
         params.is_valid(raise_exception=True)
         values = params.validated_data
-        if "username" in values:
+        if _is_lookup(request):
             row = selectors.user_get_by_username(username=values["username"])
             pending = 0 if row is None else buffer.pending_views(user_id=row["id"], rev=row["rev"])
             results = [] if row is None else [public_profile(row, pending_views=pending)]

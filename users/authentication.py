@@ -92,20 +92,6 @@ class IsProductUser:
         return True
 
 
-class IsStaffUnlessLookup:
-    """GET /users/: the exact `?username=` lookup is public; the whole list is for staff (the admin
-    session). DRF answers a caller it could not authenticate 401, anyone else 403 with this message."""
-
-    message = "Listing all users is for staff."
-    code = "permission_denied"
-
-    def has_permission(self, request, view):
-        return "username" in request.query_params or bool(request.user and request.user.is_staff)
-
-    def has_object_permission(self, request, view, obj):
-        return True
-
-
 class TokenScheme(OpenApiAuthenticationExtension):
     target_class = "users.authentication.TokenAuthentication"
     name = "tokenAuth"

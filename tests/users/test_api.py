@@ -226,6 +226,9 @@ def test_listing_all_users_is_for_staff_only(user):
     api, _ = user
     assert_error(api.get(REGISTER, limit=10), 403)
     assert_error(Client().get(REGISTER, {"limit": 10}), 401)
+    # A blank ?username= is no lookup (the serializer drops it): still the staff-only list.
+    assert_error(api.get(REGISTER, username=""), 403, "permission_denied")
+    assert_error(Client().get(REGISTER, {"username": "", "limit": 10}), 401, "not_authenticated")
 
 
 def test_staff_list_all_users_across_shards_with_a_cursor(user, make_api):
