@@ -47,6 +47,7 @@ from bench import roundtrips  # noqa: E402
 from project.db import pinning, routing  # noqa: E402
 from project.db.replicas import monitor  # noqa: E402
 from project.server import granian_argv  # noqa: E402
+from tests.processes import state_replica  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 from users import selectors, services  # noqa: E402
 from users.models import User  # noqa: E402
@@ -807,66 +808,13 @@ def bench_idempotency(users):
     )
 
 
-@contextlib.contextmanager
-def state_replica():
-    """A temporary redis-server replicating the state Redis, on a spare port under /tmp, for the
-    length of one section (the stack itself has no state replica)."""
-    import socket
-
-    import redis
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    state = get_redis_connection("state")
-    master = state.connection_pool.connection_kwargs["port"]
-    workdir = tempfile.mkdtemp(prefix="bulwark-bench-replica-")
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            workdir,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--replicaof",
-            "127.0.0.1",
-            str(master),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        replica, deadline = redis.Redis(host="127.0.0.1", port=port), time.monotonic() + 60
-        while True:
-            try:
-                if replica.info("replication").get("master_link_status") == "up" and state.execute_command(
-                    "WAIT", 1, 200
-                ):
-                    break
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the temporary state replica did not sync")
-            time.sleep(0.2)
-        yield port
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def bench_wait(users):
     """Buffered views acknowledged at once vs after WAIT 1 (a replica confirmed them), same run, the
     same replica attached to the state Redis for both (only the WAIT differs)."""
     print("write-behind WAIT", flush=True)
     hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
     with (
-        state_replica(),
+        state_replica(Path(tempfile.mkdtemp(prefix="bulwark-bench-replica-"))),
         server("granian") as url,
         server("granian", WRITE_BEHIND_WAIT_REPLICAS="1") as wait_url,
     ):

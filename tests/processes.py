@@ -13,10 +13,11 @@ from .stack import ROOT
 
 
 def _env(extra: dict) -> dict:
+    """This process's environment with `extra`'s variables set, or removed where their value is None."""
     env = dict(os.environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.test")
-    env.update({k: str(v) for k, v in extra.items()})
-    return env
+    env.update({k: str(v) for k, v in extra.items() if v is not None})
+    return {k: v for k, v in env.items() if extra.get(k, "") is not None}
 
 
 @contextmanager
@@ -85,16 +86,17 @@ def _served(argv: list[str], *, port: int, env: dict | None, log_path: Path | No
             return proc.poll() is None and response.status == 200
 
     try:
-        wait_for(answers, timeout=60, interval=0.2, message=f"{what} on port {port}")
+        wait_for(answers, timeout=90, interval=0.2, message=f"{what} on port {port} (log: {log_path})")
         yield proc
     finally:
         _stop(proc)
         log.close()
 
 
-def web_server(*, port: int, env: dict | None = None, log_path: Path | None = None):
-    """Serve the app on 127.0.0.1:`port` in its own process (runserver, as `make run` does)."""
-    argv = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"]
+def web_server(*, port: int, env: dict | None = None, log_path: Path | None = None, insecure: bool = False):
+    """Serve the app on 127.0.0.1:`port` in its own process (runserver, as `make run` does); `insecure`
+    serves the static files too, with DEBUG off."""
+    argv = [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", *(["--insecure"] * insecure)]
     return _served(argv, port=port, env=env, log_path=log_path, what="the web server")
 
 
@@ -104,3 +106,34 @@ def granian_server(*, port: int, env: dict | None = None, workers: int = 1, log_
 
     argv = granian_argv(port, workers=workers, threads=2, log_level="info")
     return _served(argv, port=port, env=env, log_path=log_path, what="granian")
+
+
+@contextmanager
+def state_replica(workdir: Path):
+    """A real redis-server replicating the stack's state Redis, on a free port, its files under
+    `workdir`; yielded once the master's WAIT is answered by it; killed afterwards."""
+    import redis
+    from django_redis import get_redis_connection
+
+    from .stack import free_port, wait_for
+
+    port = free_port()
+    master = get_redis_connection("state")
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir)]
+    argv += ["--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1"]
+    argv.append(str(master.connection_pool.connection_kwargs["port"]))
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    replica = redis.Redis(host="127.0.0.1", port=port)
+    try:
+        wait_for(
+            lambda: replica.info("replication").get("master_link_status") == "up",
+            timeout=60,
+            message="the temporary replica to sync",
+        )
+        # Synced is not yet acknowledging: wait until a WAIT on the master is answered by it.
+        wait_for(lambda: master.execute_command("WAIT", 1, 200) >= 1, timeout=30, message="the replica's acks")
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

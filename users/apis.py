@@ -7,17 +7,19 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from project.api import SessionAuthenticationScheme
 from resilience.errors import ApiError
 from resilience.idempotency import OUTCOME_UNKNOWN, idempotent
 from resilience.ratelimit.drf import NOT_RUN, CompanionResults, RateLimitedApiMixin
 from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
-from .authentication import ApiUser, IsProductUser
+from .authentication import ApiUser, IsProductUser, TokenScheme
+from .etags import if_match_version, none_match, profile_etag
 from .identity import EMAIL_MAX, USERNAME_MAX, USERNAME_PATTERN, email_problem, identity_key, username_problem
 from .sharding.ids import MAX_ID
 from .tokens import TokenClient, token_digest, token_public_id
@@ -60,10 +62,6 @@ def private_profile(row: dict) -> dict:
         "updated_at": row["updated_at"],
         "last_seen_at": row["last_seen_at"],
     }
-
-
-def _version_etag(row: dict) -> str:
-    return f'"v{row["version"]}"'
 
 
 class PublicProfile(serializers.Serializer):
@@ -114,8 +112,10 @@ def _valid(value: str, problem) -> str:
     return value
 
 
-class UserListCreateApi(RateLimitedApiMixin, APIView):
-    """POST: register. GET ?username=: exact lookup (public). GET ?limit&cursor: all users (staff)."""
+class UserRegisterApi(RateLimitedApiMixin, APIView):
+    """Register an account: answers its private profile, with an ETag."""
+
+    # The first class of /users/ in users/urls.py: it also answers OPTIONS and the 405 of other methods.
 
     permission_classes = [AllowAny]
     concurrency_policy = "api.concurrent"  # requests in flight per user (per address when anonymous)
@@ -133,11 +133,6 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         def validate_email(self, value):
             return _valid(value, email_problem)
 
-    class ListInput(serializers.Serializer):
-        username = serializers.CharField(max_length=150, required=False)
-        limit = serializers.IntegerField(min_value=1, required=False, default=50)
-        cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
-
     @extend_schema(
         request=RegisterInput,
         responses={201: PrivateProfile, 400: ErrorBody, 409: ErrorBody},
@@ -150,11 +145,49 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         values = data.validated_data
         _check_password(values["password"], username=values["username"], email=values["email"])
         row = services.user_create(**values)
-        return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": _version_etag(row)})
+        return Response(private_profile(row), status=status.HTTP_201_CREATED, headers={"ETag": profile_etag(row)})
+
+
+def _is_lookup(request) -> bool:
+    """Whether GET /users/ is the one-row `?username=` lookup. A blank `?username=` is no filter (DRF's
+    serializer drops a blank optional query field), so it is the list: the permission and the view
+    must both decide by this."""
+    return bool(request.query_params.get("username"))
+
+
+class IsStaffUnlessLookup(BasePermission):
+    """GET /users/: the `?username=` lookup is public; the whole list is for staff (the admin session).
+    DRF answers a caller it could not authenticate 401, anyone else 403 with this message."""
+
+    message = "Listing all users is for staff."
+    code = "permission_denied"
+
+    def has_permission(self, request, view):
+        return _is_lookup(request) or bool(request.user and request.user.is_staff)
+
+
+class UserListApi(RateLimitedApiMixin, APIView):
+    """`?username=`: the exact, case-insensitive lookup of one user, public. Without it: all users, page
+    by page (`limit`, at most 100, and `cursor`), for staff."""
+
+    # The lookup and the list stay one class: one operation of the URL (GET, one response shape and one
+    # OpenAPI operation), the lookup being the list filtered to at most one row, which makes it public.
+
+    permission_classes = [IsStaffUnlessLookup]
+
+    class ListInput(serializers.Serializer):
+        username = serializers.CharField(max_length=150, required=False)
+        limit = serializers.IntegerField(min_value=1, required=False, default=50)
+        cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
+
+        def validate_limit(self, value):
+            return min(value, 100)  # a larger page is served at the cap, not refused
 
     @extend_schema(
         operation_id="users_list",
         parameters=[ListInput],
+        # Anonymous callers too (`{}`): the generator sees that only in AllowAny, not in IsStaffUnlessLookup.
+        auth=[{TokenScheme.name: []}, {SessionAuthenticationScheme.name: []}, {}],
         responses={
             200: inline_serializer(
                 "UserList", {"results": PublicProfile(many=True), "next": serializers.CharField(allow_null=True)}
@@ -166,16 +199,12 @@ class UserListCreateApi(RateLimitedApiMixin, APIView):
         params = self.ListInput(data=request.query_params)
         params.is_valid(raise_exception=True)
         values = params.validated_data
-        if "username" in values:
+        if _is_lookup(request):
             row = selectors.user_get_by_username(username=values["username"])
             pending = 0 if row is None else buffer.pending_views(user_id=row["id"], rev=row["rev"])
             results = [] if row is None else [public_profile(row, pending_views=pending)]
             return Response({"results": results, "next": None})
-        if not IsAdminUser().has_permission(request, self):
-            if request.user is None:
-                raise ApiError(401, "Authentication credentials were not provided.", "not_authenticated")
-            raise ApiError(403, "Listing all users is for staff.", "permission_denied")
-        rows, next_id = selectors.user_list(limit=min(values["limit"], 100), after_id=values.get("cursor", 0))
+        rows, next_id = selectors.user_list(limit=values["limit"], after_id=values.get("cursor", 0))
         next_cursor = None if next_id is None else str(next_id)
         return Response({"results": [public_profile(r) for r in rows], "next": next_cursor})
 
@@ -203,17 +232,10 @@ def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: st
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
     row = _existing_user(raw_id, probed=sent.get("row"))
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
-    etag = f'"r{row["rev"]}.{pending}"'  # rev changes with every write of the row, pending with views
-    if _etag_matches(etag, if_none_match):
+    etag = profile_etag(row, pending_views=pending)
+    if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
-
-
-def _etag_matches(etag: str, if_none_match: str) -> bool:
-    """If-None-Match uses the weak comparison (RFC 9110 13.1.2): W/ is ignored, and * matches any
-    current representation."""
-    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
-    return "*" in tags or etag in tags
 
 
 def row_companions(raw_id: str, *, pending: bool = False) -> dict:
@@ -273,7 +295,35 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
         return Response({"status": how}, status=status.HTTP_202_ACCEPTED)
 
 
+def _me(request, *, probed=None) -> dict:
+    row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
+    if row is None:
+        raise ApiError(401, "The account no longer exists.", "not_authenticated")
+    return row
+
+
 class UserMeApi(RateLimitedApiMixin, APIView):
+    """The caller's private profile, with an ETag (its version for If-Match)."""
+
+    # The first class of /users/me/ in users/urls.py: it also answers OPTIONS and the 405 of other
+    # methods, after IsProductUser, which the URL's three classes share.
+
+    permission_classes = [IsProductUser]
+
+    def rate_limit_companions(self, request):
+        # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
+        probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
+        return {"row": probe} if probe else {}
+
+    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
+    def get(self, request):
+        row = _me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
+        return Response(private_profile(row), headers={"ETag": profile_etag(row)})
+
+
+class UserMeUpdateApi(RateLimitedApiMixin, APIView):
+    """Edit the caller's profile; If-Match refuses the edit when another edit came first."""
+
     permission_classes = [IsProductUser]
     concurrency_policy = "api.concurrent"
 
@@ -293,25 +343,6 @@ class UserMeApi(RateLimitedApiMixin, APIView):
                     raise serializers.ValidationError({"current_password": [f"Required to change the {field}."]})
             return attrs
 
-    class DeleteInput(StrictSerializer):
-        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
-
-    def rate_limit_companions(self, request):
-        # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
-        probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
-        return {"row": probe} if probe else {}
-
-    def _me(self, request, *, probed=None) -> dict:
-        row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
-        if row is None:
-            raise ApiError(401, "The account no longer exists.", "not_authenticated")
-        return row
-
-    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
-    def get(self, request):
-        row = self._me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
-        return Response(private_profile(row), headers={"ETag": _version_etag(row)})
-
     @extend_schema(
         description=(
             "Changing the password or the email needs `current_password`, revokes every token of the "
@@ -326,8 +357,8 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         data.is_valid(raise_exception=True)
         changes = dict(data.validated_data)
         current_password = changes.pop("current_password", None)
-        if_match = _parse_if_match(request.headers.get("If-Match"))
-        row = self._me(request)
+        if_match = if_match_version(request.headers.get("If-Match"))
+        row = _me(request)
         if "password" in changes:
             _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
         try:
@@ -343,7 +374,16 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         body = private_profile(row)
         if "token" in row:
             body["token"] = row["token"]
-        return Response(body, headers={"ETag": _version_etag(row)})
+        return Response(body, headers={"ETag": profile_etag(row)})
+
+
+class UserMeDeleteApi(RateLimitedApiMixin, APIView):
+    """End the caller's account."""
+
+    permission_classes = [IsProductUser]
+
+    class DeleteInput(StrictSerializer):
+        current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
     @extend_schema(
         description="Deleting the account needs `current_password`: a token alone must not end it.",
@@ -358,15 +398,6 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         except services.InvalidCredentials:
             raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)
-
-
-def _parse_if_match(raw: str | None) -> int | None:
-    if raw is None:
-        return None
-    value = raw.strip().removeprefix("W/").strip('"').removeprefix("v")
-    if not (value.isascii() and value.isdigit() and len(value) <= 10):
-        raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")
-    return int(value)
 
 
 def token_client(request) -> TokenClient:

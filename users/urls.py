@@ -1,12 +1,13 @@
 from django.urls import path, re_path
 
+from project.api_routing import by_method
 from resilience.errors import json_404
 
 from . import apis, fastpath
 
 urlpatterns = [
-    path("users/", apis.UserListCreateApi.as_view(), name="users"),
-    path("users/me/", apis.UserMeApi.as_view(), name="users-me"),
+    path("users/", by_method(apis.UserRegisterApi, apis.UserListApi), name="users"),
+    path("users/me/", by_method(apis.UserMeApi, apis.UserMeUpdateApi, apis.UserMeDeleteApi), name="users-me"),
     path("users/<str:user_id>/", fastpath.fast_get(apis.UserDetailApi.as_view()), name="user-detail"),
     path("users/<str:user_id>/views/", apis.UserViewsApi.as_view(), name="user-views"),
     path("auth/token/", apis.TokenApi.as_view(), name="auth-token"),

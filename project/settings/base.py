@@ -153,6 +153,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "resilience.schema.add_common_errors"],
+    # Documents each operation of a URL served by one API class per operation (project.api.by_method).
+    "DEFAULT_GENERATOR_CLASS": "project.api_routing.SchemaGenerator",
 }
 
 # Human-readable lines (production.py switches the formatter to JSON). Every line names the request (or

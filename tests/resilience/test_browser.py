@@ -6,9 +6,6 @@ artifacts/screenshots/.
 
 import os
 import re
-import signal
-import subprocess
-import sys
 import urllib.request
 
 import pytest
@@ -18,6 +15,7 @@ from resilience.breaker import State, get_breaker
 from resilience.ratelimit import check, peek
 from users import selectors, services
 
+from ..processes import web_server
 from ..stack import ROOT, free_port, wait_for
 from ..staff import caught_up
 
@@ -46,40 +44,12 @@ def server(real_db):
     """`manage.py runserver` on a free port with this run's databases and Redis DBs; static files are
     served by runserver --insecure (the test settings keep DEBUG off)."""
     port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "project.settings.test",
-        "DJANGO_DEBUG": "true",
-        "PYTHONUNBUFFERED": "1",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    # Not DJANGO_ALLOW_ASYNC_UNSAFE: the browser fixture sets it for this process only.
+    env = {"DJANGO_DEBUG": "true", "PYTHONUNBUFFERED": "1", "DJANGO_ALLOW_ASYNC_UNSAFE": None}
     log_path = ROOT / "artifacts" / "browser-server.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload", "--insecure"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            wait_for(
-                lambda: proc.poll() is None and answers(f"{base}/health/live"),
-                timeout=90,
-                interval=0.25,
-                message=f"the test server (log: {log_path})",
-            )
-            yield base
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=15)
+    with web_server(port=port, env=env, log_path=log_path, insecure=True):
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

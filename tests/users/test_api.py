@@ -113,21 +113,51 @@ def test_me_requires_a_token(api):
     assert_error(api.get(ME), 401, "not_authenticated")
 
 
-def test_me_shows_the_own_email_and_version_etag(user):
-    api, profile = user
+def test_me_shows_the_own_email_and_the_etag_of_the_registration(make_api):
+    api = make_api()
+    registered = api.register("alice")
+    api.login("alice")
     response = api.get(ME)
     assert response.status_code == 200
     assert response.json()["email"] == "alice@example.com"
-    assert response["ETag"] == '"v1"'
+    assert response["ETag"] == registered["ETag"] == '"1.1.0"'  # users/etags.py: version.rev.pending
 
 
 def test_patch_me_updates_and_honours_if_match(user):
     api, _ = user
-    response = api.patch(ME, {"display_name": "Al", "bio": "hi"}, headers={"If-Match": '"v1"'})
+    first = api.get(ME)["ETag"]
+    response = api.patch(ME, {"display_name": "Al", "bio": "hi"}, headers={"If-Match": first})
     assert response.status_code == 200
-    assert response.json()["version"] == 2 and response["ETag"] == '"v2"'
-    assert_error(api.patch(ME, {"bio": "stale"}, headers={"If-Match": '"v1"'}), 412, "precondition_failed")
+    assert response.json()["version"] == 2 and response["ETag"] not in (first, None)
+    assert_error(api.patch(ME, {"bio": "stale"}, headers={"If-Match": first}), 412, "precondition_failed")
+    assert_error(api.patch(ME, {"bio": "stale"}, headers={"If-Match": '"v1"'}), 412)  # an older scheme's tag
     assert api.get(ME).json()["bio"] == "hi"
+    assert api.patch(ME, {"bio": "again"}, headers={"If-Match": response["ETag"]}).status_code == 200
+
+
+def test_if_match_is_not_refused_by_views_flushed_after_the_read(user):
+    """If-Match guards against another edit: views counted into the row since the client's read change
+    the tag (rev) but not the version it names."""
+    from users.writebehind import flush
+
+    api, profile = user
+    tag = api.get(ME)["ETag"]
+    assert Client().post(f"{detail(profile['id'])}views/").status_code == 202
+    flush.flush()
+    assert api.get(ME)["ETag"] != tag
+    assert api.patch(ME, {"bio": "after views"}, headers={"If-Match": tag}).status_code == 200
+
+
+def test_one_etag_scheme_for_the_public_and_the_private_profile(user):
+    """The same row and pending views get the same tag at /users/{id}/ and /users/me/ (users/etags.py);
+    a pending view changes the public profile's count, so its tag."""
+    api, profile = user
+    private = api.get(ME)["ETag"]
+    assert Client().get(detail(profile["id"]))["ETag"] == private
+    assert Client().post(f"{detail(profile['id'])}views/").status_code == 202
+    public = Client().get(detail(profile["id"]))
+    assert public.json()["view_count"] == 1 and public["ETag"] != private
+    assert api.get(ME)["ETag"] == private  # the private profile shows the row's count only
 
 
 @pytest.mark.parametrize("field", ["id", "username", "is_staff", "version", "view_count", "last_seen_at"])
@@ -196,6 +226,9 @@ def test_listing_all_users_is_for_staff_only(user):
     api, _ = user
     assert_error(api.get(REGISTER, limit=10), 403)
     assert_error(Client().get(REGISTER, {"limit": 10}), 401)
+    # A blank ?username= is no lookup (the serializer drops it): still the staff-only list.
+    assert_error(api.get(REGISTER, username=""), 403, "permission_denied")
+    assert_error(Client().get(REGISTER, {"username": "", "limit": 10}), 401, "not_authenticated")
 
 
 def test_staff_list_all_users_across_shards_with_a_cursor(user, make_api):

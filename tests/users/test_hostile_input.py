@@ -66,8 +66,9 @@ def test_if_match_with_non_ascii_digits_is_a_412(user):
 
 
 @pytest.mark.parametrize("cursor", ["9999999999999999999", "-1", "1e3"])
-def test_a_listing_cursor_outside_64_bits_is_a_400(api, cursor):
-    body = assert_error(api.get(REGISTER, cursor=cursor), 400, "invalid")
+def test_a_listing_cursor_outside_64_bits_is_a_400(admin_client, cursor):
+    # Staff: the list refuses anyone else before reading its parameters (IsStaffUnlessLookup).
+    body = assert_error(admin_client.get(REGISTER, {"cursor": cursor}), 400, "invalid")
     assert "cursor" in body["fields"]
 
 
@@ -156,4 +157,4 @@ def test_if_none_match_uses_the_weak_comparison_and_star(user, through_drf):
     etag = Client().get(url, headers=headers)["ETag"]
     for tag in (etag, f"W/{etag}", "*", f'"other", W/{etag}'):
         assert Client().get(url, headers={**headers, "If-None-Match": tag}).status_code == 304, tag
-    assert Client().get(url, headers={**headers, "If-None-Match": '"r0.0"'}).status_code == 200
+    assert Client().get(url, headers={**headers, "If-None-Match": '"1.0.0"'}).status_code == 200

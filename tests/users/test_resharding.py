@@ -23,6 +23,7 @@ from users.models import ShardMapEntry, ShardMove
 from users.sharding import resharding
 from users.sharding.access import ShardUnavailable, group_for_user_id
 from users.sharding.hashing import logical_shard_for_username
+from users.sharding.ids import logical_shard_of_id
 from users.sharding.shardmap import shard_map
 from users.writebehind import buffer, flush
 
@@ -98,7 +99,7 @@ def test_two_to_three_shards_with_ten_thousand_users_under_concurrent_load(setti
     ids = bulk_users(10_000, "rs")
     before = fingerprint()
     stop = threading.Event()
-    failures, reads, acked_views, acked_updates, refused = [], [0], {}, {}, [0]
+    failures, reads, flushes, acked_views, acked_updates, refused = [], [0], [0], {}, {}, [0]
 
     def reader():
         client = Client()
@@ -136,19 +137,25 @@ def test_two_to_three_shards_with_ten_thousand_users_under_concurrent_load(setti
                 flush.flush()
             except Exception as exc:  # a flush failing is a finding only if views end up wrong
                 failures.append(("flush", repr(exc)))
+            flushes[0] += 1
             time.sleep(0.3)
         connections.close_all()
+
+    def load_ran(since=(0, 0)):
+        """Whether every kind of load made progress since `since` (reads, flushes)."""
+        return reads[0] >= since[0] + 50 and flushes[0] >= since[1] + 2 and acked_updates and acked_views
 
     threads = [threading.Thread(target=f) for f in (reader, reader, writer, viewer, flusher)]
     for t in threads:
         t.start()
     try:
-        time.sleep(1)
+        wait_for(load_ran, timeout=60, message="the load running before the moves")
         moves = []
         for logical, _source in resharding.plan(target="shard_2"):
             move = resharding.move_run(resharding.move_create(logical_shards=logical, target="shard_2"))
             moves.append(move)
-        time.sleep(1)
+        since = (reads[0], flushes[0])
+        wait_for(lambda: load_ran(since), timeout=60, message="the load running against the moved map")
     finally:
         stop.set()
         for t in threads:
@@ -259,9 +266,9 @@ def test_writes_during_the_fence_are_refused_with_a_retryable_503():
     (uid,) = bulk_users(1, "fenced")
     ls = shard_map.table()
     group = group_for_user_id(uid)
-    move = resharding.move_create(logical_shards=[(uid >> 10) & 8191], target="shard_2")
+    move = resharding.move_create(logical_shards=[logical_shard_of_id(uid)], target="shard_2")
     resharding.move_run(move, until=ShardMove.FENCED)
-    assert ls[(uid >> 10) & 8191] == group
+    assert ls[logical_shard_of_id(uid)] == group
     response = Client().post(f"/api/v1/users/{uid}/views/")  # buffered: fine during the fence
     assert response.status_code == 202
     with pytest.raises(ShardUnavailable):
@@ -274,8 +281,8 @@ def test_writes_during_the_fence_are_refused_with_a_retryable_503():
 
 def test_a_running_celery_worker_follows_the_new_map(tmp_path):
     ids = bulk_users(300, "cw")
-    moving = sorted({(uid >> 10) & 8191 for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
-    movers = [uid for uid in ids if (uid >> 10) & 8191 in moving]
+    moving = sorted({logical_shard_of_id(uid) for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
+    movers = [uid for uid in ids if logical_shard_of_id(uid) in moving]
     env = {"WRITE_BEHIND_INTERVAL": "0.5", "WRITE_BEHIND_RECLAIM_AFTER": "1"}
     with (
         celery_worker(env=env, log_path=tmp_path / "worker.log"),
@@ -321,8 +328,8 @@ def test_a_move_beside_a_serving_process_that_lacks_the_target_never_answers_404
     to switch, naming it; once it is replaced by one that knows shard_2 the move completes under load;
     a process started later with the old configuration answers 503 shard_unavailable for moved users."""
     ids = bulk_users(300, "fleet")
-    moving = sorted({(uid >> 10) & 8191 for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
-    movers = [uid for uid in ids if (uid >> 10) & 8191 in moving]
+    moving = sorted({logical_shard_of_id(uid) for uid in ids if group_for_user_id(uid) == "shard_1"})[:40]
+    movers = [uid for uid in ids if logical_shard_of_id(uid) in moving]
     # One reader from one address: limits are not under test.
     common = {"SHARDING_HEARTBEAT_INTERVAL": "0.5", "RESILIENCE_RATELIMIT_ENABLED": "false"}
     old_config = {"SHARD_COUNT": "2", **common}
@@ -364,7 +371,8 @@ def test_a_move_beside_a_serving_process_that_lacks_the_target_never_answers_404
             ports.append(port)
             resharding.move_run(move)
             assert move.state == ShardMove.DONE
-            time.sleep(0.5)  # let the reader run against the moved map too
+            seen = sum(answers.values())  # let the reader run against the moved map too
+            wait_for(lambda: sum(answers.values()) >= seen + 20, timeout=30, message="reads of the moved map")
         ports.clear()
         get_redis_connection("default").flushdb()  # cached profiles would be served (correctly) from Redis
         port = _free_port()

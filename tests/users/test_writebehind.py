@@ -4,14 +4,12 @@ real Redis, PostgreSQL, and real Celery worker and beat processes."""
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
-import redis
 from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
@@ -20,10 +18,11 @@ from project.db.breakers import PRIMARY_OPTIONS
 from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
+from users.sharding.ids import logical_shard_of_id
 from users.writebehind import buffer, flush, keys
 
 from ..factories import UserFactory
-from ..processes import celery_beat, celery_worker
+from ..processes import celery_beat, celery_worker, state_replica
 from ..stack import ROOT, run_together, stack, wait_for
 
 pytestmark = pytest.mark.usefixtures("real_db")
@@ -258,7 +257,7 @@ def test_a_flusher_with_a_stale_shard_map_never_acknowledges_views_it_did_not_ap
     on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
     expected = buffer_views(on_0, 3)
     stale = shard_map.table()
-    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    moving = sorted({logical_shard_of_id(u["id"]) for u in on_0})
     resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
     # This flusher still holds the map from before the move (as one that cannot reach the default
     # database keeps its last copy): it sends the UPDATE to shard_0, where the rows no longer are.
@@ -282,7 +281,7 @@ def test_a_stale_flusher_that_cannot_reload_the_map_keeps_the_batch_claimed(sett
     on_0 = [u for u in users if group_for_user_id(u["id"]) == "shard_0"]
     expected = buffer_views(on_0, 2)
     stale = shard_map.table()
-    moving = sorted({(u["id"] >> 10) & 8191 for u in on_0})
+    moving = sorted({logical_shard_of_id(u["id"]) for u in on_0})
     resharding.move_run(resharding.move_create(logical_shards=moving, target="shard_2"))
     settings.SHARDING_MAP_TTL = 3600
     shard_map._table, shard_map._loaded_at = stale, time.monotonic()
@@ -429,50 +428,6 @@ def test_end_to_end_with_a_real_celery_worker_and_beat_including_a_sigkill_mid_f
     assert "signal 9" in (tmp_path / "worker.log").read_text()  # Celery saw its child SIGKILLed
 
 
-@contextlib.contextmanager
-def state_replica(tmp_path):
-    """A real redis-server replicating the stack's state Redis, on a free port under `tmp_path`."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    master = get_redis_connection("state").connection_pool.connection_kwargs["port"]
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--replicaof",
-            "127.0.0.1",
-            str(master),
-            "--dir",
-            str(tmp_path),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    replica = redis.Redis(host="127.0.0.1", port=port)
-    try:
-        wait_for(
-            lambda: replica.info("replication").get("master_link_status") == "up",
-            timeout=30,
-            message="the temporary replica to sync",
-        )
-        # Synced is not yet acknowledging: wait until a WAIT on the master is answered by it.
-        state = get_redis_connection("state")
-        wait_for(lambda: state.execute_command("WAIT", 1, 200) >= 1, timeout=30, message="the replica's acks")
-        yield proc
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 def test_wait_acknowledges_a_view_only_once_a_replica_has_it_and_a_retry_counts_it_once(settings, tmp_path):
     """WRITE_BEHIND_WAIT_REPLICAS=1: with a replica, 202; without one the view reaches the master but
     is unconfirmed (503); the client's retry with the same Idempotency-Key, once a replica is back,
@@ -566,7 +521,7 @@ def test_shard_down_under_view_load_healthy_reads_never_exceed_acknowledged(kill
         for t in threads:
             t.start()
         try:
-            time.sleep(2)
+            wait_for(lambda: exact_reads[0] > 0 and all(acked.values()), timeout=30, message="the load on every user")
             shard_allow(settings, "shard_1", False)
             try:
                 if kill_worker:

@@ -5,7 +5,6 @@ Callers use the package: `from users import cache; cache.get_or_load(cache.user_
 """
 
 from .entry import NOT_FOUND, TOMBSTONE_VERSION
-from .entry import decode as _decode
 from .keys import token_key, user_key, username_key
 from .store import (
     CACHE_BREAKER,
@@ -18,7 +17,6 @@ from .store import (
     TOMBSTONE_TTL,
     USER_TTL,
     CacheUnavailable,
-    _client,
     _set,
     get_or_load,
     invalidate_many,
@@ -44,9 +42,7 @@ __all__ = [
     "TOMBSTONE_VERSION",
     "USER_TTL",
     "CacheUnavailable",
-    "_client",  # the tests reach the raw cache client and the unguarded set through these
-    "_decode",
-    "_set",
+    "_set",  # the tests reach the unguarded set through this
     "get_or_load",
     "invalidate_many",
     "local_cache",

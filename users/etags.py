@@ -1,0 +1,41 @@
+"""The one ETag scheme of the users API: every response carrying a profile tags it here.
+
+A tag is `"<version>.<rev>.<pending>"`, strong, for the profile rendered from a row with `pending` not
+yet flushed views added to its view count:
+- `rev` changes with every write of the row (edits and write-behind flushes), `pending` with every
+  buffered view, so (rev, pending) names the bytes of a public or private profile: If-None-Match on
+  GET /users/{id}/ answers 304 exactly while they are the same;
+- `version` changes with profile edits only, and is what If-Match on PATCH /users/me/ checks: a view
+  flushed or a last-seen written between a client's read and its edit does not refuse the edit (the
+  lost update If-Match guards against is another edit).
+Clients treat the tag as opaque; tags of the older `"v<version>"` form are still read by If-Match.
+"""
+
+from resilience.errors import ApiError
+
+
+def profile_etag(row: dict, *, pending_views: int = 0) -> str:
+    """The ETag of the profile rendered from `row` (a selectors row) plus `pending_views`."""
+    return f'"{row["version"]}.{row["rev"]}.{pending_views}"'
+
+
+def none_match(etag: str, if_none_match: str) -> bool:
+    """Whether an If-None-Match header names `etag`, by the weak comparison (RFC 9110 13.1.2): W/ is
+    ignored, and * matches any current representation."""
+    tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+def if_match_version(header: str | None) -> int | None:
+    """The profile version an If-Match header names (None without the header). Raise ApiError 412 for
+    anything that is not a tag of this scheme; numbers stay bounded before they reach SQL."""
+    if header is None:
+        return None
+    parts = header.strip().removeprefix("W/").strip('"').split(".")
+    if len(parts) == 1:  # `"v<version>"`, as tagged before this scheme, or a bare version
+        parts[0] = parts[0].removeprefix("v")
+    elif len(parts) != 3:
+        parts = [""]
+    if not all(part.isascii() and part.isdigit() and len(part) <= 19 for part in parts) or len(parts[0]) > 10:
+        raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")
+    return int(parts[0])
