@@ -1,7 +1,7 @@
 """Overload protection inside one process: an adaptive concurrency limit per endpoint group, shared by
 priority classes (docs/architecture.md, "Overload").
 
-- vegas.py: the controller (limit from measured latency, floor and ceiling);
+- gradient.py: the controller (Gradient2) (limit from measured latency, floor and ceiling);
 - limiter.py: one group's limit: slots per priority class, a short bounded queue, shadow mode;
 - options.py: RESILIENCE_ADAPTIVE_* settings and the process's limiter per group;
 - registry.py: which group and class a request is in (apps register their URL names);

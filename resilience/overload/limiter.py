@@ -6,7 +6,7 @@ whole limit), so under overload sheddable requests are refused first, then defau
 ones only when the limit is full. A critical or default request over its share may wait in a short
 queue (bounded length and wait) for a slot; a sheddable one is refused at once (it is the cheapest
 thing to drop, and a waiting thread is a thread not serving). `release(rtt)` ends the request, feeds
-its latency to the Vegas controller (vegas.py) once per window, and wakes the waiters.
+its latency to the Gradient2 controller (gradient.py) once per window, and wakes the waiters.
 
 Cost per request: one lock acquisition in `acquire`, one in `release`, a few comparisons and
 additions; nothing leaves the process. Thread-safe: granian serves several threads per process.
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .vegas import VegasLimit
+from .gradient import Gradient2Limit
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class GroupLimiter:
         self._clock = clock
         self._on_window = on_window
         self._cond = threading.Condition(threading.Lock())
-        self._vegas = VegasLimit(
+        self._controller = Gradient2Limit(
             limit=float(min(options.ceiling, max(options.floor, options.initial_limit))),
             floor=options.floor,
             ceiling=options.ceiling,
@@ -108,7 +108,7 @@ class GroupLimiter:
         self.in_flight = 0
         self._waiting = 0
         self._caps: dict[Priority, int] = {}
-        self._set_caps(self._vegas.current)
+        self._set_caps(self._controller.current)
         now = clock()
         self._window_start = now
         self._rtt_sum = 0.0
@@ -163,11 +163,11 @@ class GroupLimiter:
     # --- reading ---
     @property
     def limit(self) -> int:
-        return self._vegas.current
+        return self._controller.current
 
     @property
     def min_rtt(self) -> float:
-        return self._vegas.min_rtt
+        return self._controller.min_rtt
 
     def cap(self, priority: Priority) -> int:
         """How many requests may be in flight when one of class `priority` arrives and is admitted."""
@@ -177,8 +177,8 @@ class GroupLimiter:
         with self._cond:
             return {
                 "group": self.group,
-                "limit": self._vegas.current,
-                "min_rtt_ms": round(self._vegas.min_rtt * 1000, 2),
+                "limit": self._controller.current,
+                "min_rtt_ms": round(self._controller.min_rtt * 1000, 2),
                 "in_flight": self.in_flight,
                 "waiting": self._waiting,
                 "caps": {str(p): c for p, c in self._caps.items()},
@@ -207,15 +207,17 @@ class GroupLimiter:
 
     def _close_window(self, now: float) -> Window:
         sample = self._rtt_sum / self._rtt_count
-        if now >= self._relearn_at:
-            self._vegas.relearn_min_rtt(sample)
+        if now >= self._relearn_at and self._peak * 2 < self._controller.current:
+            # Only from a window that did not use half its limit: an overloaded one would raise the
+            # baseline the limit is anchored to (gradient.py).
+            self._controller.relearn_min_rtt(sample)
             self._relearn_at = now + self._jittered(self.options.min_rtt_seconds)
-        limit = self._vegas.update(sample, self._peak)
+        limit = self._controller.update(sample, self._peak)
         self._set_caps(limit)
         window = Window(
             self.group,
             limit,
-            self._vegas.min_rtt,
+            self._controller.min_rtt,
             sample,
             self._peak,
             self._refused_in_window,

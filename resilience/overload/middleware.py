@@ -1,15 +1,13 @@
-"""AdaptiveLimitMiddleware: every request to a view (but health and /metrics) passes its group's
-adaptive limit.
+"""AdaptiveLimitMiddleware: every request (but health and /metrics) passes its group's adaptive limit.
 
-Second in MIDDLEWARE, right after the request id. It takes the slot in `process_view`, once Django has
-resolved the URL (classifying needs the view, and resolving a second time here would cost the cached
-read more than the limit itself), and gives it back in `__call__` when the response has come back
-through every later middleware: the latency sample is the view plus all the response-side work. A
-refused request is answered before its view runs: 503, Retry-After and the JSON error body (code
-"overloaded", the request id included).
+Second in MIDDLEWARE, right after the request id: the latency it measures is all of Django's work on
+the request (sessions, authentication, the view, the cached read's fast path), and a refused request
+skips all of it. That matters: a refusal must cost far less than the request it saves, or shedding
+under overload burns the capacity it is meant to protect (docs/architecture.md, "Overload"). A refusal
+is a 503 with Retry-After and the JSON error body (code "overloaded", the request id included).
 
-Per request: a dictionary look-up to classify, a lock to take a slot, a lock to give it back with its
-latency. RESILIENCE_ADAPTIVE_ENABLED = False leaves one attribute test.
+Per request: a dictionary look-up to classify (registry.py resolves each distinct path once), a lock to
+take a slot, a lock to give it back with its latency. RESILIENCE_ADAPTIVE_ENABLED = False skips it all.
 """
 
 import time
@@ -23,7 +21,6 @@ from .options import limiter, options
 from .registry import classify
 
 _perf = time.perf_counter
-_SLOT = "_bulwark_adaptive_slot"  # request attribute: (limiter, admitted at) while a slot is held
 
 
 def overloaded_response(retry_after: int) -> JsonResponse:
@@ -44,20 +41,12 @@ class AdaptiveLimitMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        try:
-            return self.get_response(request)
-        finally:
-            slot = request.__dict__.pop(_SLOT, None)
-            if slot is not None:
-                slot[0].release(_perf() - slot[1])
-
-    def process_view(self, request, view_func, view_args, view_kwargs):
         settings = options()
         if not settings.enabled:
-            return None
-        classified = classify(request, request.resolver_match)
+            return self.get_response(request)
+        classified = classify(request)
         if classified is None:
-            return None
+            return self.get_response(request)
         group, priority = classified
         group_limiter = limiter(group)
         verdict = group_limiter.acquire(priority)
@@ -66,7 +55,10 @@ class AdaptiveLimitMiddleware:
             return overloaded_response(settings.retry_after)
         if verdict is SHADOWED:
             count_adaptive_refusal(group, str(priority), shadow=True)
-        # Taken after the wait for a slot: that wait is this limiter's own queue, and counting it
+        # Started after the wait for a slot: that wait is this limiter's own queue, and counting it
         # would shrink the limit because of the limit.
-        request.__dict__[_SLOT] = (group_limiter, _perf())
-        return None
+        started = _perf()
+        try:
+            return self.get_response(request)
+        finally:
+            group_limiter.release(_perf() - started)

@@ -1,4 +1,4 @@
-"""The adaptive concurrency limit (resilience/overload/): the Vegas controller driven with synthetic
+"""The adaptive concurrency limit (resilience/overload/): the Gradient2 controller driven with synthetic
 latencies, priority classes shed in order (the limiter's in-flight count driven by hand, then real
 requests through the app), the priority header, the 503 answer, shadow mode, the off switch and the
 exported metrics. No test depends on timing: in-flight requests are held by taking slots directly."""
@@ -11,7 +11,7 @@ from django.test import Client
 
 from resilience import overload
 from resilience.overload import ADMITTED, REFUSED, SHADOWED, GroupLimiter, Options, Priority
-from resilience.overload.vegas import VegasLimit
+from resilience.overload.gradient import Gradient2Limit
 from tests.factories import TokenFactory, UserFactory
 from tests.stack import wait_for
 
@@ -41,44 +41,50 @@ def fill(limiter: GroupLimiter, count: int) -> None:
 
 
 # --- the controller ---
-def test_vegas_limit_grows_while_latency_stays_at_its_minimum_up_to_the_ceiling():
-    vegas = VegasLimit(limit=10, floor=4, ceiling=60)
-    vegas.update(5 * MS, in_flight=10)  # the first sample only sets min_rtt
-    assert vegas.current == 10 and vegas.min_rtt == 5 * MS
-    seen = [vegas.update(5.2 * MS, in_flight=vegas.current) for _ in range(30)]
-    assert seen == sorted(seen) and seen[0] > 10  # grows every window
-    assert vegas.current == 60  # and stops at the ceiling
+def test_limit_grows_while_latency_holds_up_to_the_ceiling():
+    controller = Gradient2Limit(limit=10, floor=4, ceiling=60)
+    controller.update(5 * MS, in_flight=10)  # the first window only sets the averages
+    assert controller.current == 10 and controller.min_rtt == 5 * MS
+    seen = [controller.update(5.2 * MS, in_flight=controller.current) for _ in range(200)]
+    assert seen == sorted(seen) and seen[5] > 10  # grows, window after window
+    assert controller.current == 60  # and stops at the ceiling
 
 
-def test_vegas_limit_shrinks_under_queueing_down_to_the_floor():
-    vegas = VegasLimit(limit=50, floor=12, ceiling=60)
-    vegas.update(5 * MS, in_flight=50)
-    # Three times the minimum: two thirds of the limit are waiting (far above beta).
-    seen = [vegas.update(15 * MS, in_flight=vegas.current) for _ in range(60)]
+def test_limit_shrinks_under_queueing_down_to_the_floor():
+    controller = Gradient2Limit(limit=50, floor=12, ceiling=60)
+    controller.update(5 * MS, in_flight=50)
+    # Six times the usual latency, every window: requests wait on each other.
+    seen = [controller.update(30 * MS, in_flight=controller.current) for _ in range(60)]
     assert seen == sorted(seen, reverse=True) and seen[0] < 50
-    assert vegas.current == 12  # not below the floor
-    # Without a floor in the way it settles where the queue is between alpha and beta (3-6 waiting).
-    free = VegasLimit(limit=50, floor=1, ceiling=60)
-    free.update(5 * MS, in_flight=50)
-    for _ in range(60):
-        free.update(15 * MS, in_flight=free.current)
-    assert 3 <= free.current * (1 - 5 / 15) <= 6
+    assert controller.current == 12  # not below the floor
 
 
-def test_vegas_limit_holds_between_alpha_and_beta_and_does_not_grow_when_unused():
-    vegas = VegasLimit(limit=10, floor=4, ceiling=60)
-    vegas.update(10 * MS, in_flight=10)
-    # queue = 10 × (1 − 10/16.7) ≈ 4: between alpha (3) and beta (6): steady.
-    assert vegas.update(16.7 * MS, in_flight=10) == 10
-    # No queue but only 3 of 10 slots used: an idle process must not climb to the ceiling.
-    assert vegas.update(10 * MS, in_flight=3) == 10
+def test_limit_settles_where_latency_grows_with_it_instead_of_drifting_to_the_ceiling():
+    """A processor-sharing server: above 10 in flight, latency grows with the limit. Gradient2's long
+    average would follow it up and the limit drift back to the ceiling; anchored to min_rtt it holds."""
+    controller = Gradient2Limit(limit=100, floor=4, ceiling=200)
+    controller.update(5 * MS, in_flight=100)
+    seen = []
+    for _ in range(400):
+        limit = controller.current
+        seen.append(controller.update(5 * MS * max(1.0, limit / 10), in_flight=limit))
+    assert max(seen[-100:]) < 40 and min(seen[-100:]) > 10
+
+
+def test_a_limit_half_unused_neither_grows_nor_shrinks():
+    controller = Gradient2Limit(limit=40, floor=4, ceiling=60)
+    controller.update(5 * MS, in_flight=40)
+    assert controller.update(5 * MS, in_flight=10) == 40  # no queue, but 10 of 40 used: an idle process
+    assert controller.update(50 * MS, in_flight=10) == 40  # slow, but not from its own concurrency
 
 
 def test_min_rtt_is_relearnt_so_a_lasting_slowdown_does_not_pin_the_limit_to_the_floor():
-    vegas = VegasLimit(limit=20, floor=4, ceiling=60)
-    vegas.update(5 * MS, in_flight=20)
-    vegas.relearn_min_rtt(20 * MS)  # the dependency got slower for good
-    assert vegas.update(20 * MS, in_flight=20) > 20  # 20 ms is now "no queue"
+    controller = Gradient2Limit(limit=20, floor=4, ceiling=60)
+    controller.update(5 * MS, in_flight=20)
+    controller.relearn_min_rtt(20 * MS)  # a dependency got slower for good
+    for _ in range(80):
+        controller.update(20 * MS, in_flight=controller.current)
+    assert controller.current > 20  # 20 ms is now the usual latency: the limit grows again
 
 
 def test_group_limiter_moves_its_limit_once_per_window_and_its_class_caps_with_it():
@@ -102,8 +108,8 @@ def test_group_limiter_moves_its_limit_once_per_window_and_its_class_caps_with_i
         for _ in range(in_flight):
             limiter.release(rtt)
 
-    window(5 * MS, 20)  # learns min_rtt
-    window(5 * MS, 20)
+    for _ in range(5):  # the first learns the latency, the others grow the limit
+        window(5 * MS, limiter.limit)
     assert limiter.limit > 20 and limiter.cap(Priority.CRITICAL) == limiter.limit
     assert limiter.cap(Priority.SHEDDABLE) == int(limiter.limit * 0.5)
     for _ in range(40):
@@ -113,7 +119,7 @@ def test_group_limiter_moves_its_limit_once_per_window_and_its_class_caps_with_i
     fill(limiter, 3)
     clock.now += 0.01
     limiter.release(5 * MS)  # fewer samples than a window, too soon: no new window
-    assert len(windows) == 42
+    assert len(windows) == 45
 
 
 # --- priority classes, in the limiter ---
