@@ -3,9 +3,11 @@
 `GroupLimiter.acquire(priority)` admits a request while fewer than its class's share of the limit
 are in flight (sheddable up to SHARES["sheddable"] of it, default up to SHARES["default"], critical the
 whole limit), so under overload sheddable requests are refused first, then default ones, and critical
-ones only when the limit is full. A critical or default request over its share may wait in a short
-queue (bounded length and wait) for a slot; a sheddable one is refused at once (it is the cheapest
-thing to drop, and a waiting thread is a thread not serving). `release(rtt)` ends the request, feeds
+ones only when the limit is full. While a more important class is pressed (had to wait, or was
+refused, in the last window), less important classes are shed outright (`_update_shed_level`). A
+critical or default request over its share may wait in a short queue (bounded length and wait) for a
+slot; a sheddable one is refused at once (it is the cheapest thing to drop, and a waiting thread is
+a thread not serving). `release(rtt)` ends the request, feeds
 its latency to the Gradient2 controller (gradient.py) once per window, and wakes the waiters.
 
 Cost per request: one lock acquisition in `acquire`, one in `release`, a few comparisons and
@@ -27,6 +29,8 @@ from .gradient import Gradient2Limit
 
 logger = logging.getLogger(__name__)
 
+
+CALM_WINDOWS = 10  # windows without pressure before a shed class is admitted again (about 1 s)
 
 # What `acquire` answers. SHADOWED: admitted, but it would have been refused outside shadow mode.
 ADMITTED, SHADOWED, REFUSED = "admitted", "shadowed", "refused"
@@ -108,6 +112,11 @@ class GroupLimiter:
         self.in_flight = 0
         self._waiting = 0
         self._caps: dict[Priority, int] = {}
+        # How many classes are shed outright, least important first (0: none, only the shares apply;
+        # 1: sheddable; 2: sheddable and default). See `_close_window`.
+        self.shed_level = 0
+        self._pressed = dict.fromkeys(Priority, False)  # a request of this class waited or was refused
+        self._calm_windows = 0
         self._set_caps(self._controller.current)
         now = clock()
         self._window_start = now
@@ -135,6 +144,8 @@ class GroupLimiter:
                 self._shadowed_in_window += 1
                 self._admit()
                 return SHADOWED
+            if cap:  # a class being shed is not "pressed": it would keep itself shed for ever
+                self._pressed[priority] = True
             if priority != Priority.SHEDDABLE and self._waiting < self.options.queue_size:
                 if self._wait_for_slot(priority):
                     self._admit()
@@ -182,6 +193,7 @@ class GroupLimiter:
                 "in_flight": self.in_flight,
                 "waiting": self._waiting,
                 "caps": {str(p): c for p, c in self._caps.items()},
+                "shed_level": self.shed_level,
                 "refused": {str(p): n for p, n in self.refused.items()},
                 "shadowed": {str(p): n for p, n in self.shadowed.items()},
             }
@@ -213,6 +225,7 @@ class GroupLimiter:
             self._controller.relearn_min_rtt(sample)
             self._relearn_at = now + self._jittered(self.options.min_rtt_seconds)
         limit = self._controller.update(sample, self._peak)
+        self._update_shed_level()
         self._set_caps(limit)
         window = Window(
             self.group,
@@ -230,9 +243,35 @@ class GroupLimiter:
         self._shadowed_in_window = 0
         return window
 
+    def _update_shed_level(self) -> None:
+        """Shed whole classes while a more important one is pressed (Stripe's worker-utilisation
+        shedder: test traffic, then GET, then POST, then critical).
+
+        The shares alone admit a sheddable request whenever in-flight dips below half the limit, even
+        in a window where a critical one had to wait or was refused. So: a window where a critical
+        request was pressed sheds one more class (up to sheddable and default); one where only a
+        default request was pressed sheds at least sheddable; the level comes down one class after
+        CALM_WINDOWS windows in a row without pressure, so it does not flap.
+        """
+        pressed = self._pressed
+        if pressed[Priority.CRITICAL]:
+            self.shed_level = min(2, self.shed_level + 1)
+            self._calm_windows = 0
+        elif pressed[Priority.DEFAULT]:
+            self.shed_level = max(1, self.shed_level)
+            self._calm_windows = 0
+        elif self.shed_level:
+            self._calm_windows += 1
+            if self._calm_windows >= CALM_WINDOWS:
+                self.shed_level -= 1
+                self._calm_windows = 0
+        self._pressed = dict.fromkeys(Priority, False)
+
     def _set_caps(self, limit: int) -> None:
-        # Every class keeps at least one slot, so a floor of 1 still serves something of each.
-        self._caps = {p: max(1, int(limit * self.options.shares.get(p, 1.0))) for p in Priority}
+        # Every class keeps at least one slot, so a floor of 1 still serves something of each; a shed
+        # class has none.
+        shed = (Priority.SHEDDABLE, Priority.DEFAULT)[: self.shed_level]
+        self._caps = {p: 0 if p in shed else max(1, int(limit * self.options.shares.get(p, 1.0))) for p in Priority}
 
     @staticmethod
     def _jittered(seconds: float) -> float:

@@ -12,6 +12,7 @@ from django.test import Client
 from resilience import overload
 from resilience.overload import ADMITTED, REFUSED, SHADOWED, GroupLimiter, Options, Priority
 from resilience.overload.gradient import Gradient2Limit
+from resilience.overload.limiter import CALM_WINDOWS
 from tests.factories import TokenFactory, UserFactory
 from tests.stack import wait_for
 
@@ -300,3 +301,44 @@ def test_invalid_settings_fail_the_system_check(settings):
     settings.RESILIENCE_ADAPTIVE_MIN_LIMIT = 4
     settings.RESILIENCE_ADAPTIVE_SHARES = {"sheddable": 0.9, "default": 0.5}  # out of order
     assert [e.id for e in check_adaptive_limit_settings()] == ["resilience.E040"]
+
+
+def test_while_critical_requests_are_pressed_less_important_classes_are_shed_outright_then_readmitted():
+    clock = FakeClock()
+    limiter = GroupLimiter(
+        "reads",
+        Options(initial_limit=10, floor=10, ceiling=10, queue_size=0, window_seconds=0.1, window_samples=1),
+        clock=clock,
+    )
+
+    def close_window():
+        assert limiter.acquire(Priority.CRITICAL) != REFUSED
+        clock.now += 0.1
+        limiter.release(5 * MS)
+
+    fill(limiter, 10)
+    assert limiter.acquire(Priority.CRITICAL) == REFUSED  # pressed
+    for _ in range(10):
+        limiter.release(5 * MS)  # all done: in-flight is back to 0
+    close_window()
+    assert limiter.shed_level == 1
+    assert limiter.acquire(Priority.SHEDDABLE) == REFUSED  # nothing in flight, still shed
+    assert limiter.acquire(Priority.DEFAULT) == ADMITTED
+    limiter.release(5 * MS)
+    fill(limiter, 10)
+    assert limiter.acquire(Priority.CRITICAL) == REFUSED  # pressed again: default goes too
+    for _ in range(10):
+        limiter.release(5 * MS)
+    close_window()
+    assert limiter.shed_level == 2
+    assert limiter.acquire(Priority.DEFAULT) == REFUSED and limiter.acquire(Priority.SHEDDABLE) == REFUSED
+    assert limiter.acquire(Priority.CRITICAL) == ADMITTED
+    limiter.release(5 * MS)
+    for _ in range(CALM_WINDOWS):  # calm windows (the shed classes' refusals do not count as pressure)
+        assert limiter.acquire(Priority.DEFAULT) == REFUSED
+        close_window()
+    assert limiter.shed_level == 1 and limiter.acquire(Priority.DEFAULT) == ADMITTED
+    limiter.release(5 * MS)
+    for _ in range(CALM_WINDOWS):
+        close_window()
+    assert limiter.shed_level == 0 and limiter.acquire(Priority.SHEDDABLE) == ADMITTED
