@@ -4,7 +4,7 @@
 are in flight (sheddable up to SHARES["sheddable"] of it, default up to SHARES["default"], critical the
 whole limit), so under overload sheddable requests are refused first, then default ones, and critical
 ones only when the limit is full. While a more important class is pressed (had to wait, or was
-refused, in the last window), less important classes are shed outright (`_update_shed_level`). A
+refused, in the last window), less important classes are shed outright in every group (`ShedState`). A
 critical or default request over its share may wait in a short queue (bounded length and wait) for a
 slot; a sheddable one is refused at once (it is the cheapest thing to drop, and a waiting thread is
 a thread not serving). `release(rtt)` ends the request, feeds
@@ -88,6 +88,40 @@ class Window:
     shadowed: int
 
 
+class ShedState:
+    """Which classes are shed outright in this process, shared by its groups' limiters (the groups share
+    its CPU: a critical `reads` request pressed sheds sheddable `writes` too). Stripe's
+    worker-utilisation shedder: test traffic, then GET, then POST, then critical.
+
+    The shares alone admit a sheddable request whenever in-flight dips below half the limit, even in a
+    window where a critical one had to wait or was refused. So: a window where a critical request was
+    pressed sheds one more class (up to sheddable and default); one where only a default request was
+    pressed sheds at least sheddable; the level comes down one class after CALM_WINDOWS windows in a
+    row (of any group) without pressure, so it does not flap.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.level = 0  # 0: none, only the shares apply; 1: sheddable; 2: sheddable and default
+        self._calm_windows = 0
+
+    def update(self, *, critical_pressed: bool, default_pressed: bool) -> int:
+        """Fold one closed window's pressure in; return the level."""
+        with self._lock:
+            if critical_pressed:
+                self.level = min(2, self.level + 1)
+                self._calm_windows = 0
+            elif default_pressed:
+                self.level = max(1, self.level)
+                self._calm_windows = 0
+            elif self.level:
+                self._calm_windows += 1
+                if self._calm_windows >= CALM_WINDOWS:
+                    self.level -= 1
+                    self._calm_windows = 0
+            return self.level
+
+
 class GroupLimiter:
     """One endpoint group's limit in this process. `clock` is injectable so tests need no sleeping."""
 
@@ -98,6 +132,7 @@ class GroupLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_window: Callable[[Window], None] | None = None,
+        shed: ShedState | None = None,
     ):
         self.group = group
         self.options = options
@@ -112,11 +147,9 @@ class GroupLimiter:
         self.in_flight = 0
         self._waiting = 0
         self._caps: dict[Priority, int] = {}
-        # How many classes are shed outright, least important first (0: none, only the shares apply;
-        # 1: sheddable; 2: sheddable and default). See `_close_window`.
-        self.shed_level = 0
+        self._shed = shed or ShedState()
+        self.shed_level = self._shed.level  # the level this limiter's caps were last set with
         self._pressed = dict.fromkeys(Priority, False)  # a request of this class waited or was refused
-        self._calm_windows = 0
         self._set_caps(self._controller.current)
         now = clock()
         self._window_start = now
@@ -244,27 +277,10 @@ class GroupLimiter:
         return window
 
     def _update_shed_level(self) -> None:
-        """Shed whole classes while a more important one is pressed (Stripe's worker-utilisation
-        shedder: test traffic, then GET, then POST, then critical).
-
-        The shares alone admit a sheddable request whenever in-flight dips below half the limit, even
-        in a window where a critical one had to wait or was refused. So: a window where a critical
-        request was pressed sheds one more class (up to sheddable and default); one where only a
-        default request was pressed sheds at least sheddable; the level comes down one class after
-        CALM_WINDOWS windows in a row without pressure, so it does not flap.
-        """
         pressed = self._pressed
-        if pressed[Priority.CRITICAL]:
-            self.shed_level = min(2, self.shed_level + 1)
-            self._calm_windows = 0
-        elif pressed[Priority.DEFAULT]:
-            self.shed_level = max(1, self.shed_level)
-            self._calm_windows = 0
-        elif self.shed_level:
-            self._calm_windows += 1
-            if self._calm_windows >= CALM_WINDOWS:
-                self.shed_level -= 1
-                self._calm_windows = 0
+        self.shed_level = self._shed.update(
+            critical_pressed=pressed[Priority.CRITICAL], default_pressed=pressed[Priority.DEFAULT]
+        )
         self._pressed = dict.fromkeys(Priority, False)
 
     def _set_caps(self, limit: int) -> None:

@@ -12,7 +12,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from ..metrics import adaptive_window_closed
-from .limiter import GroupLimiter, Options, Priority
+from .limiter import GroupLimiter, Options, Priority, ShedState
 
 PREFIX = "RESILIENCE_ADAPTIVE_"
 GROUPS = ("reads", "writes", "admin")  # health and /metrics are in none (registry.EXCLUDED)
@@ -20,6 +20,7 @@ GROUPS = ("reads", "writes", "admin")  # health and /metrics are in none (regist
 _lock = threading.Lock()
 _options: Options | None = None
 _limiters: dict[str, GroupLimiter] = {}
+_shed = ShedState()  # shared by the groups' limiters
 
 
 def build_options() -> Options:
@@ -92,7 +93,7 @@ def limiter(group: str) -> GroupLimiter:
         with _lock:
             found = _limiters.get(group)
             if found is None:
-                found = GroupLimiter(group, settings_now, on_window=adaptive_window_closed)
+                found = GroupLimiter(group, settings_now, on_window=adaptive_window_closed, shed=_shed)
                 _limiters[group] = found
     return found
 
@@ -104,10 +105,11 @@ def limiters() -> dict[str, GroupLimiter]:
 
 def reset() -> None:
     """Forget the options and every limiter (their learnt limits and counts): settings changed."""
-    global _options
+    global _options, _shed
     with _lock:
         _options = None
         _limiters.clear()
+        _shed = ShedState()
 
 
 @receiver(setting_changed)

@@ -12,7 +12,7 @@ from django.test import Client
 from resilience import overload
 from resilience.overload import ADMITTED, REFUSED, SHADOWED, GroupLimiter, Options, Priority
 from resilience.overload.gradient import Gradient2Limit
-from resilience.overload.limiter import CALM_WINDOWS
+from resilience.overload.limiter import CALM_WINDOWS, ShedState
 from tests.factories import TokenFactory, UserFactory
 from tests.stack import wait_for
 
@@ -342,3 +342,20 @@ def test_while_critical_requests_are_pressed_less_important_classes_are_shed_out
     for _ in range(CALM_WINDOWS):
         close_window()
     assert limiter.shed_level == 0 and limiter.acquire(Priority.SHEDDABLE) == ADMITTED
+
+
+def test_a_critical_request_pressed_in_one_group_sheds_sheddable_requests_of_the_others():
+    clock = FakeClock()
+    shed = ShedState()
+    options = Options(initial_limit=10, floor=10, ceiling=10, queue_size=0, window_seconds=0.1, window_samples=1)
+    reads = GroupLimiter("reads", options, clock=clock, shed=shed)
+    writes = GroupLimiter("writes", options, clock=clock, shed=shed)
+    fill(reads, 10)
+    assert reads.acquire(Priority.CRITICAL) == REFUSED
+    clock.now += 0.1
+    reads.release(5 * MS)  # closes the reads window: the process sheds sheddable
+    assert writes.acquire(Priority.SHEDDABLE) == ADMITTED  # writes has not closed a window since
+    clock.now += 0.1
+    writes.release(5 * MS)
+    assert writes.acquire(Priority.SHEDDABLE) == REFUSED and writes.in_flight == 0
+    assert writes.acquire(Priority.CRITICAL) == ADMITTED
