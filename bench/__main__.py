@@ -657,7 +657,10 @@ def bench_overload(users, tokens):
     uid = users[0]["id"]
     Client().get(f"/api/v1/users/{uid}/")  # warm the cache
     read_path = f"/api/v1/users/{uid}/"
-    with server("granian", RESILIENCE_ADAPTIVE_ENABLED="false") as off_url, server("granian") as on_url:
+    with (
+        server("granian", RESILIENCE_ADAPTIVE_ENABLED="false") as off_url,
+        server("granian", RESILIENCE_ADAPTIVE_SHADOW="false") as on_url,
+    ):
         off, on = alternate(lambda: wrk(f"{off_url}{read_path}"), lambda: wrk(f"{on_url}{read_path}"))
     http_row("overload", "cached GET, adaptive limit off", off)
     http_row("overload", "cached GET, adaptive limit on", on, off, ">= 0.97")
@@ -681,7 +684,7 @@ def bench_overload(users, tokens):
     }
 
     def cpu_per_request(enabled, n=2000):
-        with override_settings(RESILIENCE_ADAPTIVE_ENABLED=enabled):
+        with override_settings(RESILIENCE_ADAPTIVE_ENABLED=enabled, RESILIENCE_ADAPTIVE_SHADOW=False):
             started = time.process_time()
             for _ in range(n):
                 b"".join(handler(dict(environ, **{"wsgi.input": io.BytesIO()}), lambda status, headers: None))
@@ -706,7 +709,7 @@ def bench_overload(users, tokens):
     rows = {}
     with (
         server("granian", threads=threads, RESILIENCE_ADAPTIVE_ENABLED="false") as off_url,
-        server("granian", threads=threads) as on_url,
+        server("granian", threads=threads, RESILIENCE_ADAPTIVE_SHADOW="false") as on_url,
     ):
         # The best of three: a neighbour's burst on this shared machine must not halve the loads.
         capacity = max(wrk(f"{off_url}{read_path}")[0] for _ in range(3))

@@ -227,8 +227,9 @@ RESILIENCE_DEPENDENCY_BREAKERS = env("RESILIENCE_DEPENDENCY_BREAKERS", True, boo
 RESILIENCE_BREAKER_SYNC_SECONDS = env("RESILIENCE_BREAKER_SYNC_SECONDS", 0.5, float)
 # The adaptive concurrency limit per endpoint group in each process (resilience/overload/,
 # docs/architecture.md "Overload"): off = no limit, no cost; shadow = count "would have refused", refuse none.
+# Shadow by default: on this project's bench, refusing in-process lowered goodput (docs/operations.md).
 RESILIENCE_ADAPTIVE_ENABLED = env("RESILIENCE_ADAPTIVE_ENABLED", True, bool)
-RESILIENCE_ADAPTIVE_SHADOW = env("RESILIENCE_ADAPTIVE_SHADOW", False, bool)
+RESILIENCE_ADAPTIVE_SHADOW = env("RESILIENCE_ADAPTIVE_SHADOW", True, bool)
 RESILIENCE_ADAPTIVE_INITIAL_LIMIT = env("RESILIENCE_ADAPTIVE_INITIAL_LIMIT", 20, int)  # requests in flight
 RESILIENCE_ADAPTIVE_MIN_LIMIT = env("RESILIENCE_ADAPTIVE_MIN_LIMIT", 4, int)  # the floor
 RESILIENCE_ADAPTIVE_MAX_LIMIT = env("RESILIENCE_ADAPTIVE_MAX_LIMIT", 200, int)  # the ceiling

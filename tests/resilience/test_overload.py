@@ -168,7 +168,8 @@ def test_shadow_mode_admits_what_it_would_refuse_and_counts_it():
 # --- through the app ---
 @pytest.fixture
 def fixed_limit(settings):
-    """A limit of 10 in every group (floor = ceiling), no queue: shares are 5 / 9 / 10."""
+    """A limit of 10 in every group (floor = ceiling), no queue: shares are 5 / 9 / 10; enforced."""
+    settings.RESILIENCE_ADAPTIVE_SHADOW = False
     settings.RESILIENCE_ADAPTIVE_INITIAL_LIMIT = 10
     settings.RESILIENCE_ADAPTIVE_MIN_LIMIT = 10
     settings.RESILIENCE_ADAPTIVE_MAX_LIMIT = 10
@@ -359,3 +360,8 @@ def test_a_critical_request_pressed_in_one_group_sheds_sheddable_requests_of_the
     writes.release(5 * MS)
     assert writes.acquire(Priority.SHEDDABLE) == REFUSED and writes.in_flight == 0
     assert writes.acquire(Priority.CRITICAL) == ADMITTED
+
+
+def test_the_limit_ships_in_shadow_mode():
+    """Dark launch: it learns and counts by default, and refuses only once an operator enforces it."""
+    assert overload.options().enabled and overload.options().shadow
