@@ -7,7 +7,9 @@ window, same mix), HTTP (gunicorn vs granian; cached, uncached,
 per check, breaker overhead), dependency breakers (the cached read with them on vs off), write-behind
 (buffered vs direct views; buffered views with and without WRITE_BEHIND_WAIT_REPLICAS=1 against a
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
-idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
+idempotency keys (state Redis memory of the records one client can make, with the per-caller cap),
+overload (the adaptive concurrency limit's cost on the cached read; an open-loop mix at 0.5x, 2x and 3x
+capacity with the limit off and on: goodput, p50/p99 of accepted requests, refusals per class).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
 ratios, not the absolute numbers.
 """
