@@ -177,9 +177,11 @@ class GroupLimiter:
                 self._shadowed_in_window += 1
                 self._admit()
                 return SHADOWED
-            if cap:  # a class being shed is not "pressed": it would keep itself shed for ever
+            # A class being shed (cap 0) is neither "pressed" (it would keep itself shed for ever) nor
+            # queued (no slot can come for it within the wait).
+            if cap:
                 self._pressed[priority] = True
-            if priority != Priority.SHEDDABLE and self._waiting < self.options.queue_size:
+            if cap and priority != Priority.SHEDDABLE and self._waiting < self.options.queue_size:
                 if self._wait_for_slot(priority):
                     self._admit()
                     return ADMITTED

@@ -365,3 +365,35 @@ def test_a_critical_request_pressed_in_one_group_sheds_sheddable_requests_of_the
 def test_the_limit_ships_in_shadow_mode():
     """Dark launch: it learns and counts by default, and refuses only once an operator enforces it."""
     assert overload.options().enabled and overload.options().shadow
+
+
+def test_a_shed_class_is_refused_at_once_without_taking_a_place_in_the_queue():
+    clock = FakeClock()
+    limiter = GroupLimiter(
+        "reads",
+        Options(
+            initial_limit=10,
+            floor=10,
+            ceiling=10,
+            queue_size=4,
+            queue_timeout=30.0,
+            window_seconds=0.1,
+            window_samples=1,
+        ),
+        clock=clock,
+    )
+    for _ in range(2):  # two windows with a critical request refused: sheddable and default are shed
+        fill(limiter, 10)
+        limiter._waiting = limiter.options.queue_size  # the queue is full: refused at once
+        assert limiter.acquire(Priority.CRITICAL) == REFUSED
+        limiter._waiting = 0
+        clock.now += 0.1
+        for _ in range(10):
+            limiter.release(5 * MS)
+    assert limiter.shed_level == 2 and limiter.in_flight == 0
+    # The fake clock never moves: a request that queued would wait for ever for a slot that cannot come.
+    verdicts = []
+    waiter = threading.Thread(target=lambda: verdicts.append(limiter.acquire(Priority.DEFAULT)), daemon=True)
+    waiter.start()
+    waiter.join(timeout=10)
+    assert verdicts == [REFUSED], "a shed request queued"
