@@ -11,7 +11,9 @@ per check, breaker overhead), dependency breakers (the cached read with them on 
 cached read with OpenTelemetry on, spans exported to a local OTLP/HTTP sink, vs off), write-behind
 (buffered vs direct views; buffered views with and without WRITE_BEHIND_WAIT_REPLICAS=1 against a
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
-idempotency keys (state Redis memory of the records one client can make, with the per-caller cap).
+idempotency keys (state Redis memory of the records one client can make, with the per-caller cap),
+overload (the adaptive concurrency limit's cost on the cached read; an open-loop mix at 0.5x, 2x and 3x
+capacity with the limit off and on: goodput, p50/p99 of accepted requests, refusals per class).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
 ratios, not the absolute numbers; every HTTP row also gives the serving processes' CPU time per request,
 which moves far less with the neighbours' load than requests/s does.
@@ -43,7 +45,7 @@ from django.db import connections  # noqa: E402
 from django.test import Client, override_settings  # noqa: E402
 from django_redis import get_redis_connection  # noqa: E402
 
-from bench import roundtrips  # noqa: E402
+from bench import openloop, roundtrips  # noqa: E402
 from project.db import pinning, routing  # noqa: E402
 from project.db.replicas import monitor  # noqa: E402
 from project.server import granian_argv  # noqa: E402
@@ -217,10 +219,11 @@ def bench_consistency(users):
 
 # ---------------------------------------------------------------- http
 @contextlib.contextmanager
-def server(kind, port=None, **env_extra):
+def server(kind, port=None, threads=None, **env_extra):
     """Serve the bench settings with `kind` on a free loopback port (several engineers' benches and
-    stacks share this machine, so no fixed port)."""
+    stacks share this machine, so no fixed port); `threads` per process instead of BENCH_THREADS."""
     port = port or free_port()
+    threads = str(threads or THREADS)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "project.settings.bench", **env_extra}
     if kind == "gunicorn":
         cmd = [
@@ -233,12 +236,12 @@ def server(kind, port=None, **env_extra):
             "-k",
             "gthread",
             "--threads",
-            THREADS,
+            threads,
             "--log-level",
             "error",
         ]
     else:
-        cmd = granian_argv(port, workers=int(WORKERS), threads=int(THREADS))
+        cmd = granian_argv(port, workers=int(WORKERS), threads=int(threads))
     proc = subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -863,6 +866,125 @@ def bench_reshard():
     report("reshard", "longest write refusal a client saw", max(refusals, default=0.0) * 1000, "ms")
 
 
+# ---------------------------------------------------------------- overload
+def bench_overload(users, tokens):
+    """The cached read plus a write mix at about 2x and 3x capacity, open loop, with the adaptive limit
+    (resilience/overload/) off and on; and the limit's cost on the cached read (closed loop, on vs off).
+
+    Capacity is wrk's closed-loop throughput of the cached read on the server without the limit. The
+    overload servers run BENCH_OVERLOAD_THREADS threads per process (default 16) instead of
+    BENCH_THREADS: with 2 threads a process never has more than 2 requests to limit, and the queue
+    forms in granian, out of any in-process limiter's sight. "Unloaded" is the same mix at half the
+    capacity. Refusals are per priority class: the cached read and views are sheddable, the bare view
+    (unregistered) default, GET /me with a token critical.
+    """
+    print("overload (adaptive concurrency limit)", flush=True)
+    uid = users[0]["id"]
+    Client().get(f"/api/v1/users/{uid}/")  # warm the cache
+    read_path = f"/api/v1/users/{uid}/"
+    with (
+        server("granian", RESILIENCE_ADAPTIVE_ENABLED="false") as off_url,
+        server("granian", RESILIENCE_ADAPTIVE_SHADOW="false") as on_url,
+    ):
+        off, on = alternate(lambda: wrk(f"{off_url}{read_path}"), lambda: wrk(f"{on_url}{read_path}"))
+    http_row("overload", "cached GET, adaptive limit off", off)
+    http_row("overload", "cached GET, adaptive limit on", on, off, ">= 0.97")
+    # The same in process, CPU time per request (no server, no wrk): less noisy than a served run on a
+    # shared machine, and exactly the middleware's work (classify, two locks) against none of it.
+    import io
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    handler = WSGIHandler()
+    environ = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": read_path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_ACCEPT": "application/json",
+        "wsgi.url_scheme": "http",
+    }
+
+    def cpu_per_request(enabled, n=2000):
+        with override_settings(RESILIENCE_ADAPTIVE_ENABLED=enabled, RESILIENCE_ADAPTIVE_SHADOW=False):
+            started = time.process_time()
+            for _ in range(n):
+                b"".join(handler(dict(environ, **{"wsgi.input": io.BytesIO()}), lambda status, headers: None))
+            return (time.process_time() - started) / n
+
+    cpu_per_request(True, 200)
+    pairs = sorted(((cpu_per_request(False), cpu_per_request(True)) for _ in range(5)), key=lambda p: p[0] / p[1])
+    cpu_off, cpu_on = pairs[2]
+    report("overload", "cached GET in process, CPU per request: limit off", cpu_off * 1e6, "us")
+    report("overload", "cached GET in process, CPU per request: limit on", cpu_on * 1e6, "us")
+    report("overload", "cached GET in process: throughput on / off (CPU)", cpu_off / cpu_on, "x", ">= 0.97")
+
+    threads = int(os.environ.get("BENCH_OVERLOAD_THREADS", "16"))
+    token = ("Authorization", f"Token {tokens[0]}")
+    mix = [
+        (0.65, openloop.Request("read", "GET", read_path)),
+        (0.15, openloop.Request("view", "POST", f"/api/v1/users/{users[1]['id']}/views/")),
+        (0.10, openloop.Request("bare", "GET", "/bench/bare")),
+        (0.10, openloop.Request("me", "GET", "/api/v1/users/me/", (token,))),
+    ]
+    classes = {"read": "sheddable", "view": "sheddable", "bare": "default", "me": "critical"}
+    rows = {}
+    with (
+        server("granian", threads=threads, RESILIENCE_ADAPTIVE_ENABLED="false") as off_url,
+        server("granian", threads=threads, RESILIENCE_ADAPTIVE_SHADOW="false") as on_url,
+    ):
+        # The best of three: a neighbour's burst on this shared machine must not halve the loads.
+        capacity = max(wrk(f"{off_url}{read_path}")[0] for _ in range(3))
+        report("overload", f"capacity: cached GET, closed loop, {WORKERS} x {threads} threads (req/s)", capacity, "1/s")
+        for label, url in (("off", off_url), ("on", on_url)):
+            port = int(url.rsplit(":", 1)[1])
+            for load in (0.5, 2.0, 3.0):
+                results = openloop.run("127.0.0.1", port, mix, rate=load * capacity, seconds=SECONDS)
+                rows[label, load] = openloop.summarise(results, SECONDS)
+    print(
+        f"  {'shedding':<9}{'load':>6}{'goodput/cap':>13}{'p50 ms':>9}{'p99 ms':>9}{'p99/unloaded':>14}"
+        f"  refused (503) critical / default / sheddable; sheddable admitted; no answer",
+        flush=True,
+    )
+    for (label, load), row in rows.items():
+        unloaded = rows[label, 0.5]["p99_ms"]
+        refused = dict.fromkeys(("critical", "default", "sheddable"), 0)
+        admitted_sheddable = no_answer = 0
+        for kind, statuses in row["by_kind"].items():
+            refused[classes[kind]] += statuses.get(503, 0)
+            no_answer += statuses.get(0, 0)
+            if classes[kind] == "sheddable":
+                admitted_sheddable += sum(n for status, n in statuses.items() if 200 <= status < 300)
+        row.update(refused=refused, admitted_sheddable=admitted_sheddable, no_answer=no_answer)
+        print(
+            f"  {label:<9}{load:>5.1f}x{row['goodput'] / capacity:>13.2f}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+            f"{row['p99_ms'] / unloaded:>14.2f}  {refused['critical']} / {refused['default']} / "
+            f"{refused['sheddable']}; {admitted_sheddable}; {no_answer}",
+            flush=True,
+        )
+        RESULTS.setdefault("overload", {})[f"{label} {load}x"] = row
+    on3 = rows["on", 3.0]
+    report("overload", "shedding on, 3x: goodput / capacity", on3["goodput"] / capacity, "x", ">= 0.9")
+    report(
+        "overload",
+        "shedding on, 3x: p99 accepted / unloaded p99",
+        on3["p99_ms"] / rows["on", 0.5]["p99_ms"],
+        "x",
+        "<= 2",
+    )
+    report("overload", "shedding off, 3x: goodput / capacity", rows["off", 3.0]["goodput"] / capacity, "x")
+    report(
+        "overload",
+        "shedding on, 3x: critical refused (sheddable admitted)",
+        f"{on3['refused']['critical']} ({on3['admitted_sheddable']})",
+        "",
+        "0 (> 0)",
+    )
+
+
 def main():
     print(
         f"Bulwark benchmark: {SECONDS:.0f} s per load run; ratios are against a baseline of the same run\n", flush=True
@@ -885,6 +1007,7 @@ def main():
         ("idempotency", lambda: bench_idempotency(users)),
         ("wait", lambda: bench_wait(users)),
         ("reshard", bench_reshard),
+        ("overload", lambda: bench_overload(users, tokens)),
     )
     for name, section in sections:
         if not only or name in only:

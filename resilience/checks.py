@@ -2,6 +2,9 @@
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
+from django.core.exceptions import ImproperlyConfigured
+
+from .overload.options import build_options
 
 # Django settings that make it believe headers a reverse proxy writes.
 PROXY_HEADER_SETTINGS = ("SECURE_PROXY_SSL_HEADER", "USE_X_FORWARDED_HOST", "USE_X_FORWARDED_PORT")
@@ -68,3 +71,13 @@ def check_override_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
             id="resilience.E032",
         )
     ]
+
+
+@register("resilience")
+def check_adaptive_limit_settings(app_configs=None, **kwargs) -> list[CheckMessage]:
+    """resilience.E040: a RESILIENCE_ADAPTIVE_* setting is invalid (floor above ceiling, shares out of order)."""
+    try:
+        build_options()
+    except ImproperlyConfigured as exc:
+        return [Error(str(exc), hint="See docs/operations.md, 'Overload'.", id="resilience.E040")]
+    return []

@@ -1,11 +1,12 @@
 """Prometheus instruments of the resilience machinery, counted where things happen in every process:
-rate-limit decisions (resilience/ratelimit/drf.py calls `count_decision`) and breaker transitions (a
-breaker listener). /metrics itself is served by ops/metrics.py, which reads every app.
+rate-limit decisions (resilience/ratelimit/drf.py calls `count_decision`), breaker transitions (a
+breaker listener) and the adaptive concurrency limit's windows and refusals (resilience/overload/).
+/metrics itself is served by ops/metrics.py, which reads every app.
 """
 
 import logging
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from .breaker import add_listener
 
@@ -45,3 +46,53 @@ def install_listener() -> None:
 
 
 install_listener()
+
+
+# --- the adaptive concurrency limit (resilience/overload/) ---
+# Per process: in multiprocess mode each live process reports its own series (a `pid` label), since each
+# learns its own limit. Set when a window closes (about every 100 ms under load), never per request.
+ADAPTIVE_LIMIT = Gauge(
+    "bulwark_adaptive_concurrency_limit",
+    "The adaptive concurrency limit of an endpoint group in this process.",
+    ["group"],
+    multiprocess_mode="liveall",
+)
+ADAPTIVE_MIN_RTT = Gauge(
+    "bulwark_adaptive_min_rtt_seconds",
+    "The lowest window latency the adaptive limit compares against (seconds).",
+    ["group"],
+    multiprocess_mode="liveall",
+)
+ADAPTIVE_IN_FLIGHT = Gauge(
+    "bulwark_adaptive_in_flight_peak",
+    "The most requests of the group in flight at once during the last window.",
+    ["group"],
+    multiprocess_mode="liveall",
+)
+ADAPTIVE_REFUSALS = Counter(
+    "bulwark_adaptive_refusals",
+    "Requests over the adaptive limit, by group and priority class; mode shadow = admitted, would have been refused.",
+    ["group", "priority", "mode"],
+)
+
+
+def adaptive_window_closed(window) -> None:
+    """Publish one closed window of an adaptive limiter (resilience/overload/limiter.Window). Never raises."""
+    try:
+        ADAPTIVE_LIMIT.labels(window.group).set(window.limit)
+        ADAPTIVE_MIN_RTT.labels(window.group).set(window.min_rtt)
+        ADAPTIVE_IN_FLIGHT.labels(window.group).set(window.peak_in_flight)
+        if window.refused:
+            logger.warning("adaptive limit %s: refused %d (limit %d)", window.group, window.refused, window.limit)
+        if window.shadowed:
+            logger.info("adaptive limit %s: would have refused %d (shadow mode)", window.group, window.shadowed)
+    except Exception:  # metrics must never break the request they observe
+        logger.exception("publishing an adaptive-limit window failed")
+
+
+def count_adaptive_refusal(group: str, priority: str, *, shadow: bool) -> None:
+    """Count one request over the adaptive limit: refused, or admitted in shadow mode. Never raises."""
+    try:
+        ADAPTIVE_REFUSALS.labels(group, priority, "shadow" if shadow else "refused").inc()
+    except Exception:
+        logger.exception("counting an adaptive-limit refusal failed")

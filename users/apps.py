@@ -7,6 +7,7 @@ class UsersConfig(AppConfig):
 
     def ready(self):
         from project.db.breakers import declare_databases
+        from resilience import overload
         from resilience.breaker import declare
 
         from . import (
@@ -19,3 +20,18 @@ class UsersConfig(AppConfig):
         # The domain's dependencies, so their breakers are listed (and forcible) from the first start.
         declare_databases()
         declare(cache.CACHE_BREAKER, group="Redis", description="cache Redis", options=cache.CACHE_BREAKER_OPTIONS)
+        register_overload_classes(overload)
+
+
+def register_overload_classes(overload) -> None:
+    """The priority class of each users endpoint under overload (resilience/overload/registry.py):
+    listings, anonymous profile reads and views are shed first; token-authenticated calls on one's own
+    account and tokens are critical; the rest (sign-up, log-in) is default. A write carrying an
+    Idempotency-Key is critical whatever its endpoint (it may retry an accepted write)."""
+    overload.register("users", methods={"GET": "sheddable", "HEAD": "sheddable"}, priority="default")
+    overload.register("user-detail", priority="sheddable", credentials="default")
+    overload.register("user-views", priority="sheddable")
+    overload.register("users-me", priority="default", credentials="critical")
+    overload.register("auth-token", priority="default", credentials="critical")
+    overload.register("auth-tokens", priority="default", credentials="critical")
+    overload.register("auth-token-detail", priority="default", credentials="critical")

@@ -233,6 +233,22 @@ def top_limited(*, minutes: int = 5, count: int = 10) -> dict:
     }
 
 
+def adaptive_limits() -> dict:
+    """The adaptive concurrency limit of each endpoint group in the process serving this page (each
+    process learns its own; /metrics has every process's): limit, min RTT, in flight, the share each
+    class may fill, and refusals (and shadow-mode "would have refused") per class since it started."""
+    from resilience import overload
+
+    settings_now = overload.options()
+    return {
+        "enabled": settings_now.enabled,
+        "shadow": settings_now.shadow,
+        "floor": settings_now.floor,
+        "ceiling": settings_now.ceiling,
+        "groups": [limiter.snapshot() for limiter in overload.limiters().values()],
+    }
+
+
 PANELS: dict[str, Callable[[], Any]] = {
     "databases": databases,
     "shard_map": shard_map_summary,
@@ -242,6 +258,7 @@ PANELS: dict[str, Callable[[], Any]] = {
     "write_behind": write_behind,
     "breakers": lambda: breakers(only_not_closed=True),
     "rate_limits": top_limited,
+    "adaptive": adaptive_limits,
 }
 
 

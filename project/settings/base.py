@@ -31,6 +31,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "resilience.request_id.RequestIdMiddleware",  # first: every later line and answer carries the id
+    # second: its latency samples cover all of Django's work, and a refusal skips all of it
+    "resilience.overload.middleware.AdaptiveLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "project.db.middleware.ReadYourWritesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -234,4 +236,22 @@ RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER = env("RESILIENCE_IDEMPOTENCY_MAX_KEY
 # (s), so forcing one from the admin reaches every process within it (resilience/breaker/guard.py).
 RESILIENCE_DEPENDENCY_BREAKERS = env("RESILIENCE_DEPENDENCY_BREAKERS", True, bool)
 RESILIENCE_BREAKER_SYNC_SECONDS = env("RESILIENCE_BREAKER_SYNC_SECONDS", 0.5, float)
+# The adaptive concurrency limit per endpoint group in each process (resilience/overload/,
+# docs/architecture.md "Overload"): off = no limit, no cost; shadow = count "would have refused", refuse none.
+# Shadow by default: on this project's bench, refusing in-process lowered goodput (docs/operations.md).
+RESILIENCE_ADAPTIVE_ENABLED = env("RESILIENCE_ADAPTIVE_ENABLED", True, bool)
+RESILIENCE_ADAPTIVE_SHADOW = env("RESILIENCE_ADAPTIVE_SHADOW", True, bool)
+RESILIENCE_ADAPTIVE_INITIAL_LIMIT = env("RESILIENCE_ADAPTIVE_INITIAL_LIMIT", 20, int)  # requests in flight
+RESILIENCE_ADAPTIVE_MIN_LIMIT = env("RESILIENCE_ADAPTIVE_MIN_LIMIT", 4, int)  # the floor
+RESILIENCE_ADAPTIVE_MAX_LIMIT = env("RESILIENCE_ADAPTIVE_MAX_LIMIT", 200, int)  # the ceiling
+# A window of latency samples closes after this long and at least this many requests (then the limit moves).
+RESILIENCE_ADAPTIVE_WINDOW_SECONDS = env("RESILIENCE_ADAPTIVE_WINDOW_SECONDS", 0.1, float)
+RESILIENCE_ADAPTIVE_WINDOW_SAMPLES = env("RESILIENCE_ADAPTIVE_WINDOW_SAMPLES", 10, int)
+RESILIENCE_ADAPTIVE_MIN_RTT_SECONDS = env("RESILIENCE_ADAPTIVE_MIN_RTT_SECONDS", 30.0, float)  # re-learn period
+# Critical and default requests over their share may wait this many at once, this long (s), for a slot.
+RESILIENCE_ADAPTIVE_QUEUE_SIZE = env("RESILIENCE_ADAPTIVE_QUEUE_SIZE", 8, int)
+RESILIENCE_ADAPTIVE_QUEUE_TIMEOUT = env("RESILIENCE_ADAPTIVE_QUEUE_TIMEOUT", 0.02, float)
+# The share of the limit each class may fill (critical: all of it), so sheddable is refused first.
+RESILIENCE_ADAPTIVE_SHARES = {"sheddable": 0.5, "default": 0.9}
+RESILIENCE_ADAPTIVE_RETRY_AFTER = env("RESILIENCE_ADAPTIVE_RETRY_AFTER", 1, int)  # seconds, on the 503
 RATELIMIT_USE_CACHE = "state"  # django-ratelimit (fixed-window policies) counts on the state Redis
