@@ -174,6 +174,7 @@ class UserListApi(RateLimitedApiMixin, APIView):
     # OpenAPI operation), the lookup being the list filtered to at most one row, which makes it public.
 
     permission_classes = [IsStaffUnlessLookup]
+    concurrency_policy = "api.concurrent"
 
     class ListInput(serializers.Serializer):
         username = serializers.CharField(max_length=150, required=False)
@@ -309,6 +310,7 @@ class UserMeApi(RateLimitedApiMixin, APIView):
     # methods, after IsProductUser, which the URL's three classes share.
 
     permission_classes = [IsProductUser]
+    concurrency_policy = "api.concurrent"
 
     def rate_limit_companions(self, request):
         # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
@@ -381,6 +383,7 @@ class UserMeDeleteApi(RateLimitedApiMixin, APIView):
     """End the caller's account."""
 
     permission_classes = [IsProductUser]
+    concurrency_policy = "api.concurrent"
 
     class DeleteInput(StrictSerializer):
         current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
