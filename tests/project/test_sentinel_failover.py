@@ -35,9 +35,11 @@ def topology(tmp_path):
 
 
 def test_the_worker_keeps_consuming_and_flushing_across_sentinel_failovers(topology, tmp_path, monkeypatch):
-    # Celery 5.7.0's worker exited ("Unrecoverable error") when a failover took its Sentinel-found
-    # broker away; see project/celery.py. Each round: a task queued after the failover (it buffers
-    # views on the new master) runs, and beat's flush, through the same broker, applies them.
+    # After a SENTINEL FAILOVER the worker's consumer reconnected to the old master, named by a
+    # Sentinel that had not yet heard of the failover (a replica by then), and never received another
+    # task; or a task's state connection stayed on that replica and its writes failed seconds later
+    # (resilience/sentinel.py, project/celery.py). Each round: a task queued after the failover (it
+    # buffers a view on the new master) runs, and beat's flush, through the same broker, applies it.
     monkeypatch.setenv("REDIS_STATE_SENTINELS", topology.sentinels)
     monkeypatch.setenv("REDIS_STATE_SENTINEL_MASTER", MASTER_NAME)
     broker = build_celery(state_url="redis://unused/1")  # the URL and options the app derives from them
