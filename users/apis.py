@@ -297,7 +297,13 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
 
 
 def _me(request, *, probed=None) -> dict:
-    row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
+    return me_row(request.user.id, probed=probed)
+
+
+def me_row(user_id: int, *, probed=None) -> dict:
+    """The authenticated caller's row (`probed`: its cache probe's result). Raises ApiError 401 when
+    the account is gone (its token outlived it)."""
+    row = selectors.user_get_by_id(user_id=user_id, probed=probed)
     if row is None:
         raise ApiError(401, "The account no longer exists.", "not_authenticated")
     return row
