@@ -316,7 +316,8 @@ class UserMeApi(RateLimitedApiMixin, APIView):
     # methods, after IsProductUser, which the URL's three classes share.
 
     permission_classes = [IsProductUser]
-    concurrency_policy = "api.concurrent"
+    # No api.concurrent slot: a cached read, like GET /users/{id}/ (users/fastpath.py serves both with
+    # one state-Redis call; a slot would add two). Its edits and deletion take one.
 
     def rate_limit_companions(self, request):
         # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.
