@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """`make sentinel-demo`: fail the state Redis over under load through Redis Sentinel; the service goes on.
 
-It never touches the stack's state Redis. It starts its own topology in a temporary directory: a master
-and two replicas configured like the stack's state Redis (noeviction, AOF everysec) and three Sentinels
-(quorum 2). Two replicas, so that a promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1
-(taken from the environment and passed to the app) a view is acknowledged only once a replica has it,
-and that stays possible right after a failover, before the old master rejoins.
+It never touches the stack's state Redis. It starts its own topology in a temporary directory
+(tests/sentinel.py, shared with the failover tests): a master and two replicas configured like the
+stack's state Redis (noeviction, AOF everysec) and three Sentinels (quorum 2). Two replicas, so that a
+promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1 (taken from the environment and passed
+to the app) a view is acknowledged only once a replica has it, and that stays possible right after a
+failover, before the old master rejoins.
 The app runs against it — granian with project.settings.bench (the test databases, limits
 too high to deny) and a Celery worker with beat, all with REDIS_STATE_SENTINELS naming the demo's
 Sentinels — under a steady load of GET /api/v1/users/<id>/ (rate limiter and pending views on the
@@ -16,15 +17,18 @@ Sentinels choose the replica to promote (the same replica-priority for all, so t
 replicated the most); the demo follows their choice:
 1. the master is SIGKILLed; Sentinel promotes a replica and points the other one at it; the killed
    server is restarted and rejoins as a replica of the new master;
-2. SENTINEL FAILOVER while every server is up; deploy/sentinel-reconfig (the Sentinels'
-   client-reconfig-script) demotes the old master as soon as the failover ends;
+2. SENTINEL FAILOVER while every server is up; deploy/sentinel-notify (the Sentinels'
+   notification-script) pauses the master's writes when the failover starts, deploy/sentinel-reconfig
+   (their client-reconfig-script) demotes it as soon as the failover ends;
 3. a planned switchover: CLIENT PAUSE WRITE on the master, wait for the replicas to have everything,
    then SENTINEL FAILOVER.
 
 After each it checks that every Sentinel names the new master and that the app's writes land there
 (limiter and buffer scripts, the worker's flushes through the broker), waits for the last flush and
-compares the views acknowledged with the views in the database. Every process it started is stopped on
-exit, and its directory deleted (kept, with the logs, when the demo fails).
+compares the views acknowledged with the views in the database. It fails on an answer other than 2xx
+or 503, on a view counted that no client was answered for (202 or 503), and, with
+WRITE_BEHIND_WAIT_REPLICAS, on an acknowledged view lost. Every process it started is stopped on exit,
+and its directory deleted (kept, with the logs, when the demo fails).
 
 Run it with `make sentinel-demo` (or `.venv/bin/python deploy/sentinel_demo.py` with the stack up).
 `WRITE_BEHIND_WAIT_REPLICAS=1 make sentinel-demo` runs it with the app waiting for a replica's
@@ -39,8 +43,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import redis
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -52,7 +54,6 @@ from deploy.demo_support import (  # noqa: E402
     describe,
     nothing_pending,
     phase_row,
-    redis_command,
     run_demo,
     say,
     start_app,
@@ -60,17 +61,14 @@ from deploy.demo_support import (  # noqa: E402
     wait_for,
 )
 from project.settings.env import env  # noqa: E402
+from tests.sentinel import MASTER_NAME, Topology, role  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
-RECONFIG_SCRIPT = ROOT / "deploy" / "sentinel-reconfig"  # demotes a still-running old master at once
-MASTER_NAME = "bulwark-state"
 # Below Linux's ephemeral range (32768-60999): an outgoing connection can hold such a port for a while,
 # and a server then cannot bind it.
 REDIS_PORTS = [int(p) for p in env("BULWARK_SENTINEL_DEMO_REDIS_PORTS", ["16390", "16391", "16392"], list)]
 SENTINEL_PORTS = [int(p) for p in env("BULWARK_SENTINEL_DEMO_SENTINEL_PORTS", ["26390", "26391", "26392"], list)]
 WEB_PORT = env("BULWARK_SENTINEL_DEMO_WEB_PORT", 18090, int)
-QUORUM = len(SENTINEL_PORTS) // 2 + 1
-DOWN_AFTER_MS = 1000  # Sentinel's verdict "subjectively down" after this long without an answer
 USERS = 20
 LOAD_THREADS = 4
 PACE = 0.005  # seconds each load thread waits between requests: steady load, CPU left for the rest
@@ -87,61 +85,7 @@ APP_ENV = {
 WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)  # the app's setting, from the environment
 
 
-def sentinel_command(port, master_port, workdir: Path):
-    data = workdir / f"sentinel-{port}"
-    data.mkdir(exist_ok=True)
-    conf = data / "sentinel.conf"  # Sentinel rewrites its own file: one per Sentinel
-    conf.write_text(f"""port {port}
-bind 127.0.0.1
-dir {data}
-logfile {data / "sentinel.log"}
-sentinel resolve-hostnames no
-sentinel monitor {MASTER_NAME} 127.0.0.1 {master_port} {QUORUM}
-sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}
-sentinel failover-timeout {MASTER_NAME} 10000
-sentinel parallel-syncs {MASTER_NAME} 1
-sentinel client-reconfig-script {MASTER_NAME} {RECONFIG_SCRIPT}
-""")
-    return ["redis-server", str(conf), "--sentinel"]
-
-
-def masters_named():
-    """The master address each Sentinel gives for MASTER_NAME (None for a Sentinel that does not answer)."""
-    answers = []
-    for port in SENTINEL_PORTS:
-        try:
-            host, master_port = client(port).sentinel_get_master_addr_by_name(MASTER_NAME)
-            answers.append(int(master_port))
-        except (redis.RedisError, TypeError):
-            answers.append(None)
-    return answers
-
-
-def sentinels_ready(master_port, replica_ports):
-    """True when every Sentinel names `master_port`, knows every replica as up and sees the other Sentinels."""
-    for port in SENTINEL_PORTS:
-        s = client(port)
-        state = s.sentinel_master(MASTER_NAME)
-        if int(state["port"]) != master_port or not state["is_master"] or state["is_sdown"]:
-            return False
-        if state["num-other-sentinels"] != len(SENTINEL_PORTS) - 1:
-            return False
-        linked = {
-            int(r["port"])
-            for r in s.sentinel_slaves(MASTER_NAME)
-            if not r["is_sdown"] and r["master-link-status"] == "ok"
-        }
-        if not set(replica_ports) <= linked:
-            return False
-    return True
-
-
-def role(port):
-    return client(port).info("replication")
-
-
-# ---------------------------------------------------------------- scenarios
-def run_failover(procs, load, *, title, old_port, fault):
+def run_failover(procs, topo, load, *, title, old_port, fault):
     """Apply `fault`, watch the promotion, and print the phases. Return the new master's port (the
     Sentinels' choice) and the moment it was first named."""
     say(f"\n{title}")
@@ -153,7 +97,7 @@ def run_failover(procs, load, *, title, old_port, fault):
     moments = {}
 
     def switched():
-        answers = masters_named()
+        answers = topo.masters_named()
         promoted = next((a for a in answers if a not in (None, old_port)), None)
         if "named" not in moments and promoted is not None:
             moments["named"], moments["port"] = time.monotonic(), promoted
@@ -199,9 +143,9 @@ def run_failover(procs, load, *, title, old_port, fault):
     return new_port, time.time() - (time.monotonic() - moments["named"])
 
 
-def verify_new_master(new_port, db, promoted_at):
+def verify_new_master(topo, new_port, db, promoted_at):
     """Print evidence that the Sentinels agree on `new_port` and that the app's writes land there."""
-    answers = masters_named()
+    answers = topo.masters_named()
     say(
         f"  SENTINEL get-master-addr-by-name {MASTER_NAME}: "
         + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, answers, strict=True))
@@ -244,23 +188,13 @@ def demo(procs):
         raise SystemExit("sentinel-demo: BULWARK_SENTINEL_DEMO_REDIS_PORTS needs three ports (a master, two replicas)")
     first, *replicas = REDIS_PORTS
     workdir = procs.workdir
+    topo = Topology(procs, redis_ports=REDIS_PORTS, sentinel_ports=SENTINEL_PORTS)
     say(
         f"sentinel-demo: master :{first}, replicas {', '.join(f':{p}' for p in replicas)}, Sentinels "
-        f"{SENTINEL_PORTS} (quorum {QUORUM}), down-after {DOWN_AFTER_MS} ms, "
+        f"{SENTINEL_PORTS} (quorum {topo.quorum}), down-after {topo.down_after_ms} ms, "
         f"WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}, in {workdir}"
     )
-    procs.start_redis(first, redis_command(first, workdir))
-    for port in replicas:
-        procs.start_redis(port, redis_command(port, workdir, replica_of=first))
-        wait_for(f"the replica :{port} to sync", lambda p=port: role(p).get("master_link_status") == "up")
-    for port in SENTINEL_PORTS:
-        procs.start_redis(port, sentinel_command(port, first, workdir))
-    wait_for(
-        "the Sentinels to see the master, the replicas and each other",
-        lambda: sentinels_ready(first, replicas),
-        timeout=60,
-        every=0.2,
-    )
+    topo.start()
     say("  topology up: the Sentinels see the master, both replicas and each other")
 
     os.environ.update(APP_ENV, WRITE_BEHIND_WAIT_REPLICAS=str(WAIT_REPLICAS))
@@ -323,7 +257,7 @@ def demo(procs):
         ),
     ]
     statuses = Counter()
-    lost_total = 0
+    lost_total = over_total = 0
     # The users are new: every view in the database since the warm-up is one of the demo's. Measured
     # from there, not from each scenario's start, or the warm-up view (acknowledged, counted in the first
     # scenario) would be flushed before the first baseline and show as lost.
@@ -332,11 +266,11 @@ def demo(procs):
         old_port = master["port"]
         with Load(user_ids, port=WEB_PORT, threads=LOAD_THREADS, pace=PACE) as load:
             new_port, promoted_at = run_failover(
-                procs, load, title=title.format(old=old_port, name=MASTER_NAME), old_port=old_port, fault=fault
+                procs, topo, load, title=title.format(old=old_port, name=MASTER_NAME), old_port=old_port, fault=fault
             )
             master["port"] = new_port
             say(f"  the Sentinels promoted :{new_port}")
-            verify_new_master(new_port, db, promoted_at)
+            verify_new_master(topo, new_port, db, promoted_at)
         if f"redis-{old_port}" in procs.running:
             client(old_port).execute_command("CLIENT", "UNPAUSE")
         wait_for("the last flush", lambda p=new_port: nothing_pending(client(p, db)), timeout=60, every=0.2)
@@ -353,18 +287,20 @@ def demo(procs):
             f"{stored} in the database after the last flush: acknowledged views lost "
             f"{'at least ' if uncertain and lost else ''}{lost}"
         )
-        if stored > acknowledged + uncertain:
-            say(f"  !! {stored - acknowledged - uncertain} views counted that nobody was told about")
+        over = max(0, stored - acknowledged - uncertain)
+        over_total += over
+        if over:
+            say(f"  !! {over} views counted that nobody was told about")
         statuses.update(r[3] for r in load.records)
         if f"redis-{old_port}" not in procs.running:  # killed: restart it
-            procs.start_redis(old_port, redis_command(old_port, workdir))
+            procs.start_redis(old_port, topo.redis_command(old_port))
             wait_for(
                 f":{old_port} to rejoin as a replica of :{new_port}",
                 lambda o=old_port, n=new_port: (
                     role(o)["role"] == "slave"
                     and role(o).get("master_port") == n
                     and role(o).get("master_link_status") == "up"
-                    and sentinels_ready(n, others())
+                    and topo.ready(n, others())
                 ),
                 timeout=90,
                 every=0.2,
@@ -373,7 +309,7 @@ def demo(procs):
                 f"  :{old_port} restarted from its AOF, rejoined as a replica of :{new_port} (Sentinel reconfigured it)"
             )
         else:
-            wait_for("the Sentinels to settle", lambda n=new_port: sentinels_ready(n, others()), timeout=90, every=0.2)
+            wait_for("the Sentinels to settle", lambda n=new_port: topo.ready(n, others()), timeout=90, every=0.2)
 
     say(
         f"\nall {sum(statuses.values())} requests: "
@@ -382,6 +318,12 @@ def demo(procs):
     errors = sum(n for s, n in statuses.items() if not (200 <= s < 300 or s == 503))
     if errors:
         raise SystemExit(f"sentinel-demo: {errors} answers were neither 2xx nor 503")
+    # A view counted that no client was told about (202) or warned of (503 unconfirmed) is a count too
+    # many; a view lost while each was confirmed by a replica is a broken promise. Either fails the demo.
+    if over_total:
+        raise SystemExit(f"sentinel-demo: {over_total} views counted over (more in the database than answered)")
+    if WAIT_REPLICAS and lost_total:
+        raise SystemExit(f"sentinel-demo: {lost_total} acknowledged views lost with WRITE_BEHIND_WAIT_REPLICAS")
     why = (
         f"each acknowledged only once {WAIT_REPLICAS} replica(s) had it"
         if WAIT_REPLICAS
@@ -389,7 +331,7 @@ def demo(procs):
     )
     say(
         f"sentinel-demo: ok (no answer other than 2xx/503; WRITE_BEHIND_WAIT_REPLICAS={WAIT_REPLICAS}: "
-        f"{lost_total} acknowledged views lost in all, {why})"
+        f"{lost_total} acknowledged views lost in all, {why}; 0 counted over)"
     )
 
 

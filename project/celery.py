@@ -12,8 +12,34 @@ from celery.signals import (
     worker_process_init,
 )
 from celery.worker.consumer import Consumer
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+
+from resilience.sentinel import MasterRoleConnection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
+
+
+class SentinelChannel(kombu_redis.SentinelChannel):
+    """kombu's Sentinel channel, connecting only to a server whose ROLE is master (resilience/sentinel.py).
+
+    kombu connects to whatever a Sentinel names, after a PING. During a failover a Sentinel that lags
+    behind names the old master, a replica by then: the worker's consumer reconnected there, BRPOPed
+    a queue nobody pushes to any more and never received another task (`make sentinel-demo` stalled
+    after the SENTINEL FAILOVER), and its tasks' writes failed on the replica.
+    """
+
+    connection_class = MasterRoleConnection
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+
+
+# The scheme of the broker URL names the transport, again on each reconnection (kombu switches to the
+# next URL of the list and parses it anew): the "sentinel" name itself must mean this transport. Its
+# channel still reads every Sentinel from the URLs whose scheme is "sentinel".
+TRANSPORT_ALIASES["sentinel"] = "project.celery:SentinelTransport"
 
 
 class BrokerLossConsumer(Consumer):

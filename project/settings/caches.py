@@ -94,6 +94,8 @@ def build_caches(*, redis_db: int):
         # backoff): with no Sentinel answering, those cost every state call about 4 s, not 0.25 s.
         caches["state"]["OPTIONS"].update(
             CONNECTION_FACTORY="django_redis.pool.SentinelConnectionFactory",
+            # Connections that check that the server named master is one (resilience/sentinel.py).
+            CONNECTION_POOL_CLASS="resilience.sentinel.SentinelConnectionPool",
             SENTINELS=sentinels,
             SENTINEL_KWARGS={"socket_timeout": socket_timeout, "socket_connect_timeout": socket_timeout, "retry": None},
         )

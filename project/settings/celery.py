@@ -32,7 +32,11 @@ def build_celery(*, state_url: str) -> dict:
             "to a single Redis (redis://host:port/db) or RabbitMQ (amqp://...)."
         )
     # Unacked tasks come back after this; keep it above the longest task, far below the 1 h default.
-    transport_options = {"visibility_timeout": 300}
+    # kombu's Redis sockets have no timeout by default: a reply that never comes (a server paused for a
+    # switchover, a half-open connection) blocked the worker's consumer for good while it closed the
+    # lost connection (`make sentinel-demo` stalled once after a planned switchover). BRPOP waits 1 s
+    # at a time, well under these.
+    transport_options = {"visibility_timeout": 300, "socket_timeout": 5, "socket_connect_timeout": 5}
     if broker_url.startswith("sentinel://"):
         transport_options["master_name"] = master_name
     return {
