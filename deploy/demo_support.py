@@ -1,7 +1,8 @@
 """What the Redis failover demos share (deploy/sentinel_demo.py, deploy/cluster_demo.py) and the Redis
-Cluster the tests start (tests/resilience/test_redis_cluster.py): polling, the processes a demo starts,
-a Redis server's command line, a local Redis Cluster, the app under test (users, web server, worker,
-views in the database), and the closed-loop HTTP load with its report."""
+Cluster the tests start (tests/resilience/test_redis_cluster.py): polling (tests/stack.py's) and the
+processes a demo starts (tests/processes.py's), a Redis server's command line, a local Redis Cluster,
+the app under test (users, web server, worker, views in the database), and the closed-loop HTTP load
+with its report."""
 
 import contextlib
 import http.client
@@ -22,6 +23,7 @@ from pathlib import Path
 import redis
 
 from tests import processes, stack
+from tests.processes import Processes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -65,49 +67,6 @@ def run_demo(name, demo, *, ports, port_variables, logs):
             say(f"{name}: failed; logs kept in {workdir} ({logs})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- processes
-class Processes(processes.Processes):
-    """Every process the demo starts (tests/processes.py: each in its own session, stopped with its
-    children), its output in workdir/<name>.out."""
-
-    def __init__(self, workdir: Path):
-        super().__init__(workdir, suffix=".out")
-        self.workdir = workdir
-
-    def start_redis(self, port, cmd, attempts=5):
-        """Start a Redis server or Sentinel and wait until it answers PING.
-
-        A port in Linux's ephemeral range (32768-60999) can be held for a moment by some process's
-        outgoing connection; a server that could not bind it is started again, up to `attempts` times."""
-        name = f"redis-{port}" if "--sentinel" not in cmd else f"sentinel-{port}"
-        for attempt in range(1, attempts + 1):
-            self.start(name, cmd)
-            try:
-                wait_for(f"{name} to answer", lambda: self.check_alive(name) or client(port).ping(), timeout=15)
-                return name
-            except RuntimeError as exc:
-                if "Address already in use" not in str(exc) or attempt == attempts:
-                    raise
-                self.running.pop(name)
-                time.sleep(1)
-        return name
-
-    def kill(self, name, *, group=False):
-        """SIGKILL `name` (the process only, as a crash would) and reap it."""
-        super().kill(name, group=group)
-
-    def check_alive(self, *names):
-        """Raise ProcessExited if one of `names` is not running, with the end of its own log too (a Redis
-        server's or a Sentinel's)."""
-        for name in names:
-            try:
-                self.running[name].check_alive()
-            except processes.ProcessExited as exc:
-                logs = list((self.workdir / name).glob("*.log"))
-                tail = logs[0].read_text(errors="replace").splitlines()[-3:] if logs else []
-                raise processes.ProcessExited(" | ".join([str(exc), *tail])) from None
 
 
 def redis_command(port, workdir: Path, replica_of=None, extra: tuple[str, ...] = ()):

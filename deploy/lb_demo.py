@@ -63,7 +63,7 @@ APP_ENV = dict(
 # forks, as systemd stopping a unit would), stopped on exit. granian stops in well under a second, except
 # when the SIGTERM lands while it is still starting: then it never exits (measured), hence the 5 s before
 # SIGKILL.
-PROCESSES = Processes(PREFIX)
+PROCESSES = Processes(PREFIX, suffix=".log")
 STOP_TIMEOUT = 5
 STOP_LOAD = threading.Event()
 

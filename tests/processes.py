@@ -1,8 +1,9 @@
 """Starting, waiting for and stopping the real processes the tests, the bench, the chaos suite and the deploy
 demos run: one place for how a child is started (its own session, so a signal reaches the workers it
 forks; its output in a log file), how a wait notices that it died, and how it is stopped (a signal to its
-whole process group, SIGKILL after a timeout). The command lines come from project/worker.py (Celery
-worker and beat) and project/server.py (granian).
+whole process group, SIGKILL after a timeout). The app's command lines come from project/worker.py
+(Celery worker and beat) and project/server.py (granian); Redis servers and Sentinels are started and
+waited for here too (their command lines are the demos' and tests/sentinel.py's).
 
 Imports nothing but the standard library and those two modules: `python deploy/lb_demo.py` imports it from
 a fresh clone without Django set up.
@@ -54,7 +55,9 @@ class Process:
             return self
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "a") as log:  # the child keeps its own copy of the descriptor
-            log.write(f"===== {time.strftime('%H:%M:%S')} start {' '.join(map(str, self.argv))}\n")
+            # The variables it gets that this process does not have (e.g. chaos's armed fault point).
+            differ = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
+            log.write(f"===== {time.strftime('%H:%M:%S')} start {' '.join(map(str, self.argv))} {differ or ''}\n")
             log.flush()
             self.proc = subprocess.Popen(
                 self.argv,
@@ -142,18 +145,51 @@ def answers(url: str) -> bool:
 
 
 class Processes:
-    """Named processes logging to `log_dir`/<name><suffix>, stopped together (last started first)."""
+    """Named processes, their output in `workdir`/<name><suffix>, stopped together (last started first):
+    what the demos and the Redis topologies of the tests start."""
 
-    def __init__(self, log_dir: Path, *, suffix: str = ".log"):
-        self.log_dir, self.suffix = log_dir, suffix
+    def __init__(self, workdir: Path, *, suffix: str = ".out"):
+        self.workdir, self.suffix = workdir, suffix
         self.running: dict[str, Process] = {}
 
     def start(self, name: str, argv: list[str], env: dict | None = None, **options) -> Process:
         """Start `argv` as `name` with `env` (None: this process's); `options` are Process's (a
         `log_path` of None: no log file, the output goes where this process's goes)."""
-        options.setdefault("log_path", self.log_dir / f"{name}{self.suffix}")
+        options.setdefault("log_path", self.workdir / f"{name}{self.suffix}")
         self.running[name] = Process(name, argv, env=env, **options)
         return self.running[name].start()
+
+    def start_redis(self, port: int, argv: list[str], attempts: int = 5) -> str:
+        """Start a Redis server or Sentinel and wait until it answers PING; return its name.
+
+        A port in Linux's ephemeral range (32768-60999) can be held for a moment by some process's
+        outgoing connection; a server that could not bind it is started again, up to `attempts` times."""
+        import redis
+
+        name = f"redis-{port}" if "--sentinel" not in argv else f"sentinel-{port}"
+        ping = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.5, socket_connect_timeout=0.5).ping
+        for attempt in range(1, attempts + 1):
+            self.start(name, argv)
+            try:
+                wait_for(lambda: self.check_alive(name) or ping(), timeout=15, message=f"{name} to answer")
+                return name
+            except ProcessExited as exc:
+                if "Address already in use" not in str(exc) or attempt == attempts:
+                    raise
+                self.running.pop(name)
+                time.sleep(1)
+        return name
+
+    def check_alive(self, *names: str) -> None:
+        """Raise ProcessExited if one of `names` is not running, with the end of its output and of the
+        log a Redis server or Sentinel keeps in `workdir`/<name>/."""
+        for name in names:
+            try:
+                self.running[name].check_alive()
+            except ProcessExited as exc:
+                logs = list((self.workdir / name).glob("*.log"))
+                tail = logs[0].read_text(errors="replace").splitlines()[-3:] if logs else []
+                raise ProcessExited(" | ".join([str(exc), *tail])) from None
 
     def stop(self, name: str, sig: int | None = None, timeout: float | None = None) -> None:
         """Stop `name` (see Process.stop) and forget it."""
@@ -161,9 +197,9 @@ class Processes:
         if proc is not None:
             proc.stop(sig, timeout)
 
-    def kill(self, name: str, *, group: bool = True) -> None:
-        """SIGKILL `name` (see Process.kill) and forget it."""
-        self.running.pop(name).kill(group=group)
+    def kill(self, name: str) -> None:
+        """SIGKILL `name`, the process only (as a crash of that process would), and forget it."""
+        self.running.pop(name).kill(group=False)
 
     def stop_all(self) -> None:
         for name in reversed(list(self.running)):
