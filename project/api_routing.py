@@ -36,6 +36,7 @@ def by_method(*apis: type[APIView]):
         return response
 
     view.cls, view.initkwargs, view.routes = apis[0], {}, routes  # for the schema generator (and is_api_view)
+    view.allow = allow  # for a view answering some requests of the URL itself (users/fastpath.py)
     return view
 
 

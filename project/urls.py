@@ -6,6 +6,8 @@ from resilience import health
 from resilience.ratelimit.drf import rate_limited_view
 
 urlpatterns = [
+    # First: the API's hot reads are resolved without trying the patterns below (no prefix overlaps).
+    path("api/v1/", include("users.urls")),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
     # Before the admin's own URLs, so it is the login every link and redirect reaches: limited per
@@ -13,7 +15,6 @@ urlpatterns = [
     path("admin/login/", rate_limited_view("admin.login")(admin.site.login)),
     path("admin/", admin.site.urls),
     path("metrics", include("ops.metrics")),
-    path("api/v1/", include("users.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
 ]

@@ -297,7 +297,13 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
 
 
 def _me(request, *, probed=None) -> dict:
-    row = selectors.user_get_by_id(user_id=request.user.id, probed=probed)
+    return me_row(request.user.id, probed=probed)
+
+
+def me_row(user_id: int, *, probed=None) -> dict:
+    """The authenticated caller's row (`probed`: its cache probe's result). Raises ApiError 401 when
+    the account is gone (its token outlived it)."""
+    row = selectors.user_get_by_id(user_id=user_id, probed=probed)
     if row is None:
         raise ApiError(401, "The account no longer exists.", "not_authenticated")
     return row
@@ -310,7 +316,8 @@ class UserMeApi(RateLimitedApiMixin, APIView):
     # methods, after IsProductUser, which the URL's three classes share.
 
     permission_classes = [IsProductUser]
-    concurrency_policy = "api.concurrent"
+    # No api.concurrent slot: a cached read, like GET /users/{id}/ (users/fastpath.py serves both with
+    # one state-Redis call; a slot would add two). Its edits and deletion take one.
 
     def rate_limit_companions(self, request):
         # Permissions ran first, so the caller is known: its cached row rides with the limiter's call.

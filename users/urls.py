@@ -7,7 +7,11 @@ from . import apis, fastpath
 
 urlpatterns = [
     path("users/", by_method(apis.UserRegisterApi, apis.UserListApi), name="users"),
-    path("users/me/", by_method(apis.UserMeApi, apis.UserMeUpdateApi, apis.UserMeDeleteApi), name="users-me"),
+    path(
+        "users/me/",
+        fastpath.fast_me(by_method(apis.UserMeApi, apis.UserMeUpdateApi, apis.UserMeDeleteApi)),
+        name="users-me",
+    ),
     path("users/<str:user_id>/", fastpath.fast_get(apis.UserDetailApi.as_view()), name="user-detail"),
     path("users/<str:user_id>/views/", apis.UserViewsApi.as_view(), name="user-views"),
     path("auth/token/", apis.TokenApi.as_view(), name="auth-token"),

@@ -40,7 +40,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "ops.metrics.MetricsMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "resilience.lazy_messages.LazyMessageMiddleware",  # Django's, its storage built on first use
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 

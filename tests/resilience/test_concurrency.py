@@ -156,10 +156,10 @@ def server_settings(tmp_path, *, limit: int, expiry: int) -> dict:
     }
 
 
-def request(port: int, method: str, token: str, body: dict | None = None) -> int:
+def request(port: int, method: str, token: str, body: dict | None = None, path: str = "/api/v1/users/me/") -> int:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(  # noqa: S310 (a local test server)
-        f"http://127.0.0.1:{port}/api/v1/users/me/",
+        f"http://127.0.0.1:{port}{path}",
         data=data,
         method=method,
         headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
@@ -241,6 +241,9 @@ def test_five_in_flight_across_two_server_processes_the_other_45_get_429(tmp_pat
         wait_for(lambda: state_redis_db.zcard(slots) == 0, timeout=10, message="every slot given back")
 
 
+TOKENS = "/api/v1/auth/tokens/"  # a read that takes an api.concurrent slot (GET /users/me/ is a cached read: none)
+
+
 def test_a_slot_of_a_sigkilled_server_is_freed_once_it_expires(tmp_path, user_and_token, state_redis_db):
     user_id, token = user_and_token
     # The expiry leaves the survivor's first answers (a fresh process on a busy machine) well inside it.
@@ -254,21 +257,25 @@ def test_a_slot_of_a_sigkilled_server_is_freed_once_it_expires(tmp_path, user_an
                 holder = threading.Thread(target=hold, args=(doomed_port, token))
                 holder.start()
                 wait_for(lambda: state_redis_db.zcard(slots) == 1, timeout=30, message="the PATCH to hold its slot")
-                assert request(survivor_port, "GET", token) == 429
+                assert request(survivor_port, "GET", token, path=TOKENS) == 429
                 os.killpg(doomed.pid, signal.SIGKILL)
                 doomed.wait(timeout=15)
-            assert request(survivor_port, "GET", token) == 429  # the dead process never gave it back...
+            assert request(survivor_port, "GET", token, path=TOKENS) == 429  # the dead process never gave it back...
             # ...but it expires: within the policy's 10 s a request is admitted again.
-            wait_for(lambda: request(survivor_port, "GET", token) == 200, timeout=30, message="the slot to expire")
+            wait_for(
+                lambda: request(survivor_port, "GET", token, path=TOKENS) == 200,
+                timeout=30,
+                message="the slot to expire",
+            )
         holder.join(timeout=30)
     assert state_redis_db.zcard(slots) == 0
 
 
 # --- where api.concurrent applies: every operation of the documented URLs, never the anonymous read ---
 def test_every_operation_of_the_authenticated_urls_takes_an_api_concurrent_slot():
-    """docs/architecture.md, "Limits in the request path": /users/ (both operations), /users/me/ (all
-    three), the token URLs; not the cached read nor the views endpoint. One class per operation means a
-    new class must name the policy again: this catches one that does not."""
+    """docs/architecture.md, "Limits in the request path": /users/ (both operations), the edits and
+    deletion of /users/me/, the token URLs; not the two cached reads nor the views endpoint. One class
+    per operation means a new class must name the policy again: this catches one that does not."""
     from django.urls import resolve
 
     def operations(path):
@@ -276,15 +283,11 @@ def test_every_operation_of_the_authenticated_urls_takes_an_api_concurrent_slot(
         classes = set(getattr(callback, "routes", {}).values()) or {callback}
         return {route.cls for route in classes}
 
-    for path in (
-        "/api/v1/users/",
-        "/api/v1/users/me/",
-        "/api/v1/auth/token/",
-        "/api/v1/auth/tokens/",
-        "/api/v1/auth/tokens/7/",
-    ):
+    for path in ("/api/v1/users/", "/api/v1/auth/token/", "/api/v1/auth/tokens/", "/api/v1/auth/tokens/7/"):
         for api in operations(path):
             assert api.concurrency_policy == "api.concurrent", (path, api.__name__)
+    me = {api.__name__: api.concurrency_policy for api in operations("/api/v1/users/me/")}
+    assert me == {"UserMeApi": None, "UserMeUpdateApi": "api.concurrent", "UserMeDeleteApi": "api.concurrent"}
     for path in ("/api/v1/users/7/", "/api/v1/users/7/views/"):
         for api in operations(path):
             assert api.concurrency_policy is None, (path, api.__name__)

@@ -1,5 +1,5 @@
-"""users/fastpath.py: GET /users/{id}/ answered without DRF gives exactly UserDetailApi's answers, and
-hands every request it does not fully understand to UserDetailApi."""
+"""users/fastpath.py: GET /users/{id}/ and GET /users/me/ answered without DRF give exactly
+UserDetailApi's and UserMeApi's answers, and hand every request they do not fully understand to DRF."""
 
 from unittest import mock
 
@@ -9,7 +9,7 @@ from django.test import Client
 from django_redis import get_redis_connection
 
 from users import services
-from users.apis import UserDetailApi
+from users.apis import UserDetailApi, UserMeApi
 from users.sharding.access import group_for_user_id
 
 from ..factories import TokenFactory
@@ -17,6 +17,9 @@ from .conftest import PASSWORD
 
 # Headers whose values move from one request to the next (the limiter's remaining quota and reset).
 MOVING = {"RateLimit", "X-Request-ID"}  # differ per request; the id is compared as a placeholder
+
+
+ME = "/api/v1/users/me/"
 
 
 def detail(user_id):
@@ -27,6 +30,13 @@ def detail(user_id):
 def dispatches():
     """Count UserDetailApi dispatches: a spy on our own view, the real one still answers."""
     with mock.patch.object(UserDetailApi, "dispatch", autospec=True, side_effect=UserDetailApi.dispatch) as spy:
+        yield spy
+
+
+@pytest.fixture
+def me_dispatches():
+    """Count UserMeApi dispatches (the GET of /users/me/)."""
+    with mock.patch.object(UserMeApi, "dispatch", autospec=True, side_effect=UserMeApi.dispatch) as spy:
         yield spy
 
 
@@ -136,3 +146,59 @@ def test_a_shard_that_refuses_connections_is_the_same_503(settings, request, rea
         connection.close()
     status, headers, body = assert_same_answer(settings, detail(user["id"]))
     assert status == 503 and headers["Retry-After"] == "5" and b'"code":"shard_unavailable"' in body
+
+
+def test_me_with_a_token_answers_like_drf_without_dispatching_it(settings, user, me_dispatches):
+    token = TokenFactory(username="fasty", password=PASSWORD)
+    status, headers, body = assert_same_answer(settings, ME, Authorization=f"Token {token}")
+    assert status == 200 and b'"email":"fasty@example.com"' in body and headers["ETag"].startswith('"')
+    assert headers["Allow"] == "GET, PATCH, DELETE, HEAD, OPTIONS" and "RateLimit-Policy" in headers
+    assert "Vary" not in headers  # the session was not touched
+    for bad in ("Token not-a-token", "Token a b", f"Token {token}x", "token"):
+        status, headers, body = assert_same_answer(settings, ME, Authorization=bad)
+        assert status == 401 and headers["WWW-Authenticate"] == "Token" and b'"request_id"' in body
+    services.token_revoke(token=token)
+    assert assert_same_answer(settings, ME, Authorization=f"Token {token}")[0] == 401
+    # Each assert_same_answer dispatched UserMeApi once, for its DRF half only.
+    assert me_dispatches.call_count == 6
+
+
+def test_me_is_counted_by_user_and_denied_alike(settings, user):
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"api.read": {"rate": "1/m", "key": "user_or_ip"}}
+    as_user = {"Authorization": f"Token {TokenFactory(username='fasty', password=PASSWORD)}"}
+    assert answer(settings, True, ME, "10.9.3.1", **as_user)[0] == 200
+    # Another address, the same user: the one allowed read is spent, on either path.
+    fast = answer(settings, True, ME, "10.9.3.2", **as_user)
+    drf = answer(settings, False, ME, "10.9.3.3", **as_user)
+    assert fast[0] == 429 and fast[2] == drf[2] and set(fast[1]) == set(drf[1])
+    assert {"Retry-After", "RateLimit-Policy"} <= set(fast[1])
+
+
+TOKEN = "<token>"  # replaced by a valid token
+
+
+@pytest.mark.parametrize(
+    ("path_suffix", "headers"),
+    [
+        ("", {"Authorization": TOKEN, "Accept": "text/html"}),  # DRF's 406
+        ("?format=json", {"Authorization": TOKEN}),
+        ("", {"Authorization": TOKEN, "Cookie": "sessionid=x"}),  # a session: DRF's authentication and CSRF
+        ("", {"Authorization": "Bearer abc"}),  # not the Token scheme: DRF's other authenticators
+        ("", {}),  # no credentials: DRF's 401
+    ],
+)
+def test_me_requests_it_does_not_fully_understand_go_to_drf(settings, user, me_dispatches, path_suffix, headers):
+    settings.USERS_FAST_READ = True
+    token = f"Token {TokenFactory(username='fasty', password=PASSWORD)}"
+    headers = {name: token if value == TOKEN else value for name, value in headers.items()}
+    Client().get(ME + path_suffix, headers=headers)
+    Client().head(ME, headers={"Authorization": token})
+    assert me_dispatches.call_count == 2
+
+
+def test_me_with_a_username_keyed_read_policy_goes_to_drf(settings, user, me_dispatches):
+    settings.USERS_FAST_READ = True
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"api.read": {"rate": "100/m", "key": "ip+username"}}
+    token = TokenFactory(username="fasty", password=PASSWORD)
+    assert Client().get(ME, headers={"Authorization": f"Token {token}"}).status_code == 200
+    assert me_dispatches.call_count == 1

@@ -1,0 +1,69 @@
+"""Django's per-request database bookkeeping, over the connections this thread has opened.
+
+Django connects `reset_queries` and `close_old_connections` to request_started and request_finished.
+Each walks every configured alias (`connections.all(initialized_only=True)` asks the context-local
+store about each of the 12 aliases of the local stack, more with each shard group), three times a
+request: about a sixth of the CPU of a cached read, which opens no connection at all. Only an opened
+connection can be unusable, past CONN_MAX_AGE, due a health check or hold logged queries, so doing
+the same work for the aliases this thread (asgiref context, as Django's connections) opened a
+connection on keeps Django's semantics exactly. The serving processes install it (project/wsgi.py);
+other processes (Celery, management commands, tests) keep Django's receivers.
+"""
+
+from asgiref.local import Local
+from django.core.signals import request_finished, request_started
+from django.db import close_old_connections, connections, reset_queries
+from django.db.backends.signals import connection_created
+
+_opened = Local()  # .aliases: the aliases this context opened a connection on; as local as `connections`
+
+
+def _aliases() -> set[str]:
+    try:
+        return _opened.aliases
+    except AttributeError:
+        _opened.aliases = set()
+        return _opened.aliases
+
+
+def _connection_created(*, connection, **kwargs) -> None:
+    _aliases().add(connection.alias)
+
+
+def _opened_connections() -> list:
+    return [connections[alias] for alias in _aliases()]
+
+
+def request_started_bookkeeping(**kwargs) -> None:
+    """Django's reset_queries, then close_old_connections, for this context's opened connections."""
+    for conn in _opened_connections():
+        conn.queries_log.clear()
+        conn.close_if_unusable_or_obsolete()
+
+
+def request_finished_bookkeeping(**kwargs) -> None:
+    """Django's close_old_connections, for this context's opened connections."""
+    for conn in _opened_connections():
+        conn.close_if_unusable_or_obsolete()
+
+
+def install() -> None:
+    """Replace Django's request receivers with the ones above. Connections this context opened
+    before the call are counted too."""
+    connection_created.connect(_connection_created, dispatch_uid="bulwark.lifecycle.created")
+    _aliases().update(conn.alias for conn in connections.all(initialized_only=True) if conn.connection is not None)
+    request_started.disconnect(reset_queries)
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    request_started.connect(request_started_bookkeeping, dispatch_uid="bulwark.lifecycle.started")
+    request_finished.connect(request_finished_bookkeeping, dispatch_uid="bulwark.lifecycle.finished")
+
+
+def uninstall() -> None:
+    """Django's own receivers again (tests)."""
+    request_started.disconnect(dispatch_uid="bulwark.lifecycle.started")
+    request_finished.disconnect(dispatch_uid="bulwark.lifecycle.finished")
+    connection_created.disconnect(dispatch_uid="bulwark.lifecycle.created")
+    request_started.connect(reset_queries)
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
