@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -49,7 +48,7 @@ from bench import openloop, roundtrips  # noqa: E402
 from project.db import pinning, routing  # noqa: E402
 from project.db.replicas import monitor  # noqa: E402
 from project.server import granian_argv  # noqa: E402
-from tests.processes import state_replica  # noqa: E402
+from tests.processes import Process, running, state_replica  # noqa: E402
 from tests.stack import free_port  # noqa: E402
 from users import selectors, services  # noqa: E402
 from users.models import User  # noqa: E402
@@ -242,23 +241,9 @@ def server(kind, port=None, threads=None, **env_extra):
         ]
     else:
         cmd = granian_argv(port, workers=int(WORKERS), threads=int(threads))
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health/live", timeout=2).read()  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{kind} did not start") from None
-                time.sleep(0.2)
+    process = Process(kind, cmd, log_path=Path(os.devnull), env=env, stop_timeout=30)
+    with running(process, serving=f"http://127.0.0.1:{port}/health/live", timeout=60):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}

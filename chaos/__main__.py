@@ -31,7 +31,8 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
-from tests.stack import free_port, stack, wait_for  # noqa: E402
+from tests.processes import beat, granian, worker  # noqa: E402
+from tests.stack import ROOT, free_port, stack, wait_for  # noqa: E402
 from users import services  # noqa: E402
 from users.outbox import EVENTS  # noqa: E402
 from users.sharding.access import group_for_username  # noqa: E402
@@ -39,8 +40,17 @@ from webhooks.models import WebhookSubscriber  # noqa: E402
 
 from . import checks  # noqa: E402
 from .load import PASSWORD, Load  # noqa: E402
-from .processes import ROOT, Receiver, beat, server, wait_until_serving, worker  # noqa: E402
-from .scenarios import SCENARIOS, Scenario, Suite, replay, replica_cut, replicas_usable, shard_allow  # noqa: E402
+from .receiver import Receiver  # noqa: E402
+from .scenarios import (  # noqa: E402
+    SCENARIOS,
+    Scenario,
+    Suite,
+    child_env,
+    replay,
+    replica_cut,
+    replicas_usable,
+    shard_allow,
+)
 
 SECONDS = float(os.environ.get("CHAOS_SECONDS", "5"))
 WARM_SECONDS = 3.0
@@ -291,13 +301,19 @@ def main() -> int:
         .secret
     )
     port = int(os.environ.get("CHAOS_PORT") or free_port())
+    env = child_env()
     suite = Suite(
-        server=server(port, log_dir), worker=worker(log_dir), beat=beat(log_dir), receiver=receiver, log_dir=log_dir
+        # granian as `make bench` runs it: 2 processes, 4 threads each.
+        server=granian(port, log_dir / "server.log", name="server", env=env, stop_timeout=20, log_level="warning"),
+        # Two pool processes: a webhook run waiting on a dead receiver never delays a flush.
+        worker=worker(log_dir / "worker.log", "--without-heartbeat", concurrency=2, env=env, stop_timeout=20),
+        beat=beat(log_dir / "beat.log", log_dir / "beat-schedule", env=env, stop_timeout=20),
+        receiver=receiver,
+        log_dir=log_dir,
     )
     rows = []
     try:
-        suite.server.start()
-        wait_until_serving(f"http://127.0.0.1:{port}", suite.server)
+        suite.server.start().wait_serving(f"http://127.0.0.1:{port}/health/live")
         for scenario in selected:
             print(f"{scenario.name}: {scenario.title}", flush=True)
             row = run(scenario, suite, port)

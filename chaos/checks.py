@@ -15,7 +15,7 @@ from users.writebehind import buffer
 from webhooks.models import WebhookDelivery
 
 from .load import Http, Ledger
-from .processes import Receiver
+from .receiver import Receiver
 
 WEBHOOK_SETTLE = 2.0  # seconds an event may take from its commit to the receiver when all is well
 

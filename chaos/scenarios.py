@@ -6,8 +6,6 @@ restarted" restarts the cluster, so every primary is down for the hold. "A repli
 asynchronous standby's WAL receiver elsewhere; "add a shard" runs the real resharding command.
 """
 
-import os
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,14 +15,21 @@ import psycopg
 from django.conf import settings
 
 from project.db.replicas import monitor
+from tests.processes import Process, app_env
 from tests.stack import stack, wait_for
 from users.sharding.shardmap import shard_map
 
-from .processes import ROOT, Process, Receiver
+from .receiver import Receiver
 
 RESHARD_TARGET = "shard_2"  # configured in the chaos settings (SHARD_COUNT=3), not in the initial map
 RESHARD_TIMEOUT = 180.0
 FAULT_POINT = "flush.after_commit"  # users/writebehind/flush.py: one shard committed, the batch not acknowledged
+
+
+def child_env(**extra) -> dict:
+    """This process's environment (every BULWARK_* port and BULWARK_STACK_DIR) on the chaos settings,
+    with `extra` set: what each process the suite starts gets."""
+    return app_env({"DJANGO_SETTINGS_MODULE": "chaos.settings", **extra})
 
 
 @dataclass
@@ -120,35 +125,24 @@ _reshard: dict = {}  # the running `manage.py reshard` of the add-shard scenario
 
 def reshard_start(suite: Suite) -> None:
     """`make add-shard`'s command, as an operator runs it beside the serving fleet."""
-    log = open(suite.log_dir / "reshard.log", "a")  # noqa: SIM115 (closed by reshard_wait)
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="chaos.settings")
-    _reshard["log"] = log
-    _reshard["proc"] = subprocess.Popen(
-        [sys.executable, "manage.py", "reshard", "plan", "--to", RESHARD_TARGET, "--apply"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    argv = [sys.executable, "manage.py", "reshard", "plan", "--to", RESHARD_TARGET, "--apply"]
+    _reshard["proc"] = Process("reshard", argv, log_path=suite.log_dir / "reshard.log", env=child_env()).start()
 
 
 def reshard_wait(_suite: Suite) -> None:
     """The move runs to its end under the load (copy, fence, verify, switch, clean-up)."""
-    proc = _reshard.get("proc")
-    if proc is None:
+    reshard = _reshard.get("proc")
+    if reshard is None:
         return
     try:
-        proc.wait(timeout=RESHARD_TIMEOUT)
+        reshard.proc.wait(timeout=RESHARD_TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
-    _reshard["log"].close()
+        reshard.kill()
 
 
 def reshard_done(_suite: Suite) -> bool:
-    proc = _reshard.get("proc")
-    return proc is not None and proc.returncode == 0 and RESHARD_TARGET in set(shard_map.table())
+    reshard = _reshard.get("proc")
+    return reshard is not None and reshard.proc.returncode == 0 and RESHARD_TARGET in set(shard_map.table())
 
 
 def kill_worker_mid_flush(suite: Suite) -> None:
@@ -157,7 +151,7 @@ def kill_worker_mid_flush(suite: Suite) -> None:
     marker = suite.log_dir / "writebehind-fault-fired"
     marker.unlink(missing_ok=True)
     suite.worker.stop()
-    suite.worker.start(FAULT_POINT=FAULT_POINT, FAULT_POINT_MARKER=marker)
+    suite.worker.start(child_env(FAULT_POINT=FAULT_POINT, FAULT_POINT_MARKER=marker))
     wait_for(marker.exists, timeout=60, interval=0.05, message="a flush to be SIGKILLed after its first shard commit")
     suite.worker.kill()
 

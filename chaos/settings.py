@@ -21,7 +21,10 @@ LOGGING = {
 
 # High enough never to deny the load; each policy keeps its built-in fail mode (users.register and
 # auth.token fail closed: 429 while the state Redis is out).
-RESILIENCE_RATELIMIT_POLICIES = {name: {"rate": "100000000/m"} for name in DEFAULT_POLICIES}
+RESILIENCE_RATELIMIT_POLICIES = {
+    name: {"limit": 100000000} if spec.get("algorithm") == "concurrency" else {"rate": "100000000/m"}
+    for name, spec in DEFAULT_POLICIES.items()
+}
 
 # Production retries a webhook after 30 s doubling to 1 h and opens a host's breaker for 10 s; here
 # seconds, so that "delivered after the receiver returns" is observed within a scenario.

@@ -1,12 +1,12 @@
 """What the Redis failover demos share (deploy/sentinel_demo.py, deploy/cluster_demo.py) and the Redis
-Cluster the tests start (tests/resilience/test_redis_cluster.py): polling, the processes a demo starts,
-a Redis server's command line, a local Redis Cluster, the app under test (users, web server, worker,
-views in the database), and the closed-loop HTTP load with its report."""
+Cluster the tests start (tests/resilience/test_redis_cluster.py): polling (tests/stack.py's) and the
+processes a demo starts (tests/processes.py's), a Redis server's command line, a local Redis Cluster,
+the app under test (users, web server, worker, views in the database), and the closed-loop HTTP load
+with its report."""
 
 import contextlib
 import http.client
 import json
-import os
 import random
 import shutil
 import signal
@@ -22,6 +22,9 @@ from pathlib import Path
 
 import redis
 
+from tests import processes, stack
+from tests.processes import Processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,16 +33,8 @@ def say(text=""):
 
 
 def wait_for(what, predicate, timeout=30.0, every=0.05):
-    """Poll `predicate` until it returns a true value, and return that; raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            value = predicate()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(every)
+    """tests/stack.py's wait_for, with what is awaited named first (as the demos read)."""
+    return stack.wait_for(predicate, timeout=timeout, interval=every, message=what)
 
 
 def client(port, db=0):
@@ -72,77 +67,6 @@ def run_demo(name, demo, *, ports, port_variables, logs):
             say(f"{name}: failed; logs kept in {workdir} ({logs})")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-
-
-# ---------------------------------------------------------------- processes
-class Processes:
-    """Every process the demo starts, each in its own session so that it can be stopped with its children."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.running: dict[str, subprocess.Popen] = {}
-
-    def start(self, name, cmd, env=None):
-        log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - the child keeps it
-        self.running[name] = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-
-    def start_redis(self, port, cmd, attempts=5):
-        """Start a Redis server or Sentinel and wait until it answers PING.
-
-        A port in Linux's ephemeral range (32768-60999) can be held for a moment by some process's
-        outgoing connection; a server that could not bind it is started again, up to `attempts` times."""
-        name = f"redis-{port}" if "--sentinel" not in cmd else f"sentinel-{port}"
-        for attempt in range(1, attempts + 1):
-            self.start(name, cmd)
-            try:
-                wait_for(f"{name} to answer", lambda: self.check_alive(name) or client(port).ping(), timeout=15)
-                return name
-            except RuntimeError as exc:
-                if "Address already in use" not in str(exc) or attempt == attempts:
-                    raise
-                self.running.pop(name)
-                time.sleep(1)
-        return name
-
-    def kill(self, name):
-        """SIGKILL `name` (the process only, as a crash would) and reap it."""
-        proc = self.running.pop(name)
-        proc.kill()
-        proc.wait()
-
-    def stop(self, name, timeout=15):
-        proc = self.running.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop_all(self):
-        for name in reversed(list(self.running)):
-            self.stop(name)
-
-    def check_alive(self, *names):
-        for name in names:
-            if self.running[name].poll() is not None:
-                logs = list((self.workdir / name).glob("*.log"))  # a Redis server's or a Sentinel's own log
-                tail = logs[0].read_text(errors="replace").splitlines()[-3:] if logs else []
-                out = (self.workdir / f"{name}.out").read_text(errors="replace").splitlines()[-5:]
-                raise RuntimeError(f"{name} exited: " + " | ".join(tail + out))
 
 
 def redis_command(port, workdir: Path, replica_of=None, extra: tuple[str, ...] = ()):
@@ -328,16 +252,8 @@ def start_app(procs: Processes, *, web_port, env, user_id) -> int:
         env=env,
     )
 
-    def web_ready():
-        procs.check_alive("web", "worker")
-        conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=2)
-        try:
-            conn.request("GET", "/health/ready")
-            return conn.getresponse().status == 200
-        finally:
-            conn.close()
-
-    wait_for("the web server", web_ready, timeout=60, every=0.2)
+    ready = f"http://127.0.0.1:{web_port}/health/ready"
+    wait_for("the web server", lambda: procs.check_alive("web", "worker") or processes.answers(ready), 60, 0.2)
     # One view through the buffer, flushed by the worker: beat and the worker reach the broker.
     conn = http.client.HTTPConnection("127.0.0.1", web_port, timeout=5)
     conn.request("POST", f"/api/v1/users/{user_id}/views/", body=b"")

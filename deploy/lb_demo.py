@@ -37,7 +37,11 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
+sys.path.insert(0, str(ROOT))  # run as `python deploy/lb_demo.py`: the project's modules are importable
+
+from project.server import granian_argv  # noqa: E402
+from tests.processes import Processes  # noqa: E402
+
 HOST = "127.0.0.1"
 LB_PORT = int(os.environ.get("LB_DEMO_PORT", "18100"))
 APP_PORTS = {
@@ -55,61 +59,20 @@ APP_ENV = dict(
     RESILIENCE_TRUSTED_PROXIES=HOST,
 )
 
-PROCESSES: dict[str, subprocess.Popen] = {}  # name -> process (its own process group), for cleanup
+# Every process the demo starts, each in its own process group (a group signal reaches every worker it
+# forks, as systemd stopping a unit would), stopped on exit. granian stops in well under a second, except
+# when the SIGTERM lands while it is still starting: then it never exits (measured), hence the 5 s before
+# SIGKILL.
+PROCESSES = Processes(PREFIX, suffix=".log")
+STOP_TIMEOUT = 5
 STOP_LOAD = threading.Event()
-
-
-def start(name: str, cmd: list[str], **kwargs) -> subprocess.Popen:
-    """Start `cmd` in its own process group (so a group signal reaches every worker it forks)."""
-    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
-    PROCESSES[name] = proc
-    return proc
-
-
-def signal_group(name: str, sig: int) -> None:
-    """Send `sig` to the process group of `name`: its granian workers too, as systemd stopping a unit would."""
-    proc = PROCESSES[name]
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def stop(name: str, sig: int = signal.SIGTERM, timeout: float = 5) -> None:
-    """Signal `name`'s group and wait for it; SIGKILL the group if it outlives `timeout`.
-
-    granian stops in well under a second, except when the SIGTERM lands while it is still starting:
-    then it never exits (measured), hence the timeout.
-    """
-    signal_group(name, sig)
-    try:
-        PROCESSES[name].wait(timeout)
-    except subprocess.TimeoutExpired:
-        signal_group(name, signal.SIGKILL)
-        PROCESSES[name].wait()
-    # granian's workers outlive a SIGKILLed parent and keep serving (measured): make sure none is left.
-    signal_group(name, signal.SIGKILL)
-
-
-def wait_http(url: str, proc: subprocess.Popen, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).read()  # noqa: S310 (a loopback URL we built)
-            return
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start (exit code {proc.poll()})") from None
-            time.sleep(0.2)
 
 
 def start_app(name: str) -> None:
     port = APP_PORTS[name]
-    options = f"--interface wsgi --host {HOST} --port {port} --workers {WORKERS} --blocking-threads {THREADS}"
-    cmd = [str(VENV_BIN / "granian"), *options.split(), "--log-level", "warning", "project.wsgi:application"]
-    with open(PREFIX / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
-        proc = start(name, cmd, cwd=ROOT, env=APP_ENV, stdout=log, stderr=subprocess.STDOUT)
-    wait_http(f"http://{HOST}:{port}/health/live", proc, f"{name} (granian on port {port}, see {PREFIX}/{name}.log)")
+    argv = granian_argv(port, host=HOST, workers=int(WORKERS), threads=int(THREADS), log_level="warning")
+    app = PROCESSES.start(name, argv, env=APP_ENV, stop_timeout=STOP_TIMEOUT)
+    app.wait_serving(f"http://{HOST}:{port}/health/live")
 
 
 def start_nginx() -> None:
@@ -127,8 +90,11 @@ def start_nginx() -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     cmd = [nginx, "-p", str(PREFIX), "-c", str(PREFIX / "nginx.conf"), "-e", str(PREFIX / "error.log")]
     subprocess.run([*cmd, "-t", "-q"], check=True)
-    proc = start("nginx", [*cmd, "-g", "daemon off;"])
-    wait_http(f"http://{HOST}:{LB_PORT}/health/live", proc, f"nginx (see {PREFIX}/error.log)")
+    # Its output stays on the terminal (its logs are under PREFIX); SIGQUIT is its graceful stop.
+    nginx = PROCESSES.start(
+        "nginx", [*cmd, "-g", "daemon off;"], log_path=None, stop_signal=signal.SIGQUIT, stop_timeout=STOP_TIMEOUT
+    )
+    nginx.wait_serving(f"http://{HOST}:{LB_PORT}/health/live")
 
 
 def create_user() -> str:
@@ -265,7 +231,7 @@ def demo() -> int:
 
     load.phase = phases[1]
     print("app1: SIGTERM", flush=True)
-    stop("app1", signal.SIGTERM)
+    PROCESSES.stop("app1", signal.SIGTERM)
     time.sleep(PHASE_SECONDS)
     print("app1: starting again", flush=True)
     start_app("app1")
@@ -281,7 +247,7 @@ def demo() -> int:
 
     load.phase = phases[3]
     print("app2: SIGKILL (the whole process group, mid-request)", flush=True)
-    stop("app2", signal.SIGKILL)
+    PROCESSES.stop("app2", signal.SIGKILL)
     time.sleep(PHASE_SECONDS)
     load.stop()
     return print_table(phases, load)
@@ -289,8 +255,7 @@ def demo() -> int:
 
 def cleanup() -> None:
     STOP_LOAD.set()  # first: a load still running would keep nginx busy while it drains
-    for name in reversed(list(PROCESSES)):
-        stop(name, signal.SIGQUIT if name == "nginx" else signal.SIGTERM)  # SIGQUIT: nginx's graceful stop
+    PROCESSES.stop_all()
 
 
 def main() -> int:

@@ -120,8 +120,9 @@ def redis_cluster(tmp_path_factory):
     """A real local Redis Cluster, 3 masters each with a replica, started once for the session by the
     first test that asks for it (deploy/demo_support.py, as `make cluster-demo` starts it); stopped at
     the end. Ports are free loopback ports (the bus ports given explicitly), files under pytest's tmp."""
-    from deploy.demo_support import Cluster, Processes
+    from deploy.demo_support import Cluster
 
+    from .processes import Processes
     from .stack import free_port
 
     ports: list[int] = []

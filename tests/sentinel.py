@@ -2,19 +2,14 @@
 
 A master and its replicas configured like the stack's state Redis (noeviction, AOF everysec) and
 Sentinels watching them (quorum: a majority), all under one directory and on the ports given, never
-the stack's state Redis. Each process runs in its own session so that it can be stopped with its
-children; Sentinel runs deploy/sentinel-notify when a failover starts and deploy/sentinel-reconfig when
-it ends, as production does (docs/operations.md, "Redis Sentinel").
+the stack's state Redis, run by tests/processes.py's Processes; Sentinel runs deploy/sentinel-notify
+when a failover starts and deploy/sentinel-reconfig when it ends, as production does
+(docs/operations.md, "Redis Sentinel").
 """
-
-import contextlib
-import os
-import signal
-import subprocess
-from pathlib import Path
 
 import redis
 
+from .processes import Processes
 from .stack import ROOT, wait_for
 
 MASTER_NAME = "bulwark-state"
@@ -28,71 +23,6 @@ def client(port: int, db: int = 0) -> redis.Redis:
 
 def role(port: int) -> dict:
     return client(port).info("replication")
-
-
-class Processes:
-    """Every process started, each in its own session; its output goes to `workdir`/<name>.out."""
-
-    def __init__(self, workdir: Path):
-        self.workdir = workdir
-        self.running: dict[str, subprocess.Popen] = {}
-
-    def start(self, name, cmd, env=None):
-        log = open(self.workdir / f"{name}.out", "ab")  # noqa: SIM115 - the child keeps it
-        self.running[name] = subprocess.Popen(
-            cmd,
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        log.close()
-
-    def start_redis(self, port, cmd):
-        """Start a Redis server or Sentinel and wait until it answers PING."""
-        name = f"redis-{port}" if "--sentinel" not in cmd else f"sentinel-{port}"
-        self.start(name, cmd)
-        wait_for(
-            lambda: self.check_alive(name) or client(port).ping(),
-            timeout=15,
-            interval=0.05,
-            message=f"{name} to answer",
-        )
-        return name
-
-    def kill(self, name):
-        """SIGKILL `name` (the process only, as a crash would) and reap it."""
-        proc = self.running.pop(name)
-        proc.kill()
-        proc.wait()
-
-    def stop(self, name, timeout=15):
-        proc = self.running.pop(name, None)
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def stop_all(self):
-        for name in reversed(list(self.running)):
-            self.stop(name)
-
-    def check_alive(self, *names):
-        """Raise, with the end of its logs, if one of `names` has exited."""
-        for name in names:
-            if self.running[name].poll() is not None:
-                logs = list((self.workdir / name).glob("*.log"))  # a Redis server's or a Sentinel's own log
-                tail = logs[0].read_text(errors="replace").splitlines()[-3:] if logs else []
-                out = (self.workdir / f"{name}.out").read_text(errors="replace").splitlines()[-5:]
-                raise RuntimeError(f"{name} exited: " + " | ".join(tail + out))
 
 
 class Topology:

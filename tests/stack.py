@@ -22,8 +22,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class ProcessExited(RuntimeError):
+    """A process that should be running has exited: `wait_for` gives up at once when its predicate raises it."""
+
+
 def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, message: str = "condition"):
-    """Poll `predicate` until it returns a truthy value; raise TimeoutError after `timeout` seconds."""
+    """Poll `predicate` until it returns a truthy value, and return that; raise TimeoutError after
+    `timeout` seconds (ProcessExited at once)."""
     deadline = time.monotonic() + timeout
     last_error = None
     while time.monotonic() < deadline:
@@ -31,6 +36,8 @@ def wait_for(predicate, *, timeout: float = 10.0, interval: float = 0.05, messag
             value = predicate()
             if value:
                 return value
+        except ProcessExited:
+            raise
         except Exception as exc:  # the condition may raise while a dependency comes back
             last_error = exc
         time.sleep(interval)

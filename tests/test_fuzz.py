@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from project.server import granian_argv
-
-from .stack import ROOT, free_port, wait_for
+from .processes import granian, running
+from .stack import ROOT, free_port
 
 pytestmark = pytest.mark.usefixtures("real_db")
 ST = str(Path(sys.executable).with_name("st"))
@@ -22,23 +21,10 @@ ST = str(Path(sys.executable).with_name("st"))
 def live_server_url():
     port = free_port()
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.test")
-    proc = subprocess.Popen(
-        granian_argv(port, workers=1, threads=2),
-        cwd=ROOT,
-        env=env,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(
-            lambda: urllib.request.urlopen(f"{url}/health/live", timeout=2).status == 200,  # noqa: S310
-            timeout=60,
-            message="the server",
-        )
+    # Its output goes where the test run's goes.
+    with running(granian(port, None, env=env, workers=1, threads=2), serving=f"{url}/health/live", timeout=60):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def register(url, username, password):

@@ -14,8 +14,8 @@ from users import services
 from users.models import User
 from users.sharding.access import group_for_user_id
 
-from ..processes import celery_worker
-from ..sentinel import MASTER_NAME, Processes, Topology, client
+from ..processes import Processes, celery_worker
+from ..sentinel import MASTER_NAME, Topology, client
 from ..stack import free_port, wait_for
 from .test_celery import _worker_settings
 

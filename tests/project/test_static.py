@@ -6,17 +6,14 @@ import os
 import secrets
 import subprocess
 import sys
-import urllib.request
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 from django.contrib.auth.models import User as StaffUser
 
-from project.server import granian_argv
-
-from ..processes import _stop
+from ..processes import granian, running
 from ..resilience.test_browser import TIMEOUT_MS, browser  # noqa: F401 - `browser` is a fixture
-from ..stack import ROOT, free_port, wait_for
+from ..stack import ROOT, free_port
 
 PASSWORD = "pw-static-0123456789"
 
@@ -53,29 +50,12 @@ def production_server(real_db, tmp_path):
         timeout=300,
     )
     port = free_port()
-    log = open(tmp_path / "granian.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        granian_argv(port, workers=1, threads=2, log_level="warning"),
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    server = granian(port, tmp_path / "granian.log", env=env, workers=1, threads=2, log_level="warning")
     # localhost, not 127.0.0.1: production cookies are Secure, which Chromium accepts over plain http
     # only from localhost.
     base = f"http://localhost:{port}"
-    try:
-        wait_for(
-            lambda: proc.poll() is None and urllib.request.urlopen(f"{base}/health/live", timeout=2).status == 200,  # noqa: S310
-            timeout=90,
-            interval=0.25,
-            message=f"granian on production settings (log: {tmp_path / 'granian.log'})",
-        )
+    with running(server, serving=f"{base}/health/live"):
         yield base
-    finally:
-        _stop(proc)
-        log.close()
 
 
 def test_production_settings_serve_every_stylesheet_and_script_of_admin_dashboards_and_swagger(

@@ -3,7 +3,6 @@ consumes the webhooks queue as well as the default one (a worker started with `-
 never would)."""
 
 import re
-import subprocess
 import sys
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 from webhooks.tasks import webhooks_dispatch
 
-from ..processes import _env, _stop
+from ..processes import Process, app_env
 from ..stack import ROOT, wait_for
 from ..webhooks.receiver import Receiver
 
@@ -29,15 +28,7 @@ def documented_worker_command() -> list[str]:
 def test_the_documented_worker_command_delivers_a_webhook_with_its_request_id(client, settings, tmp_path):
     settings.RESILIENCE_TRUSTED_PROXIES = ["127.0.0.1"]
     receiver = Receiver()
-    log = open(tmp_path / "worker.log", "w")  # noqa: SIM115
-    worker = subprocess.Popen(
-        documented_worker_command(),
-        cwd=ROOT,
-        env=_env({}),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    worker = Process("worker", documented_worker_command(), log_path=tmp_path / "worker.log", env=app_env({})).start()
     try:
         subscriber = WebhookSubscriber.objects.create(url=receiver.url, events=["user.created"])
         receiver.secret = subscriber.secret
@@ -55,12 +46,11 @@ def test_the_documented_worker_command_delivers_a_webhook_with_its_request_id(cl
             interval=0.25,
             message=f"the documented worker to deliver (log: {tmp_path / 'worker.log'})",
         )
-        assert worker.poll() is None
+        assert worker.pid is not None  # still running
         (sent,) = receiver.requests
         assert sent["verified"] and sent["headers"]["X-Request-ID"] == TRACE_ID
     finally:
-        _stop(worker)
-        log.close()
+        worker.stop()
         receiver.stop()
 
 

@@ -10,7 +10,8 @@ from kombu import Connection
 import project.celery  # noqa: F401 - registers the broker's Sentinel transport
 from resilience.sentinel import SentinelConnectionPool
 
-from ..sentinel import MASTER_NAME, Processes, Topology, client
+from ..processes import Processes
+from ..sentinel import MASTER_NAME, Topology, client
 from ..stack import free_port
 
 
