@@ -239,6 +239,14 @@ def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: st
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
 
 
+def private_profile_answer(row: dict, if_none_match: str) -> tuple[int, dict | None, str]:
+    """GET /users/me/: (200, profile, ETag), or (304, None, ETag) when `if_none_match` names the ETag."""
+    etag = profile_etag(row)
+    if none_match(etag, if_none_match):
+        return status.HTTP_304_NOT_MODIFIED, None, etag
+    return status.HTTP_200_OK, private_profile(row), etag
+
+
 def row_companions(raw_id: str, *, pending: bool = False) -> dict:
     """The Redis reads a view of user `raw_id` needs, to send ahead with the limiter's call."""
     user_id = selectors.user_id_parse(raw_id)
@@ -324,10 +332,11 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
         return {"row": probe} if probe else {}
 
-    @extend_schema(responses={200: PrivateProfile, 401: ErrorBody})
+    @extend_schema(responses={200: PrivateProfile, 304: None, 401: ErrorBody})
     def get(self, request):
         row = _me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
-        return Response(private_profile(row), headers={"ETag": profile_etag(row)})
+        status_code, body, etag = private_profile_answer(row, request.headers.get("If-None-Match", ""))
+        return Response(body, status=status_code, headers={"ETag": etag})
 
 
 class UserMeUpdateApi(RateLimitedApiMixin, APIView):

@@ -27,11 +27,14 @@ def none_match(etag: str, if_none_match: str) -> bool:
 
 
 def if_match_version(header: str | None) -> int | None:
-    """The profile version an If-Match header names (None without the header). Raise ApiError 412 for
-    anything that is not a tag of this scheme; numbers stay bounded before they reach SQL."""
-    if header is None:
-        return None
-    parts = header.strip().removeprefix("W/").strip('"').split(".")
+    """The profile version an If-Match header names (None without the header, or for `*`). Raise
+    ApiError 412 for anything that is not one strong tag of this scheme (a list of tags is refused: the
+    client re-reads and sends the one it holds); numbers stay bounded before they reach SQL."""
+    if header is None or header.strip() == "*":
+        return None  # `*`: any current representation, and the caller's account exists
+    if header.strip().startswith("W/"):  # If-Match compares strongly (RFC 9110 13.1.1): a weak tag never matches
+        raise ApiError(412, "If-Match takes a strong ETag from this resource.", "precondition_failed")
+    parts = header.strip().strip('"').split(".")
     if len(parts) == 1:  # `"v<version>"`, as tagged before this scheme, or a bare version
         parts[0] = parts[0].removeprefix("v")
     elif len(parts) != 3:

@@ -23,9 +23,8 @@ from resilience.ratelimit.http import USERNAME_KINDS, headers, request_key
 from resilience.ratelimit.policies import get_policy
 
 from . import selectors
-from .apis import UserDetailApi, UserMeApi, me_row, private_profile, public_profile_answer, row_companions
+from .apis import UserDetailApi, UserMeApi, me_row, private_profile_answer, public_profile_answer, row_companions
 from .authentication import TokenAuthentication
-from .etags import profile_etag
 
 _api = UserDetailApi()  # asked, never dispatched: its allowed methods and rate-limit policy
 _api.head = _api.get  # as View.setup does for every dispatched view: HEAD is allowed where GET is
@@ -53,11 +52,7 @@ def fast_get(drf_view):
             status_code, body, etag = public_profile_answer(user_id, sent, request.headers.get("If-None-Match", ""))
         except Exception as exc:
             return _error(exc, decision)
-        if body is None:
-            response = HttpResponse(status=status_code)
-            del response["Content-Type"]  # as DRF: no body, no type
-        else:
-            response = HttpResponse(_render_json(body), status=status_code, content_type="application/json")
+        response = _response(status_code, body)
         response["ETag"] = etag
         return _finish(response, decision)
 
@@ -88,11 +83,20 @@ def fast_me(drf_view):
             row = me_row(request.user.id, probed=sent.get("row"))
         except Exception as exc:  # a denial, the account gone, a domain error
             return _error(exc, decision, drf_view.allow)
-        response = HttpResponse(_render_json(private_profile(row)), content_type="application/json")
-        response["ETag"] = profile_etag(row)
+        status_code, body, etag = private_profile_answer(row, request.headers.get("If-None-Match", ""))
+        response = _response(status_code, body)
+        response["ETag"] = etag
         return _finish(response, decision, drf_view.allow)
 
     return view
+
+
+def _response(status_code: int, body: dict | None) -> HttpResponse:
+    if body is None:
+        response = HttpResponse(status=status_code)
+        del response["Content-Type"]  # as DRF: no body, no type
+        return response
+    return HttpResponse(_render_json(body), status=status_code, content_type="application/json")
 
 
 def _needs_body(request) -> bool:

@@ -14,7 +14,7 @@ from django import forms
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.serializers.json import DjangoJSONEncoder
-from django.http import HttpResponseBadRequest, JsonResponse
+from django.http import HttpResponseBadRequest, HttpResponseNotFound, JsonResponse
 from django.shortcuts import redirect
 from django.template.loader import render_to_string
 from django.template.response import TemplateResponse
@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils.http import urlencode
 
 from resilience import overrides
-from resilience.breaker import get_breaker
+from resilience.breaker import all_breakers, get_breaker
 from resilience.ratelimit import all_policies, denied_counts, peek, reset_key, top_denied
 from resilience.ratelimit import limiter as ratelimit_limiter
 from resilience.ratelimit.http import keys_for
@@ -148,6 +148,10 @@ def breaker_action(request, *, site):
     name, action = form.cleaned_data["name"], form.cleaned_data["action"]
     label, meaning, permission = BREAKER_ACTIONS[action]
     _require(request, permission)  # the confirmation page too: it exists only to lead to the POST
+    if name not in all_breakers():
+        # A typo must not "succeed": forcing a name no code guards would create a phantom breaker and
+        # leave the real one as it was, while the operator believes it changed.
+        return HttpResponseNotFound(f"There is no circuit breaker {name!r}; the Circuit breakers page lists them.")
     if request.method == "POST":
         reason = form.cleaned_data["reason"] or f"{label.lower()} by {request.user.get_username()} in the admin"
         breaker = get_breaker(name)

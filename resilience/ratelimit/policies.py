@@ -79,8 +79,16 @@ class Policy:
     mode: Mode = "enforce"
 
 
+MAX_COUNT = 10**12
+"""The largest count (requests per period, or in flight) a policy may allow. The Lua scripts compute in
+doubles and hand back 64-bit integers: a count far above any real traffic but far below 2**53 keeps
+their arithmetic exact and the RateLimit headers positive."""
+
+
 def parse_rate(rate: str) -> tuple[int, int]:
-    """Return (limit, period in seconds) for "5/m", "10/h", "100/30s"; raise ValueError otherwise."""
+    """Return (limit, period in seconds) for "5/m", "10/h", "100/30s"; raise ValueError otherwise.
+    The count is 1 to MAX_COUNT: a rate of 0 would refuse every request for good (a 429 whose
+    Retry-After can never come true); an operator who wants that switches the endpoint off instead."""
     match = _RATE.match(rate)
     if not match:
         raise ValueError(f"rate {rate!r} is not of the form '<count>/<unit>' with unit s, m, h or d")
@@ -88,6 +96,10 @@ def parse_rate(rate: str) -> tuple[int, int]:
     period = int(multiplier or 1) * _UNITS[unit]
     if period <= 0:
         raise ValueError(f"rate {rate!r} has an empty period")
+    if not 1 <= int(count) <= MAX_COUNT:
+        raise ValueError(f"rate {rate!r}: the count must be 1 to {MAX_COUNT:,}")
+    if period > 366 * 86400:
+        raise ValueError(f"rate {rate!r}: the period must be at most a year")
     return int(count), period
 
 
@@ -120,8 +132,8 @@ def _positive_int(spec: dict[str, Any], field: str, default: int | None = None) 
         raise ValueError(f"{field!r} is required")
     if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
         raise ValueError(f"{field} {value!r} is not a whole number")
-    if int(value) < 1:
-        raise ValueError(f"{field} must be at least 1")
+    if not 1 <= int(value) <= MAX_COUNT:
+        raise ValueError(f"{field} must be 1 to {MAX_COUNT:,}")
     return int(value)
 
 

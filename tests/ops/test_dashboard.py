@@ -11,7 +11,7 @@ from django.contrib.auth.models import User as StaffUser
 from django.test import Client
 
 from ops.dashboard import history, panels
-from resilience.breaker import State, get_breaker
+from resilience.breaker import State, all_breakers, get_breaker
 from resilience.ratelimit import check, peek
 from users import services
 
@@ -158,6 +158,16 @@ def test_breakers_page_shows_each_breaker_with_state_counts_last_error_and_trans
     assert "ConnectionError: refused by the test" in body
     assert "CLOSED → OPEN (5 consecutive failures)" in body
     assert "bw-red" in body and "bw-green" in body
+
+
+def test_an_action_on_a_breaker_nobody_uses_is_a_404_and_creates_no_phantom(admin_client):
+    """A typo must not look like a success while the real breaker stays as it was."""
+    url = "/admin/bulwark/breakers/action/"
+    assert admin_client.get(url, {"name": "paymnets", "action": "force_open"}).status_code == 404
+    response = admin_client.post(url, {"name": "paymnets", "action": "force_open", "reason": "typo"})
+    assert response.status_code == 404 and b"There is no circuit breaker" in response.content
+    assert "paymnets" not in all_breakers()
+    assert not LogEntry.objects.exists()
 
 
 def test_force_open_force_close_and_reset_are_confirmed_posted_and_logged(admin_client, staff):

@@ -95,6 +95,9 @@ def test_a_breaker_threshold_override_applies_and_is_logged(admin_client):
     ("fields", "error"),
     [
         ({"rate": "lots"}, "is not of the form"),
+        ({"rate": "0/m"}, "the count must be 1 to"),  # would refuse every request for good
+        ({"rate": "99999999999999999999/s"}, "the count must be 1 to"),  # overflowed the headers to -2**63
+        ({"rate": "5/99999999d"}, "at most a year"),
         ({"limit": "5"}, "is a rate policy"),
         ({"name": "api.concurrent", "rate": "5/m"}, "is a concurrency policy"),
         ({"name": "no.such.policy", "rate": "5/m"}, "There is no rate-limit policy"),

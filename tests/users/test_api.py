@@ -135,6 +135,27 @@ def test_patch_me_updates_and_honours_if_match(user):
     assert api.patch(ME, {"bio": "again"}, headers={"If-Match": response["ETag"]}).status_code == 200
 
 
+def test_if_match_star_passes_and_a_weak_tag_never_matches(user):
+    """RFC 9110 13.1.1: `*` holds for an existing resource; If-Match compares strongly."""
+    api, _ = user
+    tag = api.get(ME)["ETag"]
+    assert_error(api.patch(ME, {"bio": "weak"}, headers={"If-Match": f"W/{tag}"}), 412, "precondition_failed")
+    assert api.patch(ME, {"bio": "star"}, headers={"If-Match": "*"}).status_code == 200
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast-path", "drf"])
+def test_get_me_answers_304_to_if_none_match_on_both_paths(user, settings, fast):
+    settings.USERS_FAST_READ = fast
+    api, _ = user
+    tag = api.get(ME)["ETag"]
+    unchanged = api.get(ME, headers={"If-None-Match": tag})
+    assert unchanged.status_code == 304 and unchanged["ETag"] == tag and not unchanged.content
+    assert api.get(ME, headers={"If-None-Match": "*"}).status_code == 304
+    assert api.get(ME, headers={"If-None-Match": '"0.0.0"'}).status_code == 200
+    api.patch(ME, {"bio": "changed"})
+    assert api.get(ME, headers={"If-None-Match": tag}).status_code == 200  # the tag moved with the edit
+
+
 def test_if_match_is_not_refused_by_views_flushed_after_the_read(user):
     """If-Match guards against another edit: views counted into the row since the client's read change
     the tag (rev) but not the version it names."""
