@@ -14,10 +14,47 @@ from celery.signals import (
 from celery.worker.consumer import Consumer
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 
 from resilience.sentinel import MasterRoleConnection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's Redis QoS, which frees a message's prefetch slot even when its ack cannot reach the broker.
+
+    kombu removes the message from the broker's unacked index first and only then from the channel's
+    count of delivered messages; when the removal fails (the connection was killed: deploy/sentinel-reconfig's
+    CLIENT KILL after a switchover, a broker restart), Celery logs "Couldn't ack" and goes on, and the slot
+    stays taken for good. With a prefetch of one (project/settings/celery.py) the channel then never
+    sends BRPOP again, so it never notices that its connection is gone and never reconnects: the worker
+    logged "Connection to broker lost" and consumed nothing more (`make sentinel-demo`, after a planned
+    switchover, one run in several). The message itself stays in the broker's unacked index and comes
+    back after the visibility timeout (tasks are idempotent), as kombu intends for an unacknowledged one.
+    """
+
+    def ack(self, delivery_tag):
+        try:
+            super().ack(delivery_tag)
+        except BaseException:
+            kombu_virtual.QoS.ack(self, delivery_tag)  # the local half: the slot is free again
+            raise
+
+    def reject(self, delivery_tag, requeue=False):
+        try:
+            super().reject(delivery_tag, requeue=requeue)
+        except BaseException:
+            kombu_virtual.QoS.ack(self, delivery_tag)
+            raise
+
+
+class Channel(kombu_redis.Channel):
+    QoS = QoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
 
 
 class SentinelChannel(kombu_redis.SentinelChannel):
@@ -30,6 +67,7 @@ class SentinelChannel(kombu_redis.SentinelChannel):
     """
 
     connection_class = MasterRoleConnection
+    QoS = QoS
 
 
 class SentinelTransport(kombu_redis.SentinelTransport):
@@ -40,6 +78,7 @@ class SentinelTransport(kombu_redis.SentinelTransport):
 # next URL of the list and parses it anew): the "sentinel" name itself must mean this transport. Its
 # channel still reads every Sentinel from the URLs whose scheme is "sentinel".
 TRANSPORT_ALIASES["sentinel"] = "project.celery:SentinelTransport"
+TRANSPORT_ALIASES["redis"] = "project.celery:Transport"
 
 
 class BrokerLossConsumer(Consumer):
