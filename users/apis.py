@@ -20,7 +20,15 @@ from resilience.ratelimit.http import client_ip
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser, TokenScheme
 from .etags import if_match_version, none_match, profile_etag
-from .identity import EMAIL_MAX, USERNAME_MAX, USERNAME_PATTERN, email_problem, identity_key, username_problem
+from .identity import (
+    EMAIL_MAX,
+    USERNAME_MAX,
+    USERNAME_PATTERN,
+    display_name_problem,
+    email_problem,
+    identity_key,
+    username_problem,
+)
 from .sharding.ids import MAX_ID
 from .tokens import TokenClient, token_digest, token_public_id
 from .writebehind import buffer
@@ -126,6 +134,9 @@ class UserRegisterApi(RateLimitedApiMixin, APIView):
         email = serializers.EmailField(max_length=EMAIL_MAX)
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+
+        def validate_display_name(self, value):
+            return _valid(value, display_name_problem)
 
         def validate_username(self, value):
             return _valid(value, username_problem)
@@ -348,6 +359,10 @@ class UserMeUpdateApi(RateLimitedApiMixin, APIView):
     class PatchInput(StrictSerializer):
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True)
         bio = serializers.CharField(max_length=1000, required=False, allow_blank=True)
+
+        def validate_display_name(self, value):
+            return _valid(value, display_name_problem)
+
         email = serializers.EmailField(max_length=EMAIL_MAX, required=False)
         password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)
         current_password = serializers.CharField(max_length=128, required=False, write_only=True, trim_whitespace=False)

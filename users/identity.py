@@ -83,6 +83,26 @@ def username_problem(raw: str) -> str | None:
     return None
 
 
+# Characters that reorder how text around them is shown (Unicode's bidi controls): in a display name they
+# make "\u202egnp.exe" read "exe.png" beside the username they decorate.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+MAX_COMBINING_RUN = 4  # marks on one base character: enough for any script's real text, not for "Zalgo"
+
+
+def display_name_problem(raw: str) -> str | None:
+    """Why `raw` cannot be a display name (a message for the client), or None when it can: no bidi
+    control, and no more than MAX_COMBINING_RUN combining marks on one character (stacked marks draw
+    over the text around them)."""
+    if any(char in _BIDI_CONTROLS for char in raw):
+        return "A display name must not contain bidirectional control characters."
+    run = 0
+    for char in unicodedata.normalize("NFC", raw):
+        run = run + 1 if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me") else 0
+        if run > MAX_COMBINING_RUN:
+            return f"A display name must not stack more than {MAX_COMBINING_RUN} combining marks on one character."
+    return None
+
+
 def email_problem(raw: str) -> str | None:
     """Why `raw` (already a syntactically valid email) cannot be stored, or None when it can."""
     if len(display_form(raw)) > EMAIL_MAX or len(identity_key(raw)) > EMAIL_MAX:

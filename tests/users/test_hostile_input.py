@@ -158,3 +158,28 @@ def test_if_none_match_uses_the_weak_comparison_and_star(user, through_drf):
     for tag in (etag, f"W/{etag}", "*", f'"other", W/{etag}'):
         assert Client().get(url, headers={**headers, "If-None-Match": tag}).status_code == 304, tag
     assert Client().get(url, headers={**headers, "If-None-Match": '"1.0.0"'}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "display_name",
+    [
+        "\u202egnp.exe",  # RIGHT-TO-LEFT OVERRIDE: shows as "exe.png"
+        "a\u2066b\u2069",  # isolates
+        "safe\u200f",  # RIGHT-TO-LEFT MARK
+        "e" + "\u0301" * 20,  # "Zalgo": marks stacked over the text around them
+    ],
+)
+def test_a_display_name_that_reorders_or_overdraws_text_is_a_400_on_register_and_edit(user, display_name):
+    api, _ = user
+    body = assert_error(api.register("spoofer", display_name=display_name), 400)
+    assert "display_name" in body["fields"]
+    body = assert_error(api.patch(ME, {"display_name": display_name}), 400)
+    assert "display_name" in body["fields"]
+
+
+@pytest.mark.parametrize("display_name", ["Zoë Ångström", "Nguyễn Văn A", "שָׁלוֹם", "مرحبا", "👩\u200d💻 dev"])
+def test_real_names_in_any_script_stay_valid_display_names(user, display_name):
+    api, _ = user
+    response = api.patch(ME, {"display_name": display_name})
+    assert response.status_code == 200, response.content
+    assert response.json()["display_name"] == display_name
