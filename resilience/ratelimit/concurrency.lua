@@ -22,13 +22,7 @@ Returns  {allowed 0|1, limit, remaining slots, reset seconds (until the oldest s
 local limit = tonumber(ARGV[1])
 local expiry = tonumber(ARGV[2])
 local token = ARGV[3]
-local now
-if ARGV[7] ~= '' then
-  now = tonumber(ARGV[7])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms()  -- _common.lua
 
 local function reset_seconds()
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
@@ -51,9 +45,5 @@ if held < limit then
   return {1, limit, limit - held - 1, reset_seconds(), 0}
 end
 
-local ttl = tonumber(ARGV[6])
-redis.call('ZINCRBY', KEYS[2], 1, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-redis.call('EXPIRE', KEYS[3], ttl)
+record_denial()  -- _common.lua
 return {0, limit, 0, reset_seconds(), 1}

@@ -13,8 +13,9 @@ _DIR = Path(__file__).resolve().parent
 
 
 def script(name: str) -> Script:
-    """The registered script `<name>.lua` of this package."""
-    return lua_script(_DIR / f"{name}.lua")
+    """The registered script `<name>.lua` of this package, after _common.lua (the clock and the denial
+    statistics every limiter script shares)."""
+    return lua_script(_DIR / f"{name}.lua", include=(_DIR / "_common.lua",))
 
 
 outage = Outage("rate limiter")

@@ -22,13 +22,7 @@ Returns  {allowed 0|1, limit, remaining, reset seconds, retry-after seconds (0 w
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-local now
-if ARGV[7] ~= '' then
-  now = tonumber(ARGV[7])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms()  -- _common.lua
 local EPSILON = 1e-9  -- float rounding must not deny a request admitted by exact arithmetic
 
 local idx = math.floor(now / window)
@@ -73,10 +67,6 @@ if rate + cost <= limit + EPSILON then
   return {1, limit, math.max(0, math.floor(limit - rate - cost + EPSILON)), math.ceil(reset_ms / 1000), 0}
 end
 
-local ttl = tonumber(ARGV[6])
-redis.call('ZINCRBY', KEYS[2], 1, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-redis.call('EXPIRE', KEYS[3], ttl)
+record_denial()  -- _common.lua
 local retry = math.max(1, math.ceil(wait_ms(cost) / 1000))
 return {0, limit, 0, math.max(math.ceil(reset_ms / 1000), retry), retry}

@@ -21,13 +21,7 @@ Returns  {allowed 0|1, limit, remaining, reset seconds (until the bucket is full
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-local now
-if ARGV[7] ~= '' then
-  now = tonumber(ARGV[7])
-else
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
+local now = clock_ms()  -- _common.lua
 local EPSILON = 1e-9
 local per_ms = limit / window
 
@@ -60,11 +54,7 @@ if tokens + EPSILON >= cost then
   return {1, limit, math.floor(tokens + EPSILON), secs(limit - tokens), 0}
 end
 
-local ttl = tonumber(ARGV[6])
-redis.call('ZINCRBY', KEYS[2], 1, ARGV[4])
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('HINCRBY', KEYS[3], ARGV[5], 1)
-redis.call('EXPIRE', KEYS[3], ttl)
+record_denial()  -- _common.lua
 local retry
 if cost > limit then retry = math.ceil(window / 1000) else retry = math.max(1, secs(cost - tokens)) end
 return {0, limit, math.floor(tokens + EPSILON), math.max(secs(limit - tokens), retry), retry}
