@@ -9,23 +9,22 @@ import sys
 from ..stack import ROOT
 
 
-def setup_production(**variables) -> subprocess.CompletedProcess:
-    """`django.setup()` in a new process under production settings with `variables` set (None: unset)
-    over this process's environment."""
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="project.settings.production")
+def under_production(argv: list[str], env: dict, variables: dict, timeout: float) -> subprocess.CompletedProcess:
+    """Run `argv` from the project root under production settings: `env` with `variables` laid over it
+    (None: unset)."""
+    env = {**env, "DJANGO_SETTINGS_MODULE": "project.settings.production"}
     for name, value in variables.items():
         if value is None:
             env.pop(name, None)
         else:
             env[name] = value
-    return subprocess.run(
-        [sys.executable, "-c", "import django; django.setup()"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def setup_production(**variables) -> subprocess.CompletedProcess:
+    """`django.setup()` in a new process under production settings with `variables` set (None: unset)
+    over this process's environment."""
+    return under_production([sys.executable, "-c", "import django; django.setup()"], os.environ, variables, 60)
 
 
 def test_production_settings_refuse_to_start_without_a_secret_key():
@@ -54,24 +53,12 @@ def check_deploy(**variables) -> subprocess.CompletedProcess:
     (None: unset) over this process's environment."""
     env = dict(
         os.environ,
-        DJANGO_SETTINGS_MODULE="project.settings.production",
         DJANGO_ALLOWED_HOSTS="api.example.com",
         DJANGO_SECRET_KEY="Zq8" + "x7Lp2vN9" * 7,  # long and varied enough for security.W009
     )
     env.pop("DJANGO_DEBUG", None)
-    for name, value in variables.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    argv = [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"]
+    return under_production(argv, env, variables, 120)
 
 
 def test_check_deploy_is_clean_under_production_settings():
