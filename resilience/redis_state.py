@@ -14,6 +14,7 @@ cluster client cannot do on its own are here: run a command and WAIT on the same
 (`run_and_wait`), and visit every master (`masters`, for SCAN).
 """
 
+import functools
 import os
 import threading
 from pathlib import Path
@@ -53,6 +54,13 @@ def state_redis() -> Redis | RedisCluster:
 
 def is_cluster(client) -> bool:
     return isinstance(client, RedisCluster)
+
+
+@functools.cache
+def lua_path(directory: Path, name: str) -> Path:
+    """`directory`/`name`.lua, built once: scripts are looked up on every request, and building a Path
+    costs more than the look-up."""
+    return directory / f"{name}.lua"
 
 
 def lua_script(path: Path, *, alias: str = STATE_ALIAS, include: tuple[Path, ...] = (), prelude: str = "") -> Script:

@@ -15,6 +15,7 @@ import functools
 
 from django.conf import settings
 from django.http import HttpResponse
+from rest_framework.authentication import get_authorization_header
 
 from project.api import JsonContentNegotiation
 from resilience.errors import error_response
@@ -32,6 +33,7 @@ _ALLOW = ", ".join(_api.allowed_methods)
 _render_json = UserDetailApi.renderer_classes[0]().render
 _me_api = UserMeApi()  # asked, never dispatched: its rate-limit policy
 _authenticator = TokenAuthentication()
+_TOKEN_KEYWORD = _authenticator.keyword.lower().encode()
 
 
 def fast_get(drf_view):
@@ -56,6 +58,7 @@ def fast_get(drf_view):
         response["ETag"] = etag
         return _finish(response, decision)
 
+    view.front_takes = _plain  # project/front.py: the requests this view answers itself
     return view
 
 
@@ -64,7 +67,7 @@ def fast_me(drf_view):
 
     @functools.wraps(drf_view)
     def view(request):
-        if not (_plain_type(request) and request.META.get("HTTP_AUTHORIZATION")) or _needs_body(request):
+        if not _takes_me(request):
             return drf_view(request)
         try:
             authenticated = _authenticator.authenticate(request)  # DRF's first authenticator, as DRF runs it
@@ -88,6 +91,7 @@ def fast_me(drf_view):
         response["ETag"] = etag
         return _finish(response, decision, drf_view.allow)
 
+    view.front_takes = _takes_me  # project/front.py: the requests this view answers itself
     return view
 
 
@@ -115,6 +119,16 @@ def _plain_type(request) -> bool:
         and meta.get("HTTP_ACCEPT", "") in JsonContentNegotiation.PLAIN
         and not meta.get("QUERY_STRING")
     )
+
+
+def _takes_me(request) -> bool:
+    """Whether the /me view answers `request` itself: a plain GET with a `Token` Authorization header
+    (anything else, such as Basic, is for DRF's other authenticators) and a limit not keyed by a
+    username from the body."""
+    if not _plain_type(request):
+        return False
+    words = get_authorization_header(request).split()  # as TokenAuthentication splits it
+    return bool(words) and words[0].lower() == _TOKEN_KEYWORD and not _needs_body(request)
 
 
 def _plain(request) -> bool:

@@ -11,6 +11,8 @@ other processes (Celery, management commands, tests) keep Django's receivers.
 """
 
 from asgiref.local import Local
+from django.conf import settings
+from django.core.cache import close_caches
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections, connections, reset_queries
 from django.db.backends.signals import connection_created
@@ -47,9 +49,24 @@ def request_finished_bookkeeping(**kwargs) -> None:
         conn.close_if_unusable_or_obsolete()
 
 
+def _closing_caches_does_nothing() -> bool:
+    """Whether Django's close_caches (a request_finished receiver) is a no-op: every cache is
+    django-redis without CLOSE_CONNECTION, whose close() then does nothing. It still walks every
+    initialized cache on every request."""
+    return all(
+        spec["BACKEND"] == "django_redis.cache.RedisCache"
+        and not spec.get("OPTIONS", {}).get(
+            "CLOSE_CONNECTION", getattr(settings, "DJANGO_REDIS_CLOSE_CONNECTION", False)
+        )
+        for spec in settings.CACHES.values()
+    )
+
+
 def install() -> None:
-    """Replace Django's request receivers with the ones above. Connections this context opened
-    before the call are counted too."""
+    """Replace Django's request receivers with the ones above, and drop close_caches where it does
+    nothing. Connections this context opened before the call are counted too."""
+    if _closing_caches_does_nothing():
+        request_finished.disconnect(close_caches)
     connection_created.connect(_connection_created, dispatch_uid="bulwark.lifecycle.created")
     _aliases().update(conn.alias for conn in connections.all(initialized_only=True) if conn.connection is not None)
     request_started.disconnect(reset_queries)
@@ -67,3 +84,4 @@ def uninstall() -> None:
     request_started.connect(reset_queries)
     request_started.connect(close_old_connections)
     request_finished.connect(close_old_connections)
+    request_finished.connect(close_caches)

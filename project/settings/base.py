@@ -92,6 +92,8 @@ FAULT_POINT_MARKER = env("FAULT_POINT_MARKER", "")
 # --- the users API (users/) ---
 # Anonymous JSON reads of GET /api/v1/users/{id}/ skip DRF's dispatch (users/fastpath.py); off = all through DRF.
 USERS_FAST_READ = env("USERS_FAST_READ", True, bool)
+# Those reads also skip the middleware that does nothing to them (project/front.py); off = Django's handler for all.
+FRONT_ENABLED = env("FRONT_ENABLED", True, bool)
 # Each process keeps hot user rows and tokens in a local cache that the cache Redis invalidates through
 # client tracking (users/cache/store.py, resilience/client_cache.py): at most this many entries and bytes.
 # 0 entries turns it off (every read asks the cache Redis).

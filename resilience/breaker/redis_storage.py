@@ -11,7 +11,7 @@ from pathlib import Path
 from redis.commands.core import Script
 
 from resilience.outage import Outage
-from resilience.redis_state import UNAVAILABLE, lua_script, state_redis
+from resilience.redis_state import UNAVAILABLE, lua_path, lua_script, state_redis
 
 from .options import BreakerOptions, State
 from .storage import Acquired, Outcome, Peek, Recorded, Snapshot, Transition, build_snapshot
@@ -28,7 +28,7 @@ _DIR = Path(__file__).resolve().parent
 
 
 def _script(name: str) -> Script:
-    return lua_script(_DIR / f"{name}.lua")
+    return lua_script(lua_path(_DIR, name))
 
 
 def breaker_keys(name: str) -> list[str]:

@@ -18,7 +18,7 @@ from redis.sentinel import MasterNotFoundError
 
 from project import tracing
 from resilience.redis_fanout import Call, script_call
-from resilience.redis_state import NOT_RUN, lua_script, run_and_wait, state_redis
+from resilience.redis_state import NOT_RUN, lua_path, lua_script, run_and_wait, state_redis
 from users.sharding.access import group_for_user_id
 
 from .keys import COUNT_FIELD, STATS, TRACE_LINKS, GroupKeys, group_keys, rev_field, seen_field, views_field
@@ -73,7 +73,7 @@ redis_state = state_redis  # the buffer's server: the state Redis (resilience/re
 
 def script(name: str):
     """The registered script `<name>.lua` of this package."""
-    return lua_script(_HERE / f"{name}.lua")
+    return lua_script(lua_path(_HERE, name))
 
 
 def _now_ms() -> int:
