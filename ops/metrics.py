@@ -15,6 +15,7 @@ up every process's); wipe it when the server restarts, and call
 Access: resilience/access.py (staff, METRICS_TOKEN, METRICS_ALLOWED_IPS).
 """
 
+import functools
 import logging
 import math
 import os
@@ -82,6 +83,14 @@ def count_cache_events() -> None:
             _cache_seen[event] = int(value)
 
 
+@functools.lru_cache(maxsize=4096)
+def _series(method: str, status: int, view: str):
+    """The request counter's and the latency histogram's series for these labels. `labels()` costs a
+    lock and a tuple build on every hot request; the label values are few (methods, statuses, route
+    names), and the bound keeps a scan of odd statuses from growing the memo."""
+    return REQUESTS.labels(method, str(status), view), LATENCY.labels(method, view)
+
+
 class MetricsMiddleware:
     """Count every response by method, status and resolved view name (":unmatched" for none, so a
     scan of random URLs cannot blow up the label set). Add to MIDDLEWARE after the session and
@@ -98,8 +107,9 @@ class MetricsMiddleware:
             match = getattr(request, "resolver_match", None)
             view = (match.view_name or match._func_path) if match is not None else ":unmatched"
             method = request.method if request.method in METHODS else "other"
-            REQUESTS.labels(method, str(response.status_code), view).inc()
-            LATENCY.labels(method, view).observe(elapsed)
+            requests, latency = _series(method, response.status_code, view)
+            requests.inc()
+            latency.observe(elapsed)
             count_cache_events()
         except Exception:  # never fail a request because of metrics
             logger.exception("counting a request failed")
