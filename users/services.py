@@ -215,11 +215,19 @@ def user_update(
             if current_password is not None or "password" in changes:
                 if not current_password or not check_password(current_password, user.password):
                     raise InvalidCredentials
+            edited = [
+                field
+                for field in ("display_name", "bio")
+                if field in changes and changes[field] != getattr(user, field)
+            ]
+            if not edited and not credentials_change:
+                # Nothing changes (an empty PATCH, or the values it already has): no new version, ETag
+                # or user.updated event, so a client repeating an edit does not look like a new one.
+                return user, [], None
             if "password" in changes:
                 user.password = make_password(changes["password"])
-            for field in ("display_name", "bio"):
-                if field in changes:
-                    setattr(user, field, changes[field])
+            for field in edited:
+                setattr(user, field, changes[field])
             if new_email is not None:
                 user.email = display_form(new_email)
             user.version += 1

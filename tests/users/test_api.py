@@ -5,7 +5,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from users import selectors
-from users.models import User
+from users.models import OutboxEvent, User
+from users.sharding.access import group_for_user_id
 
 from .conftest import PASSWORD
 
@@ -133,6 +134,22 @@ def test_patch_me_updates_and_honours_if_match(user):
     assert_error(api.patch(ME, {"bio": "stale"}, headers={"If-Match": '"v1"'}), 412)  # an older scheme's tag
     assert api.get(ME).json()["bio"] == "hi"
     assert api.patch(ME, {"bio": "again"}, headers={"If-Match": response["ETag"]}).status_code == 200
+
+
+def test_a_patch_that_changes_nothing_is_not_a_new_version(user):
+    """Found by the black-box pass: `PATCH {}` bumped the version and the ETag (and told webhook
+    subscribers the user was updated) although nothing changed."""
+    api, profile = user
+    user_id = int(profile["id"])
+    edited = api.patch(ME, {"display_name": "Same", "bio": "same"})
+    events = OutboxEvent.objects.using(group_for_user_id(user_id)).filter(user_id=user_id).count()
+    for unchanged in ({}, {"display_name": "Same"}, {"bio": "same", "display_name": "Same"}):
+        response = api.patch(ME, unchanged, headers={"If-Match": edited["ETag"]})
+        assert response.status_code == 200 and response["ETag"] == edited["ETag"], unchanged
+        assert response.json()["version"] == edited.json()["version"]
+    assert OutboxEvent.objects.using(group_for_user_id(user_id)).filter(user_id=user_id).count() == events
+    # A stale If-Match is still refused, change or not.
+    assert_error(api.patch(ME, {}, headers={"If-Match": '"1.1.0"'}), 412, "precondition_failed")
 
 
 def test_if_match_star_passes_and_a_weak_tag_never_matches(user):
