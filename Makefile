@@ -39,7 +39,8 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
 		|| { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
 
-# `make lint` checks deploy/prometheus/alerts.yml with promtool, from Debian's prometheus package.
+# `make lint` checks deploy/prometheus/alerts.yml and runs its unit tests (alerts_test.yml) with promtool,
+# from Debian's prometheus package.
 promtool:
 	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && echo "installing promtool (prometheus) with apt-get" && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
@@ -89,6 +90,7 @@ lint: $(VENV)/.installed promtool
 	$(VENV)/bin/lint-imports
 	DJANGO_SETTINGS_MODULE=project.settings.test $(PY) manage.py makemigrations --check --dry-run
 	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts_test.yml
 
 clean:
 	scripts/stack destroy

@@ -3,8 +3,9 @@
 Counters are incremented where things happen, in every process: HTTP requests (MetricsMiddleware),
 users-cache events (the middleware adds what `users.cache.stats` counted during the request), and
 the resilience machinery's own (resilience/metrics.py: rate-limit decisions, breaker transitions).
-Gauges of shared state (breaker states, the write-behind backlog, replica lag) are computed at scrape
-time by StateCollector, so they are right whichever process answers the scrape.
+Gauges of shared state (breaker states, the write-behind backlog, replica lag) and of configuration
+(the adaptive limit's floor) are computed at scrape time by StateCollector, so they are right whichever
+process answers the scrape.
 
 With several server processes, set PROMETHEUS_MULTIPROC_DIR to an empty directory writable by all of
 them before they start (prometheus_client then keeps counters in per-process files, and a scrape adds
@@ -37,6 +38,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from resilience import metrics as resilience_metrics  # noqa: F401  (its counters are scraped here)
+from resilience import overload
 from resilience.access import operator_allowed
 from resilience.breaker import State
 from resilience.errors import error_body
@@ -118,7 +120,8 @@ class MetricsMiddleware:
 
 # --- gauges computed at scrape time ---
 class StateCollector:
-    """Breaker states, the write-behind backlog and replica lag, read when /metrics is scraped.
+    """Breaker states, the write-behind backlog, replica lag and the adaptive limit's floor, read when
+    /metrics is scraped.
 
     A source that fails is left out and bulwark_metrics_source_up{source} says 0.
     """
@@ -131,6 +134,7 @@ class StateCollector:
             ("breakers", self._breakers),
             ("write_behind", self._write_behind),
             ("replicas", self._replicas),
+            ("adaptive_limit", self._adaptive_limit),
         ):
             try:
                 families = list(gather())
@@ -213,6 +217,15 @@ class StateCollector:
             "bulwark_replica_max_lag_seconds",
             "MAX_REPLICA_LAG: a replica lagging more is skipped.",
             value=settings.MAX_REPLICA_LAG,
+        )
+
+    def _adaptive_limit(self):
+        # The configured floor, so an alert can say "pinned at its floor" without repeating the setting.
+        # The limits themselves are per process, set where they are learnt (resilience/metrics.py).
+        yield GaugeMetricFamily(
+            "bulwark_adaptive_concurrency_floor",
+            "RESILIENCE_ADAPTIVE_MIN_LIMIT: the lowest an endpoint group's adaptive limit goes.",
+            value=overload.options().floor,
         )
 
 

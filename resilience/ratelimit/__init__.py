@@ -1,4 +1,5 @@
-"""Rate limiting on the state Redis: named policies, atomic Lua algorithms, one round trip per check.
+"""Rate limiting on the state Redis: named policies, atomic Lua algorithms, one round trip per check (or
+one for all of a view's checks and its concurrency slot: limiter.evaluate_all).
 
     decision = check("auth.token", request_key("auth.token", request, username=username))
     if not decision.allowed:

@@ -1,10 +1,13 @@
 """Concurrent-requests limiter: at most `limit` requests of one key in flight across every process.
 
-    slot = acquire(policy, key)        # one Lua call (concurrency.lua): a Decision and a Slot
+    decision, slot = acquire(policy, key)  # one Lua call (concurrency.lua): a Decision and a Slot
     try:
         ...                            # the request
     finally:
         slot.release()                 # one ZREM; never raises
+
+A view's slot is taken in the same call as its rate checks and only if they admit (drf.py,
+limiter.evaluate_all), so a rate-limited request never holds one, even for an instant.
 
 Slots live in the state Redis, a sorted set per (policy, key) scored by expiry: a process killed
 mid-request holds its slot until `policy.period` seconds after it took it, never longer (the next
@@ -20,7 +23,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from .limiter import Decision, evaluate_with, state_key
+from .limiter import Check, Decision, evaluate_with, state_key
 from .policies import Policy
 from .scripts import UNAVAILABLE, outage, state_redis
 
@@ -53,8 +56,19 @@ class Slot:
 
 def acquire(policy: Policy, key: str, *, now_ms: int | None = None) -> tuple[Decision, Slot]:
     """Take a slot of `key` under the concurrency `policy`; return the Decision and the Slot (holding
-    nothing unless the Decision admits and is not degraded). Never raises for Redis trouble."""
-    token = uuid.uuid4().hex
-    decision, _ = evaluate_with(policy, key, token=token, now_ms=now_ms)
+    nothing unless the Decision admits and is not degraded). Never raises for Redis trouble.
+    limiter.evaluate_all takes one together with a request's rate checks (`check` and `slot`)."""
+    wanted = check(policy, key)
+    decision, _ = evaluate_with(policy, key, token=wanted.token, now_ms=now_ms)
+    return decision, slot(wanted, decision)
+
+
+def check(policy: Policy, key: str) -> Check:
+    """The limiter check that takes a new slot of `key` under `policy` (for limiter.evaluate_all)."""
+    return Check(policy, key, token=uuid.uuid4().hex)
+
+
+def slot(taken: Check, decision: Decision) -> Slot:
+    """The Slot the check `taken` holds after `decision`: nothing unless admitted and not degraded."""
     held = decision.allowed and not decision.degraded
-    return decision, Slot(policy, key, token if held else None)
+    return Slot(taken.policy, taken.key, taken.token if held else None)

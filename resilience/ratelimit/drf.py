@@ -1,6 +1,7 @@
 """Rate limiting for DRF views and plain Django views, answering 429 with the project's error JSON,
 Retry-After and the IETF RateLimit headers on every limited response; and the concurrent-requests
-limit of DRF views (a slot taken after the rate checks, given back when the response is closed).
+limit of DRF views (a slot taken after the rate checks, in the same state-Redis call, and given back
+when the response is closed).
 
 A policy in shadow mode decides and counts but refuses nothing (resilience/shadow.py); one that is
 "off" is not asked at all."""
@@ -22,7 +23,7 @@ from ..errors import ApiError, error_body
 from ..metrics import count_decision
 from . import concurrency
 from .http import USERNAME_KINDS, headers, request_key
-from .limiter import check, evaluate_with
+from .limiter import Check, check, evaluate_all, evaluate_with
 from .policies import get_policy
 
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -120,20 +121,11 @@ class RateLimitedApiMixin:
                     parse_error = exc
             return request_key(name, request, username=username)
 
-        # A denial raises here, its RateLimit headers on the error; an admission's go on in finalize_response.
-        for name in names[1:]:
-            admit(name, functools.partial(key_for, name), {})
-        request.rate_limit_decision, request.companion_results = admit(
-            names[0], functools.partial(key_for, names[0]), self.rate_limit_companions(request)
+        # A denial raises here, its RateLimit headers on the error (a concurrency denial's: the limit that
+        # refused); an admission's go on in finalize_response.
+        request.rate_limit_decision, request.companion_results, self._concurrency_slot = admit_all(
+            names, key_for, self.rate_limit_companions(request), concurrency_policy=self.concurrency_policy
         )
-        if self.concurrency_policy is not None:
-            try:
-                self._concurrency_slot = admit_concurrent(
-                    self.concurrency_policy, functools.partial(key_for, self.concurrency_policy)
-                )
-            except ApiError:
-                request.rate_limit_decision = None  # the 429 carries the concurrency limit's headers
-                raise
         if parse_error is not None:
             raise parse_error
 
@@ -175,21 +167,56 @@ def admit(policy_name: str, key, companions: dict) -> tuple[object, CompanionRes
         return None, CompanionResults(dict(zip(companions, run_all(list(companions.values())), strict=True)))
     counted_key = key()
     decision, results = evaluate_with(policy, counted_key, companions=companions)
-    _enforce(decision, counted_key, "ratelimit", "Too many requests; retry after the time in Retry-After.")
+    _enforce(decision, counted_key, *_RATE_DENIAL)
     return (decision if policy.mode == "enforce" else None), CompanionResults(results)
 
 
-def admit_concurrent(policy_name: str, key) -> concurrency.Slot | None:
-    """Take a slot of `key()` under the named concurrency policy and return it (None when limiting is
-    off); the caller releases it. Raise ApiError 429, with Retry-After and the RateLimit headers, when
-    the key has every slot in flight (unless the policy is in shadow mode)."""
-    policy = get_policy(policy_name)
-    if not settings.RESILIENCE_RATELIMIT_ENABLED or policy.mode == "off":
-        return None
-    counted_key = key()
-    decision, slot = concurrency.acquire(policy, counted_key)
-    _enforce(decision, counted_key, "concurrency", "Too many requests in flight; retry after the time in Retry-After.")
-    return slot
+def admit_all(
+    policy_names: tuple[str, ...], key, companions: dict, *, concurrency_policy: str | None = None
+) -> tuple[object, CompanionResults, concurrency.Slot | None]:
+    """Count one request against each named policy (`policy_names[1:]` first, then `policy_names[0]`,
+    whose Decision is returned for the response's headers), then take a slot of `concurrency_policy`:
+    each only once those before it admitted, as calling `admit` for each and then taking the slot would,
+    but in one state-Redis call with `companions` (limiter.evaluate_all) — one network wait, and atomic,
+    so a rate-limited request never holds a slot. `key(name)` gives the key counted under each policy;
+    policies that are "off" are skipped (their key not asked). Return (that Decision or None as `admit`,
+    the companions' CompanionResults, the Slot or None); the caller releases the Slot. Raise ApiError
+    429, with Retry-After and the RateLimit headers of the policy that denied, for the first denial a
+    policy enforces."""
+    enabled = settings.RESILIENCE_RATELIMIT_ENABLED
+    checks: list[Check] = []
+    main = None  # the index of policy_names[0]'s check
+    for name in (*policy_names[1:], policy_names[0]):
+        policy = get_policy(name)
+        if enabled and policy.mode != "off":
+            main = len(checks) if name == policy_names[0] else main
+            checks.append(Check(policy, key(name)))
+    if concurrency_policy is not None and enabled and get_policy(concurrency_policy).mode != "off":
+        checks.append(concurrency.check(get_policy(concurrency_policy), key(concurrency_policy)))
+    if not checks:
+        return None, CompanionResults(dict(zip(companions, run_all(list(companions.values())), strict=True))), None
+    decisions, results = evaluate_all(checks, companions=companions)
+    # Taken only if every check before it admitted: the last check, and it was made.
+    slot = concurrency.slot(checks[-1], decisions[-1]) if checks[-1].token and len(decisions) == len(checks) else None
+    try:
+        for made, decision in zip(checks, decisions, strict=False):
+            kind, message = _CONCURRENCY_DENIAL if made.token else _RATE_DENIAL
+            _enforce(decision, made.key, kind, message)
+    except BaseException:
+        if slot is not None:  # not reached (a denial ends the checks before the slot), but never leak one
+            slot.release()
+        raise
+    # Reached only when every check admitted (or denied in shadow mode): policy_names[0]'s was made.
+    decision = None if main is None else decisions[main]
+    return (
+        (decision if decision is not None and decision.policy.mode == "enforce" else None),
+        (CompanionResults(results)),
+        slot,
+    )
+
+
+_RATE_DENIAL = ("ratelimit", "Too many requests; retry after the time in Retry-After.")
+_CONCURRENCY_DENIAL = ("concurrency", "Too many requests in flight; retry after the time in Retry-After.")
 
 
 def _enforce(decision, counted_key: str, kind: str, message: str) -> None:

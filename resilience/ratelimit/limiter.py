@@ -1,4 +1,5 @@
-"""Check, peek and reset rate limits against the state Redis; one round trip per check.
+"""Check, peek and reset rate limits against the state Redis; one round trip per check, or one for all
+the checks of a request (`evaluate_all`: its rate policies and its concurrency slot).
 
 Contract when the state Redis is down or times out: `check` and `peek` never raise. A policy with
 fail_mode "open" admits the request, "closed" denies it with a short Retry-After (1-5 s, jittered so
@@ -18,10 +19,11 @@ from django.core.cache import caches
 from django_redis.exceptions import ConnectionInterrupted
 
 from resilience.redis_fanout import run_all, script_call
+from resilience.redis_state import is_cluster
 
 from .fixed_window import Unavailable, counter_key, evaluate_fixed
 from .policies import Policy, get_policy
-from .scripts import UNAVAILABLE, outage, script, state_redis
+from .scripts import CHAINED, UNAVAILABLE, chain_script, outage, script, state_redis
 
 logger = logging.getLogger("resilience.ratelimit")
 
@@ -123,31 +125,13 @@ def evaluate_with(
     minute = int(time.time() // 60)  # statistics buckets follow this host's clock; only the limits need Redis'
     if policy.algorithm == "fixed_window":
         return _evaluate_fixed(policy, key, cost=cost, minute=minute), None
-    shadow = policy.mode == "shadow"
-    limiter = script_call(
-        state_redis(),
-        script(policy.algorithm),
-        [
-            state_key(policy, key),
-            denied_key(minute, tag := _tag(policy.name, key), shadow=shadow),
-            denied_by_policy_key(minute, tag, shadow=shadow),
-        ],
-        [
-            policy.limit,
-            policy.period * 1000,
-            (token if cost else "") if policy.algorithm == "concurrency" else cost,
-            f"{policy.name}|{key}",
-            policy.name,
-            _stats_minutes() * 60,
-            "" if now_ms is None else int(now_ms),
-        ],
-    )
+    keys, args = _script_input(policy, key, cost=cost, token=token, now_ms=now_ms, minute=minute)
     companions = companions or {}
-    results = run_all([limiter, *companions.values()])
+    results = run_all([script_call(state_redis(), script(policy.algorithm), keys, args), *companions.values()])
     try:
         if isinstance(results[0], Exception):
             raise results[0]
-        allowed, limit, remaining, reset, retry_after = results[0]
+        decision = _parse(policy, results[0])
     except UNAVAILABLE as exc:
         outage.failed(exc)
         return _degraded(policy), None
@@ -155,10 +139,107 @@ def evaluate_with(
         logger.exception("rate limiter: check of policy %s failed", policy.name)
         return _degraded(policy), None
     outage.recovered()
-    return (
-        Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy),
-        dict(zip(companions, results[1:], strict=True)),
-    )
+    return decision, dict(zip(companions, results[1:], strict=True))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One limiter check of a request, for `evaluate_all`: `token` names the slot a concurrency policy
+    takes (resilience/ratelimit/concurrency.py)."""
+
+    policy: Policy
+    key: str
+    token: str = ""
+
+
+def evaluate_all(
+    checks: list[Check], *, companions: dict | None = None, now_ms: int | None = None
+) -> tuple[list[Decision], dict | None]:
+    """Make `checks` (each counting one request) in order, each only while every one before it admitted
+    or denied under a policy in shadow mode; return the Decisions of the checks made (fewer than
+    `checks` after an enforced denial, degraded ones included) and the companions' results, as
+    `evaluate_with`. Never raises for Redis trouble.
+
+    One Redis call makes them all, with the companions, when every check runs a Lua script and the state
+    Redis is one server (chain.lua: atomic, so a check after a denial writes nothing, e.g. takes no
+    slot). Otherwise (a fixed-window policy, a Redis Cluster, where the checks' keys are in different
+    slots) one call per check, with the same rule; the companions go with the first."""
+    if any(check.policy.algorithm == "concurrency" and not check.token for check in checks):
+        raise ValueError("a concurrency policy takes a slot with resilience.ratelimit.concurrency.acquire")
+    if len(checks) > 1 and not outage.active() and not is_cluster(state_redis()):
+        if all(check.policy.algorithm in CHAINED for check in checks):
+            return _evaluate_chain(checks, companions or {}, now_ms)
+    decisions: list[Decision] = []
+    results = None
+    for i, check in enumerate(checks):
+        decision, sent = evaluate_with(
+            check.policy, check.key, token=check.token, now_ms=now_ms, companions=companions if i == 0 else None
+        )
+        results = sent if i == 0 else results
+        decisions.append(decision)
+        if _stops(decision):
+            break
+    return decisions, results
+
+
+def _evaluate_chain(checks: list[Check], companions: dict, now_ms: int | None) -> tuple[list[Decision], dict | None]:
+    minute = int(time.time() // 60)
+    keys, args = [], []
+    for check in checks:
+        check_keys, check_args = _script_input(
+            check.policy, check.key, cost=1, token=check.token, now_ms=now_ms, minute=minute
+        )
+        keys += check_keys
+        args += [check.policy.algorithm, "1" if check.policy.mode == "enforce" else "0", *check_args]
+    results = run_all([script_call(state_redis(), chain_script(), keys, args), *companions.values()])
+    try:
+        if isinstance(results[0], Exception):
+            raise results[0]
+        decisions = [_parse(check.policy, reply) for check, reply in zip(checks, results[0], strict=False)]
+    except UNAVAILABLE as exc:
+        outage.failed(exc)
+    except Exception:  # a bug (a script error, say) must not take the request down with it
+        logger.exception("rate limiter: checks of policies %s failed", ", ".join(c.policy.name for c in checks))
+    else:
+        outage.recovered()
+        return decisions, dict(zip(companions, results[1:], strict=True))
+    degraded: list[Decision] = []
+    for check in checks:  # what one call per check would have answered: each degraded in turn
+        degraded.append(_degraded(check.policy))
+        if _stops(degraded[-1]):
+            break
+    return degraded, None
+
+
+def _stops(decision: Decision) -> bool:
+    """Whether `decision` ends a request's checks: a denial its policy enforces."""
+    return not decision.allowed and decision.policy.mode == "enforce"
+
+
+def _script_input(policy: Policy, key: str, *, cost: int, token: str, now_ms: int | None, minute: int):
+    """KEYS and ARGV of `policy`'s limiter script for `key` (the header of each .lua file)."""
+    shadow = policy.mode == "shadow"
+    tag = _tag(policy.name, key)
+    keys = [
+        state_key(policy, key),
+        denied_key(minute, tag, shadow=shadow),
+        denied_by_policy_key(minute, tag, shadow=shadow),
+    ]
+    args = [
+        policy.limit,
+        policy.period * 1000,
+        (token if cost else "") if policy.algorithm == "concurrency" else cost,
+        f"{policy.name}|{key}",
+        policy.name,
+        _stats_minutes() * 60,
+        "" if now_ms is None else int(now_ms),
+    ]
+    return keys, args
+
+
+def _parse(policy: Policy, reply) -> Decision:
+    allowed, limit, remaining, reset, retry_after = reply
+    return Decision(bool(allowed), int(limit), int(remaining), int(reset), int(retry_after), policy)
 
 
 def _evaluate_fixed(policy: Policy, key: str, *, cost: int, minute: int) -> Decision:

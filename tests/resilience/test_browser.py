@@ -1,16 +1,18 @@
 """The dashboards in a real browser: the app runs as a real server process, headless Chromium (Debian's
 `chromium` package, driven by Playwright without its own browser download) logs into the admin, opens
-every page, force-opens a breaker, resets a rate-limit key and edits a sharded user. Screenshots go to
-artifacts/screenshots/.
+every page, force-opens a breaker, resets a rate-limit key, edits a sharded user, and overrides a policy at
+runtime (the live server applies it). Screenshots go to artifacts/screenshots/.
 """
 
 import os
 import re
+import urllib.error
 import urllib.request
 
 import pytest
 from django.contrib.auth.models import User as StaffUser
 
+from resilience import overrides
 from resilience.breaker import State, get_breaker
 from resilience.ratelimit import check, peek
 from users import selectors, services
@@ -216,6 +218,131 @@ def test_staff_without_the_action_permissions_sees_no_action_buttons_in_a_real_b
     refused = page.goto(f"{server}/admin/bulwark/breakers/action/?name=payments&action=force_open")
     assert refused.status == 403
     assert get_breaker("payments").state == State.CLOSED
+
+
+def login(browser, server: str, username: str, *, next_path: str):
+    """A new page (its own cookies) of `username` logged in through the real login form, at `next_path`."""
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{server}/admin/login/?next={next_path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", PASSWORD)
+    page.click("input[type=submit]")
+    page.wait_for_url(f"{server}{next_path}")
+    return page
+
+
+def api_read(server: str) -> tuple[int, str | None, str | None]:
+    """(status, RateLimit-Policy, Retry-After) of an anonymous GET the live server limits with api.read."""
+    try:
+        with urllib.request.urlopen(f"{server}/api/v1/users/?username=nobody", timeout=10) as r:  # noqa: S310
+            return r.status, r.headers["RateLimit-Policy"], r.headers["Retry-After"]
+    except urllib.error.HTTPError as exc:  # 429: the limiter's headers are there
+        return exc.code, exc.headers["RateLimit-Policy"], exc.headers["Retry-After"]
+
+
+def would_deny(server: str, policy: str) -> float:
+    """The live server's count of `policy`'s checks a shadow-mode policy would have denied."""
+    with urllib.request.urlopen(f"{server}/metrics", timeout=10) as r:  # noqa: S310 (loopback: allowed)
+        body = r.read().decode()
+    wanted = {f'policy="{policy}"', 'decision="would_deny"'}
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in body.splitlines()
+        if line.startswith("bulwark_ratelimit_decisions_total{")
+        and wanted <= set(line.partition("{")[2].partition("}")[0].split(","))
+    )
+
+
+def test_an_operator_overrides_a_policy_in_a_real_browser_and_the_live_server_applies_it(server, browser):
+    """Runtime overrides (/admin/bulwark/overrides/): a staff user holding "change_override" lowers
+    api.read's rate with a reason and an expiry, sees it listed, and the live server refuses over the new
+    rate; switched to shadow it admits and counts "would deny"; cleared, the settings apply again. A
+    staff user without the permission sees it read-only and is refused (403) when posting anyway."""
+    from django.contrib.auth.models import Permission
+    from playwright.sync_api import expect
+
+    operator = StaffUser.objects.create_user("operator", "operator@example.com", PASSWORD, is_staff=True)
+    operator.user_permissions.add(
+        Permission.objects.get(content_type__app_label="resilience", codename="change_override")
+    )
+    StaffUser.objects.create_user("viewer", "viewer@example.com", PASSWORD, is_staff=True)
+    caught_up()
+    served, policy, _ = api_read(server)
+    assert (served, policy) == (200, "600;w=60")  # the settings' rate
+
+    page = login(browser, server, "operator", next_path="/admin/bulwark/overrides/")
+    failed: list[str] = []
+    page.on("response", lambda r: failed.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+    page.reload()
+    expect(page.locator("#active-overrides")).to_contain_text("No override: the settings apply.")
+    # Styled: the admin's stylesheet and the dashboards' own are loaded and apply.
+    sheets = page.evaluate("[...document.styleSheets].map(s => [s.href, s.cssRules.length])")
+    loaded = {href.rsplit("/", 1)[-1]: rules for href, rules in sheets if href}
+    assert loaded.get("base.css", 0) > 0 and loaded.get("dashboard.css", 0) > 0, loaded
+    assert page.eval_on_selector(".bw-nav", "e => getComputedStyle(e).marginTop") == "0px"  # dashboard.css
+    assert page.eval_on_selector("#header", "e => getComputedStyle(e).display") == "flex"  # the admin's base.css
+
+    # api.read down to 3 a minute, for 30 minutes, with a reason
+    form = page.locator("#override-form")
+    form.locator("#id_kind").select_option("ratelimit")
+    form.locator("#id_name").fill("api.read")
+    form.locator("#id_rate").fill("3/m")
+    form.locator("#id_reason").fill("incident 7: scraper on the listing")
+    form.locator("#id_minutes").fill("30")
+    form.locator("input[type=submit]").click()
+    page.wait_for_url(f"{server}/admin/bulwark/overrides/")
+    expect(page.locator(".messagelist")).to_contain_text("Override of ratelimit:api.read stored: rate=3/m, for 30 min.")
+    row = page.locator('#active-overrides tr[data-target="ratelimit:api.read"]')
+    for text in ("rate=3/m", "incident 7: scraper on the listing", "operator", "(30 min)"):
+        expect(row).to_contain_text(text)
+    expect(page.locator('#recent-actions tr[data-object="ratelimit:api.read"]')).to_contain_text(
+        "Override rate=3/m for 30 min (incident 7: scraper on the listing)"
+    )
+    page.screenshot(path=SCREENSHOTS / "overrides.png", full_page=True)
+
+    # The live server (another process) applies it within its refresh interval: over 3 a minute, 429.
+    wait_for(lambda: api_read(server)[1] == "3;w=60", timeout=10, interval=0.05, message="the server to apply it")
+    wait_for(lambda: api_read(server)[0] == 429, timeout=10, interval=0.05, message="a 429 over the new rate")
+    status, policy, retry_after = api_read(server)
+    assert (status, policy) == (429, "3;w=60") and int(retry_after) >= 1
+
+    # The same policy in shadow mode: nothing refused (no RateLimit headers: no limit applies), counted.
+    denied_before = would_deny(server, "api.read")
+    form.locator("#id_name").fill("api.read")
+    form.locator("#id_rate").fill("3/m")
+    form.locator("#id_mode").select_option("shadow")
+    form.locator("#id_reason").fill("incident 7: measure before enforcing")
+    form.locator("input[type=submit]").click()
+    expect(row).to_contain_text("mode=shadow, rate=3/m")
+    wait_for(lambda: api_read(server) == (200, None, None), timeout=10, interval=0.05, message="shadow mode")
+    assert would_deny(server, "api.read") > denied_before
+
+    # Cleared: the settings apply again, here and in the live server.
+    row.locator("input[value=Clear]").click()
+    expect(page.locator(".messagelist")).to_contain_text("Override of ratelimit:api.read cleared")
+    expect(page.locator("#active-overrides")).to_contain_text("No override: the settings apply.")
+    wait_for(lambda: api_read(server)[:2] == (200, "600;w=60"), timeout=10, interval=0.05, message="the settings")
+    assert overrides.override_list() == {}
+    assert failed == []
+
+    # Without the permission: read-only, and posting anyway (with a valid CSRF token) is refused.
+    overrides.override_set(target="ratelimit:api.read", values={"rate": "5/m"}, reason="held", user="ops", seconds=600)
+    viewer = login(browser, server, "viewer", next_path="/admin/bulwark/overrides/")
+    expect(viewer.locator('#active-overrides tr[data-target="ratelimit:api.read"]')).to_contain_text("rate=5/m")
+    expect(viewer.locator("#read-only")).to_be_visible()
+    expect(viewer.locator("#override-form, input[value=Clear]")).to_have_count(0)
+    viewer.screenshot(path=SCREENSHOTS / "overrides-read-only.png", full_page=True)
+    post = """async ([url, fields]) => {
+        const token = document.cookie.match(/csrftoken=([^;]+)/)[1];
+        const headers = {"X-CSRFToken": token};
+        const r = await fetch(url, {method: "POST", headers, body: new URLSearchParams(fields)});
+        return r.status;
+    }"""
+    fields = {"kind": "ratelimit", "name": "api.read", "mode": "off", "reason": "sneaky", "minutes": "60"}
+    assert viewer.evaluate(post, ["/admin/bulwark/overrides/", fields]) == 403
+    assert viewer.evaluate(post, ["/admin/bulwark/overrides/clear/", {"target": "ratelimit:api.read"}]) == 403
+    assert {t: o.values for t, o in overrides.override_list().items()} == {"ratelimit:api.read": {"rate": "5/m"}}
 
 
 def _replica_reads_since(alias: str, since) -> int:

@@ -7,6 +7,7 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+import uuid
 from contextlib import ExitStack, contextmanager, suppress
 
 import pytest
@@ -18,7 +19,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from resilience.errors import ApiError
-from resilience.ratelimit import concurrency, denied_counts, get_policy
+from resilience.ratelimit import concurrency, denied_counts, get_policy, peek
 from resilience.ratelimit.drf import RateLimitedApiMixin
 from resilience.ratelimit.limiter import state_key
 from tests.factories import UserFactory
@@ -114,6 +115,92 @@ def test_shadow_mode_refuses_nothing_and_counts_exactly(conc, state_redis_db):
     # The rate policy would have denied 2 of 5 (3 per hour); the concurrency policy 3 of 5 (2 in flight).
     assert denied_counts(minutes=1, shadow=True) == {"test.rate": 2, "test.conc": 3}
     assert denied_counts(minutes=1) == {}  # nothing was refused
+    for response in responses:
+        response.close()
+    assert held(state_redis_db) == 0
+
+
+@contextmanager
+def commands_received(state_redis):
+    """The commands the state Redis server receives during the block, seen by MONITOR on a connection of
+    its own (every client's: the caller filters), as its "EVALSHA <sha> <numkeys> <key>..." strings."""
+    seen: list[str] = []
+    end = f"end-of-block-{uuid.uuid4().hex}"
+    with state_redis.monitor() as monitor:  # MONITOR is on once this returns (its OK was read)
+
+        def collect():
+            for received in monitor.listen():
+                if end in received["command"]:
+                    return
+                seen.append(received["command"])
+
+        collector = threading.Thread(target=collect, daemon=True)
+        collector.start()
+        yield seen
+        state_redis.echo(end)
+        collector.join(timeout=30)
+        assert not collector.is_alive(), "MONITOR did not see the end of the block"
+
+
+def limiter_calls(commands: list[str], *policies: str) -> list[str]:
+    return [c for c in commands if c.startswith("EVALSHA ") and any(p in c for p in policies)]
+
+
+def test_the_rate_checks_and_the_slot_go_to_the_state_redis_in_one_call(conc, state_redis_db):
+    conc.RESILIENCE_RATELIMIT_POLICIES = {
+        **conc.RESILIENCE_RATELIMIT_POLICIES,
+        "test.conc": {"algorithm": "concurrency", "limit": 5, "expiry": 60, "key": "ip"},
+    }
+    call().close()  # the server learns the script (a first EVALSHA answers NOSCRIPT)
+    with commands_received(state_redis_db) as commands:
+        response = call()
+    assert response.status_code == 200 and held(state_redis_db) == 1
+    calls = limiter_calls(commands, "test.rate", "test.conc")
+    assert len(calls) == 1, calls  # one EVALSHA, with both policies' keys: one network wait
+    assert "test.rate" in calls[0] and "test.conc" in calls[0]
+    response.close()
+    assert held(state_redis_db) == 0
+
+
+class TwoRatesView(HeldView):
+    rate_limits = {"GET": ("test.rate", "test.burst")}  # test.burst is checked first, then test.rate
+
+
+@pytest.mark.parametrize("denied_by", ["test.burst", "test.rate"])
+def test_a_request_a_rate_policy_denies_takes_no_slot_and_later_checks_count_nothing(conc, state_redis_db, denied_by):
+    conc.RESILIENCE_RATELIMIT_POLICIES = {
+        "test.conc": {"algorithm": "concurrency", "limit": 5, "expiry": 60, "key": "ip"},
+        "test.rate": {"rate": "1/h" if denied_by == "test.rate" else "1000/h", "key": "ip"},
+        "test.burst": {
+            "rate": "1/h" if denied_by == "test.burst" else "1000/h",
+            "key": "ip",
+            "algorithm": "token_bucket",
+        },
+    }
+    view = TwoRatesView.as_view()
+    first = view(RequestFactory().get("/held/", REMOTE_ADDR="198.51.100.7"))
+    assert first.status_code == 200 and held(state_redis_db) == 1
+
+    second = view(RequestFactory().get("/held/", REMOTE_ADDR="198.51.100.7"))
+    assert second.status_code == 429
+    assert second["RateLimit-Policy"] == "1;w=3600"  # the policy that denied
+    assert held(state_redis_db) == 1  # only the first request's
+    assert denied_counts(minutes=1) == {denied_by: 1}  # no concurrency denial recorded either
+    if denied_by == "test.burst":  # checked first: test.rate did not count the denied request
+        assert peek("test.rate", "ip:198.51.100.7").remaining == 999
+    first.close()
+    assert held(state_redis_db) == 0
+
+
+def test_a_rate_policy_in_shadow_mode_does_not_stop_the_slot_being_taken(conc, state_redis_db):
+    conc.RESILIENCE_RATELIMIT_POLICIES = {
+        "test.conc": {"algorithm": "concurrency", "limit": 5, "expiry": 60, "key": "ip"},
+        "test.rate": {"rate": "1/h", "key": "ip", "mode": "shadow"},
+    }
+    responses = [call(), call()]
+    assert [r.status_code for r in responses] == [200, 200]
+    assert held(state_redis_db) == 2
+    assert denied_counts(minutes=1, shadow=True) == {"test.rate": 1}
     for response in responses:
         response.close()
     assert held(state_redis_db) == 0

@@ -15,7 +15,7 @@ from project.db import fleet
 from resilience import idempotency
 from resilience.breaker import BreakerOptions, CircuitBreaker, State
 from resilience.breaker.redis_storage import RedisStorage, breaker_keys
-from resilience.ratelimit import limiter
+from resilience.ratelimit import concurrency, limiter
 from resilience.ratelimit.policies import get_policy
 from resilience.redis_state import is_cluster, state_redis
 from users.models import User
@@ -97,6 +97,24 @@ def test_limiter_is_exact_per_key_on_a_cluster(on_cluster, settings):
     assert len(allowed) == 48
     assert limiter.denied_counts(minutes=1) == {"cluster.window": 24 * 10, "cluster.bucket": 24 * 10}
     assert len(limiter.top_denied(minutes=1, count=100)) == 48
+
+
+def test_a_requests_rate_check_and_slot_are_made_one_call_each_on_a_cluster(on_cluster, settings):
+    """Their keys are in different slots (one call for both would be CROSSSLOT): limiter.evaluate_all makes
+    one call per check there, in order, and a denied rate check still takes no slot."""
+    settings.RESILIENCE_RATELIMIT_POLICIES = {
+        "cluster.rate": {"rate": "2/h", "key": "ip"},
+        "cluster.slots": {"algorithm": "concurrency", "limit": 5, "expiry": 60, "key": "ip"},
+    }
+    rate, conc, key = get_policy("cluster.rate"), get_policy("cluster.slots"), "ip:10.2.0.1"
+    assert limiter._tag(rate.name, key) != limiter._tag(conc.name, key)
+    made = []
+    for _ in range(3):
+        decisions, _ = limiter.evaluate_all([limiter.Check(rate, key), concurrency.check(conc, key)])
+        assert not any(decision.degraded for decision in decisions)
+        made.append([decision.allowed for decision in decisions])
+    assert made == [[True, True], [True, True], [False]]
+    assert state_redis().zcard(limiter.state_key(conc, key)) == 2
 
 
 def test_breakers_run_their_scripts_on_a_cluster(on_cluster):
