@@ -68,6 +68,8 @@ class Front:
         self.short = _short_chain()
 
     def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") != "GET":  # before building a request: writes pay nothing here
+            return self.django(environ, start_response)
         set_script_prefix(get_script_name(environ))
         request = self.django.request_class(environ)
         if not self._takes(request):
@@ -85,8 +87,6 @@ class Front:
 
     @staticmethod
     def _takes(request) -> bool:
-        if request.method != "GET":
-            return False
         try:
             match = resolve(request.path_info)
             request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it: Django answers a bad host
