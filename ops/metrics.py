@@ -31,6 +31,7 @@ from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -65,24 +66,66 @@ CACHE_EVENTS = Counter(
 )
 
 
+LOCAL_CACHE_EVENTS = Counter(
+    "bulwark_local_cache_events",
+    "The per-process tracked cache (resilience/client_cache.py): hits, fills, invalidations, flushes "
+    "(the tracking connection lost), refused_fills (an invalidation overtook the read).",
+    ["event"],
+)
+LOCAL_CACHE_SIZE = Gauge(
+    "bulwark_local_cache_size",
+    "Entries and bytes the per-process tracked caches hold (summed over live processes).",
+    ["unit"],
+    multiprocess_mode="livesum",
+)
+LOCAL_CACHE_TRACKING = Gauge(
+    "bulwark_local_cache_tracking_processes",
+    "Processes whose tracking connection is up (their local cache may answer).",
+    multiprocess_mode="livesum",
+)
+COUNT_INTERVAL = 1.0  # seconds: how late a request's cache events may reach the counters
+
 _cache_lock = threading.Lock()
 _cache_seen: dict[str, int] = {}
+_local_seen: dict[str, int] = {}
+_next_count = 0.0
 
 
-def count_cache_events() -> None:
-    """Add to CACHE_EVENTS what users.cache.stats counted since the last call in this process.
+def count_cache_events(*, now: bool = False) -> None:
+    """Add to CACHE_EVENTS and LOCAL_CACHE_EVENTS what users.cache.stats and the local cache counted since
+    the last call in this process, and set the local cache's size; at most once per COUNT_INTERVAL unless
+    `now` (a scrape).
 
-    users/cache/store.py keeps plain per-process integers; taking the difference here keeps that module free
-    of Prometheus and is exact in multiprocess mode (each process reports its own deltas).
+    users/cache/store.py and resilience/client_cache.py keep plain per-process integers; taking the
+    difference here keeps them free of Prometheus and is exact in multiprocess mode (each process
+    reports its own deltas). Once a second rather than on every request: the lock and the walk over
+    the counters cost the hot read more than a second's delay costs a dashboard.
     """
+    global _next_count
+    clock = time.monotonic()
+    if not now and clock < _next_count:
+        return
     from users.cache import stats
+    from users.cache.store import local_cache_in_use
 
     with _cache_lock:
-        for event, value in list(stats.items()):
-            delta = int(value) - _cache_seen.get(event, 0)
-            if delta > 0:
-                CACHE_EVENTS.labels(event).inc(delta)
-            _cache_seen[event] = int(value)
+        _next_count = clock + COUNT_INTERVAL
+        _add_deltas(CACHE_EVENTS, stats, _cache_seen)
+        local = local_cache_in_use()
+        if local is not None:
+            _add_deltas(LOCAL_CACHE_EVENTS, local.stats, _local_seen)
+            entries, size = local.size()
+            LOCAL_CACHE_SIZE.labels("entries").set(entries)
+            LOCAL_CACHE_SIZE.labels("bytes").set(size)
+            LOCAL_CACHE_TRACKING.set(1 if local.live else 0)
+
+
+def _add_deltas(counter: Counter, counts: dict, seen: dict) -> None:
+    for event, value in list(counts.items()):
+        delta = int(value) - seen.get(event, 0)
+        if delta > 0:
+            counter.labels(event).inc(delta)
+        seen[event] = int(value)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -256,7 +299,7 @@ def metrics_view(request):
         return JsonResponse(
             error_body("Metrics are for staff, a bearer token or allowed addresses.", "forbidden"), status=403
         )
-    count_cache_events()
+    count_cache_events(now=True)
     response = HttpResponse(generate_latest(registry()), content_type=CONTENT_TYPE_LATEST)
     response["Cache-Control"] = "no-store"
     return response

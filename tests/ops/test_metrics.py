@@ -71,6 +71,33 @@ def test_metrics_count_requests_limits_cache_and_expose_breakers_backlog_and_lag
     assert metric(body, "bulwark_metrics_source_up", source="write_behind") == 1
 
 
+def test_metrics_report_the_local_cache(real_db):
+    """The tracked per-process cache (#20): its hits, size and tracking state on /metrics."""
+    from project.db import pinning
+    from users import cache, selectors, services
+    from users.cache.store import local_cache
+
+    from ..stack import wait_for
+
+    user = services.user_create(username="metered", email="metered@example.com", password="pw-metered-2026")
+    pinning.reset()  # a later request: no read-your-writes state, so the local cache may answer
+    local = local_cache()
+    wait_for(lambda: local.begin() is not None, message="tracking to start")
+    client = Client()
+    before = client.get("/metrics").content.decode()
+    for _ in range(3):
+        selectors.user_get_by_id(user_id=user["id"])
+    assert local.get(cache.user_key(user["id"])) is not None
+    body = client.get("/metrics").content.decode()
+    hits = (metric(body, "bulwark_local_cache_events_total", event="hits") or 0) - (
+        metric(before, "bulwark_local_cache_events_total", event="hits") or 0
+    )
+    assert hits >= 2
+    assert metric(body, "bulwark_local_cache_size", unit="entries") >= 1
+    assert metric(body, "bulwark_local_cache_size", unit="bytes") > 0
+    assert metric(body, "bulwark_local_cache_tracking_processes") == 1
+
+
 def test_metrics_add_up_every_process_in_multiprocess_mode(real_db, tmp_path):
     """Two processes count; a third one, answering the scrape, reports the sum of both."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "project.settings.test"}

@@ -103,6 +103,11 @@ def local_cache() -> LocalCache | None:
     return _local_cache
 
 
+def local_cache_in_use() -> LocalCache | None:
+    """This process's local cache if a read has made it (the metrics read it without making one)."""
+    return _local_cache
+
+
 def _forget_locally(key: str) -> None:
     """This process wrote `key`: its local copy goes now, not when Redis' invalidation arrives."""
     if _local_cache is not None:
