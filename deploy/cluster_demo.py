@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo_support import (  # noqa: E402
+    DEMO_DATABASES,
     PHASE_HEADER,
     Cluster,
     Load,
@@ -71,6 +72,7 @@ EXACT_LIMIT, EXACT_TRIES, EXACT_KEYS, EXACT_THREADS = 25, 35, 24, 8
 
 APP_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings.bench",
+    **DEMO_DATABASES,
     "REDIS_STATE_CLUSTER_NODES": " ".join(f"127.0.0.1:{p}" for p in PORTS),
     "CELERY_BROKER_URL": f"redis://127.0.0.1:{BROKER_PORT}/0",
     "WRITE_BEHIND_INTERVAL": "1.0",

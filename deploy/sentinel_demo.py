@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo_support import (  # noqa: E402
+    DEMO_DATABASES,
     PHASE_HEADER,
     Load,
     client,
@@ -76,6 +77,7 @@ STEADY = 3.0  # seconds of load before each fault and after each recovery
 
 APP_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings.bench",
+    **DEMO_DATABASES,
     "REDIS_STATE_SENTINELS": " ".join(f"127.0.0.1:{p}" for p in SENTINEL_PORTS),
     "REDIS_STATE_SENTINEL_MASTER": MASTER_NAME,
     "WRITE_BEHIND_INTERVAL": "1.0",
@@ -118,7 +120,13 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
         t_demoted = t_fault
     # Buffered after this moment means written on the new master: the old one is dead or read-only.
     t_switch = max(t_demoted, moments["named"])
-    t_back = wait_for("a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch), timeout=60)
+    try:
+        t_back = wait_for(
+            "a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch), timeout=60
+        )
+    except TimeoutError:
+        say(explain_no_buffered_view(procs, topo, load, since=t_switch))
+        raise
     time.sleep(STEADY)
     t_end = time.monotonic()
     procs.check_alive("web", "worker")
@@ -141,6 +149,43 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
     if other := [r for r in load.between(t_fault - STEADY, t_end) if not (200 <= r[3] < 300 or r[3] == 503)]:
         say(f"  !! {len(other)} answers other than 2xx/503: {describe(other)} (see {procs.workdir}/web.out)")
     return new_port, time.time() - (time.monotonic() - moments["named"])
+
+
+def explain_no_buffered_view(procs, topo, load, *, since):
+    """What the views were answered since `since`, what each Sentinel names, and, for each server, its
+    role and the clients connected to it (where the web processes' and the worker's state connections
+    point): what a timeout waiting for a buffered view needs to explain itself."""
+    lines = [f"  !! no view buffered since the switch; views answered since: {describe(load.between(since, 1e12))}"]
+    lines.append(
+        "  Sentinels name: "
+        + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, topo.masters_named(), strict=True))
+    )
+    pids = {name: p.pid for name, p in procs.running.items() if name in ("web", "worker")}
+    for port in REDIS_PORTS:
+        if f"redis-{port}" not in procs.running:
+            lines.append(f"  :{port}: not running")
+            continue
+        try:
+            info = role(port)
+            clients = client(port).client_list(_type="normal")
+            paused = client(port).info("clients").get("paused_reason", "")  # Redis 7.2+; empty before
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: say what failed and go on
+            lines.append(f"  :{port}: {type(exc).__name__}: {exc}")
+            continue
+        last_commands = Counter(c.get("cmd") for c in clients)  # evalsha: web/worker state calls, brpop: consumer
+        lines.append(
+            f"  :{port}: role {info['role']}"
+            + (
+                f" of :{info.get('master_port')} link {info.get('master_link_status')}"
+                if info["role"] == "slave"
+                else ""
+            )
+            + f", {info.get('connected_slaves', 0)} replica(s), {len(clients)} normal client(s)"
+            + (f" (paused: {paused})" if paused else "")
+            + (f", by last command {dict(last_commands)}" if clients else "")
+        )
+    lines.append(f"  web and worker pids: {pids}; their logs: {procs.workdir}/web.out, worker.out")
+    return "\n".join(lines)
 
 
 def verify_new_master(topo, new_port, db, promoted_at):
@@ -232,27 +277,20 @@ def demo(procs):
         return time.monotonic()
 
     def planned_switchover():
-        # Stop writes on the master, let the replica catch up, then fail over: nothing is acknowledged
-        # that the new master lacks. Paused writes wait (up to the client's timeout), then go to the new
-        # master when deploy/sentinel-reconfig drops the old master's clients.
-        old = client(master["port"])
+        # manage.py state_switchover's steps: stop writes on the master, let the replicas catch up, then
+        # fail over: nothing is acknowledged that the new master lacks. Paused writes wait (up to the
+        # client's timeout), then go to the new master when deploy/sentinel-reconfig drops the old
+        # master's clients.
         paused_at = time.monotonic()  # the failover phase starts here: writes wait from now on
-        old.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-        target = old.info("replication")["master_repl_offset"]
-        wait_for(
-            "the replicas to catch up",
-            lambda: all(client(p).info("replication")["slave_repl_offset"] >= target for p in others()),
-            timeout=10,
-            every=0.005,
-        )
-        sentinel_failover()
+        topo.switchover()
         return paused_at
 
     scenarios = [
         ("1. SIGKILL the master :{old}", kill_master),
         ("2. SENTINEL FAILOVER {name} (master :{old})", sentinel_failover),
         (
-            "3. planned switchover: CLIENT PAUSE WRITE on :{old}, replicas caught up, SENTINEL FAILOVER",
+            "3. planned switchover (manage.py state_switchover): CLIENT PAUSE WRITE on :{old}, replicas caught up,"
+            " SENTINEL FAILOVER",
             planned_switchover,
         ),
     ]
