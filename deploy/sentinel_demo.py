@@ -7,7 +7,7 @@ stack's state Redis (noeviction, AOF everysec) and three Sentinels (quorum 2). T
 promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1 (taken from the environment and passed
 to the app) a view is acknowledged only once a replica has it, and that stays possible right after a
 failover, before the old master rejoins.
-The app runs against it — granian with project.settings.bench (the test databases, limits
+The app runs against it — granian with project.settings.bench (on the demo databases, bulwark_demo*, limits
 too high to deny) and a Celery worker with beat, all with REDIS_STATE_SENTINELS naming the demo's
 Sentinels — under a steady load of GET /api/v1/users/<id>/ (rate limiter and pending views on the
 state Redis) and POST /api/v1/users/<id>/views/ (write-behind buffer, with an Idempotency-Key).
