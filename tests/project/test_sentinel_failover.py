@@ -3,11 +3,13 @@ deploy/sentinel-notify and deploy/sentinel-reconfig): a planned switchover (mana
 one master at every moment and gives up cleanly when a replica lags, and
 the Celery worker keeps consuming across failovers, a crash of the master and SENTINEL FAILOVER."""
 
+import io
 import signal
 import threading
 
 import pytest
 import redis
+from django.core.management import CommandError, call_command
 
 from project.celery import app
 from project.settings.celery import build_celery
@@ -155,3 +157,20 @@ def test_a_switchover_whose_replica_cannot_catch_up_changes_nothing_and_unpauses
         assert topology.masters_named() == [topology.master] * len(topology.sentinel_ports)
     finally:
         topology.procs.running[f"redis-{lagging}"].signal(signal.SIGCONT, group=False)
+
+
+def test_manage_state_switchover_promotes_a_replica_through_the_configured_sentinels(topology, settings):
+    state = settings.CACHES["state"]
+    options = {**state["OPTIONS"], "SENTINELS": [("127.0.0.1", p) for p in topology.sentinel_ports]}
+    settings.CACHES = {**settings.CACHES, "state": {**state, "OPTIONS": options}}
+    settings.REDIS_STATE_URL = f"redis://{MASTER_NAME}/0"  # the master's name, as the Sentinel mode spells it
+    out = io.StringIO()
+    call_command("state_switchover", stdout=out)
+    old = topology.master
+    topology.settle()
+    assert out.getvalue().strip() == f"{MASTER_NAME}: 127.0.0.1:{old} -> 127.0.0.1:{topology.master}"
+
+
+def test_manage_state_switchover_refuses_without_sentinels():
+    with pytest.raises(CommandError, match="not behind Sentinel"):
+        call_command("state_switchover")
