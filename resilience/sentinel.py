@@ -19,6 +19,7 @@ The state alias (django-redis, `SentinelConnectionPool` below) and the Celery br
 transport, project/celery.py) both connect this way.
 """
 
+import contextlib
 import time
 
 import redis
@@ -71,6 +72,10 @@ class SwitchoverFailed(RuntimeError):
     the pause runs out."""
 
 
+class _FailoverOutcomeUnknown(Exception):
+    """SENTINEL FAILOVER was sent and its answer lost."""
+
+
 def switchover(
     sentinels: list[tuple[str, int]], service_name: str, *, pause_ms: int = 10_000, timeout: float = 5.0
 ) -> tuple[tuple[str, int], tuple[str, int]]:
@@ -89,7 +94,9 @@ def switchover(
     Raise SwitchoverFailed, after unpausing the master, if the master named is not one or has no replica
     online, a replica does not catch up within `timeout` seconds, or SENTINEL FAILOVER is refused (no
     good replica, a failover in progress); SwitchoverFailed too if the Sentinels name no new master
-    within max(`timeout`, 30) s of it; MasterNotFoundError if no Sentinel names a master.
+    within max(`timeout`, 30) s of it; MasterNotFoundError if no Sentinel names a master. A SENTINEL
+    FAILOVER whose answer is lost (ConnectionError, TimeoutError) may have started: it is raised with
+    the writes left paused, since unpausing could make two masters again.
     """
     options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0, "retry": None}  # a stopped server: no retries
     manager = redis.sentinel.Sentinel(sentinels, sentinel_kwargs=options, **options)
@@ -112,10 +119,15 @@ def switchover(
         _wait_caught_up(replicas, info["master_repl_offset"], timeout=timeout, options=options)
         try:
             manager.sentinels[0].execute_command("SENTINEL", "FAILOVER", service_name)
-        except redis.RedisError as exc:
+        except redis.ResponseError as exc:  # refused: nothing started
             raise SwitchoverFailed(f"SENTINEL FAILOVER {service_name}: {exc}") from exc
+        except redis.RedisError as exc:  # lost answer: it may have started, the pause must stay
+            raise _FailoverOutcomeUnknown(f"SENTINEL FAILOVER {service_name}: {exc}; writes left paused") from exc
+    except _FailoverOutcomeUnknown as exc:
+        raise SwitchoverFailed(str(exc)) from exc.__cause__
     except BaseException:
-        master.execute_command("CLIENT", "UNPAUSE")
+        with contextlib.suppress(redis.RedisError):  # a master that died has no pause left to lift
+            master.execute_command("CLIENT", "UNPAUSE")
         raise
     return old, _wait_promoted(manager, service_name, old, timeout=max(timeout, 30.0))
 
