@@ -62,6 +62,7 @@ from deploy.demo_support import (  # noqa: E402
     wait_for,
 )
 from project.settings.env import env  # noqa: E402
+from project.worker import DEFAULT_QUEUE  # noqa: E402
 from tests.sentinel import MASTER_NAME, Topology, role  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -152,14 +153,40 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
 
 
 def explain_no_buffered_view(procs, topo, load, *, since):
-    """What the views were answered since `since`, what each Sentinel names, and, for each server, its
-    role and the clients connected to it (where the web processes' and the worker's state connections
-    point): what a timeout waiting for a buffered view needs to explain itself."""
-    lines = [f"  !! no view buffered since the switch; views answered since: {describe(load.between(since, 1e12))}"]
-    lines.append(
+    """What the views were answered since `since`, then `topology_state`: what a timeout waiting for a
+    buffered view needs to explain itself."""
+    views = describe(load.between(since, 1e12))
+    head = f"  !! no view buffered since the switch; views answered since: {views}"
+    return "\n".join([head, *topology_state(procs, topo)])
+
+
+def explain_no_flush(procs, topo, new_port, db):
+    """The broker's queues on the new master (tasks published and not consumed, or none published),
+    the end of the worker's log, then `topology_state`: what a timeout waiting for a flush needs."""
+    new = client(new_port, db)
+    try:
+        queues = {q: new.llen(q) for q in (DEFAULT_QUEUE, "webhooks")}
+        unacked = new.zcard("unacked_index")
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: say what failed and go on
+        queues, unacked = f"{type(exc).__name__}: {exc}", "?"
+    tail = [line[:200] for line in procs.running["worker"].log_tail(200) if line.startswith("[")][-5:]
+    return "\n".join(
+        [
+            f"  !! no flush on :{new_port}; its queue lengths {queues}, {unacked} delivered and not acknowledged",
+            *topology_state(procs, topo),
+            "  worker's last log lines:",
+            *(f"    {line}" for line in tail),
+        ]
+    )
+
+
+def topology_state(procs, topo) -> list[str]:
+    """What each Sentinel names and, for each server, its role and the clients connected to it by last
+    command (where the web processes' and the worker's state and broker connections point)."""
+    lines = [
         "  Sentinels name: "
         + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, topo.masters_named(), strict=True))
-    )
+    ]
     pids = {name: p.pid for name, p in procs.running.items() if name in ("web", "worker")}
     for port in REDIS_PORTS:
         if f"redis-{port}" not in procs.running:
@@ -168,27 +195,22 @@ def explain_no_buffered_view(procs, topo, load, *, since):
         try:
             info = role(port)
             clients = client(port).client_list(_type="normal")
-            paused = client(port).info("clients").get("paused_reason", "")  # Redis 7.2+; empty before
         except Exception as exc:  # noqa: BLE001 - a diagnostic: say what failed and go on
             lines.append(f"  :{port}: {type(exc).__name__}: {exc}")
             continue
         last_commands = Counter(c.get("cmd") for c in clients)  # evalsha: web/worker state calls, brpop: consumer
+        link = ""
+        if info["role"] == "slave":
+            link = f" of :{info.get('master_port')} link {info.get('master_link_status')}"
         lines.append(
-            f"  :{port}: role {info['role']}"
-            + (
-                f" of :{info.get('master_port')} link {info.get('master_link_status')}"
-                if info["role"] == "slave"
-                else ""
-            )
-            + f", {info.get('connected_slaves', 0)} replica(s), {len(clients)} normal client(s)"
-            + (f" (paused: {paused})" if paused else "")
-            + (f", by last command {dict(last_commands)}" if clients else "")
+            f"  :{port}: role {info['role']}{link}, {info.get('connected_slaves', 0)} replica(s), "
+            f"{len(clients)} normal client(s)" + (f", by last command {dict(last_commands)}" if clients else "")
         )
     lines.append(f"  web and worker pids: {pids}; their logs: {procs.workdir}/web.out, worker.out")
-    return "\n".join(lines)
+    return lines
 
 
-def verify_new_master(topo, new_port, db, promoted_at):
+def verify_new_master(procs, topo, new_port, db, promoted_at):
     """Print evidence that the Sentinels agree on `new_port` and that the app's writes land there."""
     answers = topo.masters_named()
     say(
@@ -204,12 +226,16 @@ def verify_new_master(topo, new_port, db, promoted_at):
     if not calls or not limiter_keys:
         raise RuntimeError("the app's writes did not reach the new master")
     # The flush stamp replicated from the old master predates the promotion: wait for a newer one.
-    flushed_at = wait_for(
-        "a write-behind flush on the new master",
-        lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
-        timeout=60,
-        every=0.2,
-    )
+    try:
+        flushed_at = wait_for(
+            "a write-behind flush on the new master",
+            lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
+            timeout=60,
+            every=0.2,
+        )
+    except TimeoutError:
+        say(explain_no_flush(procs, topo, new_port, db))
+        raise
     say(
         f"  new master :{new_port}: role {info['role']}, {calls} EVALSHA from the app since its promotion "
         f"(limiter, buffer), {limiter_keys} limiter key(s) there; first write-behind flush on it "
@@ -308,7 +334,7 @@ def demo(procs):
             )
             master["port"] = new_port
             say(f"  the Sentinels promoted :{new_port}")
-            verify_new_master(topo, new_port, db, promoted_at)
+            verify_new_master(procs, topo, new_port, db, promoted_at)
         if f"redis-{old_port}" in procs.running:
             client(old_port).execute_command("CLIENT", "UNPAUSE")
         wait_for("the last flush", lambda p=new_port: nothing_pending(client(p, db)), timeout=60, every=0.2)
