@@ -176,8 +176,26 @@ def explain_no_flush(procs, topo, new_port, db):
             *topology_state(procs, topo),
             "  worker's last log lines:",
             *(f"    {line}" for line in tail),
+            f"  worker's processes (pid state wchan: command): {group_processes(procs.running['worker'].pid)}",
         ]
     )
+
+
+def group_processes(pgid) -> str:
+    """The processes of group `pgid` (the worker, its pool processes, beat) with their state and the
+    kernel function they sleep in: which of them waits, and on what (a socket read, a futex)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            if int(fields[2]) != pgid:
+                continue
+            wchan = (stat.parent / "wchan").read_text()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60]
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append(f"{stat.parent.name} {fields[0]} {wchan}: {command}")
+    return "; ".join(found) or "none"
 
 
 def topology_state(procs, topo) -> list[str]:
