@@ -4,7 +4,7 @@
 It never touches the stack's state Redis. It starts, in a temporary directory, a Redis Cluster of three
 masters each with one replica (configured like the stack's state Redis: noeviction, AOF everysec;
 cluster-node-timeout 1 s) and a single Redis for Celery's broker (kombu has no cluster transport). The
-app runs on them — granian with project.settings.bench (the test databases, limits too high to deny)
+app runs on them — granian with project.settings.bench (on the demo databases, bulwark_demo*; limits too high to deny)
 and a Celery worker with beat, all with REDIS_STATE_CLUSTER_NODES naming the cluster and
 WRITE_BEHIND_WAIT_REPLICAS=1 (from the environment, 1 unless set): a view is acknowledged (202) only
 once its master's replica has it. The load is GET /api/v1/users/<id>/ (limiter and pending views) and
@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo_support import (  # noqa: E402
+    DEMO_DATABASES,
     PHASE_HEADER,
     Cluster,
     Load,
@@ -71,6 +72,7 @@ EXACT_LIMIT, EXACT_TRIES, EXACT_KEYS, EXACT_THREADS = 25, 35, 24, 8
 
 APP_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings.bench",
+    **DEMO_DATABASES,
     "REDIS_STATE_CLUSTER_NODES": " ".join(f"127.0.0.1:{p}" for p in PORTS),
     "CELERY_BROKER_URL": f"redis://127.0.0.1:{BROKER_PORT}/0",
     "WRITE_BEHIND_INTERVAL": "1.0",

@@ -28,6 +28,13 @@ from tests.processes import Processes
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# The demos' databases (project.settings.bench on them) and cache Redis DB, created by scripts/stack: not
+# the test suite's. A test run on the same stack truncates bulwark_test* and flushes Redis DB 1 before
+# every test; it deleted a running sentinel-demo's users, whose views then answered 404, and the demo
+# timed out waiting for a view buffered on the new master (or failed on User.DoesNotExist).
+DEMO_DATABASES = {"DB_NAME_PREFIX": "bulwark_demo", "REDIS_DB": "2"}
+
+
 def say(text=""):
     print(text, flush=True)
 

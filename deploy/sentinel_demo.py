@@ -7,7 +7,7 @@ stack's state Redis (noeviction, AOF everysec) and three Sentinels (quorum 2). T
 promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1 (taken from the environment and passed
 to the app) a view is acknowledged only once a replica has it, and that stays possible right after a
 failover, before the old master rejoins.
-The app runs against it — granian with project.settings.bench (the test databases, limits
+The app runs against it — granian with project.settings.bench (on the demo databases, bulwark_demo*, limits
 too high to deny) and a Celery worker with beat, all with REDIS_STATE_SENTINELS naming the demo's
 Sentinels — under a steady load of GET /api/v1/users/<id>/ (rate limiter and pending views on the
 state Redis) and POST /api/v1/users/<id>/views/ (write-behind buffer, with an Idempotency-Key).
@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from deploy.demo_support import (  # noqa: E402
+    DEMO_DATABASES,
     PHASE_HEADER,
     Load,
     client,
@@ -61,6 +62,7 @@ from deploy.demo_support import (  # noqa: E402
     wait_for,
 )
 from project.settings.env import env  # noqa: E402
+from project.worker import DEFAULT_QUEUE  # noqa: E402
 from tests.sentinel import MASTER_NAME, Topology, role  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -76,6 +78,7 @@ STEADY = 3.0  # seconds of load before each fault and after each recovery
 
 APP_ENV = {
     "DJANGO_SETTINGS_MODULE": "project.settings.bench",
+    **DEMO_DATABASES,
     "REDIS_STATE_SENTINELS": " ".join(f"127.0.0.1:{p}" for p in SENTINEL_PORTS),
     "REDIS_STATE_SENTINEL_MASTER": MASTER_NAME,
     "WRITE_BEHIND_INTERVAL": "1.0",
@@ -118,7 +121,13 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
         t_demoted = t_fault
     # Buffered after this moment means written on the new master: the old one is dead or read-only.
     t_switch = max(t_demoted, moments["named"])
-    t_back = wait_for("a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch), timeout=60)
+    try:
+        t_back = wait_for(
+            "a view buffered on the new master", lambda: load.first_buffered_view_after(t_switch), timeout=60
+        )
+    except TimeoutError:
+        say(explain_no_buffered_view(procs, topo, load, since=t_switch))
+        raise
     time.sleep(STEADY)
     t_end = time.monotonic()
     procs.check_alive("web", "worker")
@@ -143,7 +152,83 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
     return new_port, time.time() - (time.monotonic() - moments["named"])
 
 
-def verify_new_master(topo, new_port, db, promoted_at):
+def explain_no_buffered_view(procs, topo, load, *, since):
+    """What the views were answered since `since`, then `topology_state`: what a timeout waiting for a
+    buffered view needs to explain itself."""
+    views = describe(load.between(since, 1e12))
+    head = f"  !! no view buffered since the switch; views answered since: {views}"
+    return "\n".join([head, *topology_state(procs, topo)])
+
+
+def explain_no_flush(procs, topo, new_port, db):
+    """The broker's queues on the new master (tasks published and not consumed, or none published),
+    the end of the worker's log, then `topology_state`: what a timeout waiting for a flush needs."""
+    new = client(new_port, db)
+    try:
+        queues = {q: new.llen(q) for q in (DEFAULT_QUEUE, "webhooks")}
+        unacked = new.zcard("unacked_index")
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: say what failed and go on
+        queues, unacked = f"{type(exc).__name__}: {exc}", "?"
+    tail = [line[:200] for line in procs.running["worker"].log_tail(200) if line.startswith("[")][-5:]
+    return "\n".join(
+        [
+            f"  !! no flush on :{new_port}; its queue lengths {queues}, {unacked} delivered and not acknowledged",
+            *topology_state(procs, topo),
+            "  worker's last log lines:",
+            *(f"    {line}" for line in tail),
+            f"  worker's processes (pid state wchan: command): {group_processes(procs.running['worker'].pid)}",
+        ]
+    )
+
+
+def group_processes(pgid) -> str:
+    """The processes of group `pgid` (the worker, its pool processes, beat) with their state and the
+    kernel function they sleep in: which of them waits, and on what (a socket read, a futex)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)"
+            if int(fields[2]) != pgid:
+                continue
+            wchan = (stat.parent / "wchan").read_text()
+            command = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:60]
+        except (OSError, ValueError, IndexError):
+            continue
+        found.append(f"{stat.parent.name} {fields[0]} {wchan}: {command}")
+    return "; ".join(found) or "none"
+
+
+def topology_state(procs, topo) -> list[str]:
+    """What each Sentinel names and, for each server, its role and the clients connected to it by last
+    command (where the web processes' and the worker's state and broker connections point)."""
+    lines = [
+        "  Sentinels name: "
+        + ", ".join(f":{s} -> :{a}" for s, a in zip(SENTINEL_PORTS, topo.masters_named(), strict=True))
+    ]
+    pids = {name: p.pid for name, p in procs.running.items() if name in ("web", "worker")}
+    for port in REDIS_PORTS:
+        if f"redis-{port}" not in procs.running:
+            lines.append(f"  :{port}: not running")
+            continue
+        try:
+            info = role(port)
+            clients = client(port).client_list(_type="normal")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic: say what failed and go on
+            lines.append(f"  :{port}: {type(exc).__name__}: {exc}")
+            continue
+        last_commands = Counter(c.get("cmd") for c in clients)  # evalsha: web/worker state calls, brpop: consumer
+        link = ""
+        if info["role"] == "slave":
+            link = f" of :{info.get('master_port')} link {info.get('master_link_status')}"
+        lines.append(
+            f"  :{port}: role {info['role']}{link}, {info.get('connected_slaves', 0)} replica(s), "
+            f"{len(clients)} normal client(s)" + (f", by last command {dict(last_commands)}" if clients else "")
+        )
+    lines.append(f"  web and worker pids: {pids}; their logs: {procs.workdir}/web.out, worker.out")
+    return lines
+
+
+def verify_new_master(procs, topo, new_port, db, promoted_at):
     """Print evidence that the Sentinels agree on `new_port` and that the app's writes land there."""
     answers = topo.masters_named()
     say(
@@ -159,12 +244,16 @@ def verify_new_master(topo, new_port, db, promoted_at):
     if not calls or not limiter_keys:
         raise RuntimeError("the app's writes did not reach the new master")
     # The flush stamp replicated from the old master predates the promotion: wait for a newer one.
-    flushed_at = wait_for(
-        "a write-behind flush on the new master",
-        lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
-        timeout=60,
-        every=0.2,
-    )
+    try:
+        flushed_at = wait_for(
+            "a write-behind flush on the new master",
+            lambda: max(0.0, float(new.hget("wb:stats", "last_flush_at") or 0) - promoted_at),
+            timeout=60,
+            every=0.2,
+        )
+    except TimeoutError:
+        say(explain_no_flush(procs, topo, new_port, db))
+        raise
     say(
         f"  new master :{new_port}: role {info['role']}, {calls} EVALSHA from the app since its promotion "
         f"(limiter, buffer), {limiter_keys} limiter key(s) there; first write-behind flush on it "
@@ -232,27 +321,20 @@ def demo(procs):
         return time.monotonic()
 
     def planned_switchover():
-        # Stop writes on the master, let the replica catch up, then fail over: nothing is acknowledged
-        # that the new master lacks. Paused writes wait (up to the client's timeout), then go to the new
-        # master when deploy/sentinel-reconfig drops the old master's clients.
-        old = client(master["port"])
+        # manage.py state_switchover's steps: stop writes on the master, let the replicas catch up, then
+        # fail over: nothing is acknowledged that the new master lacks. Paused writes wait (up to the
+        # client's timeout), then go to the new master when deploy/sentinel-reconfig drops the old
+        # master's clients.
         paused_at = time.monotonic()  # the failover phase starts here: writes wait from now on
-        old.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
-        target = old.info("replication")["master_repl_offset"]
-        wait_for(
-            "the replicas to catch up",
-            lambda: all(client(p).info("replication")["slave_repl_offset"] >= target for p in others()),
-            timeout=10,
-            every=0.005,
-        )
-        sentinel_failover()
+        topo.switchover()
         return paused_at
 
     scenarios = [
         ("1. SIGKILL the master :{old}", kill_master),
         ("2. SENTINEL FAILOVER {name} (master :{old})", sentinel_failover),
         (
-            "3. planned switchover: CLIENT PAUSE WRITE on :{old}, replicas caught up, SENTINEL FAILOVER",
+            "3. planned switchover (manage.py state_switchover): CLIENT PAUSE WRITE on :{old}, replicas caught up,"
+            " SENTINEL FAILOVER",
             planned_switchover,
         ),
     ]
@@ -270,7 +352,7 @@ def demo(procs):
             )
             master["port"] = new_port
             say(f"  the Sentinels promoted :{new_port}")
-            verify_new_master(topo, new_port, db, promoted_at)
+            verify_new_master(procs, topo, new_port, db, promoted_at)
         if f"redis-{old_port}" in procs.running:
             client(old_port).execute_command("CLIENT", "UNPAUSE")
         wait_for("the last flush", lambda p=new_port: nothing_pending(client(p, db)), timeout=60, every=0.2)

@@ -9,6 +9,8 @@ when a failover starts and deploy/sentinel-reconfig when it ends, as production 
 
 import redis
 
+from resilience.sentinel import switchover
+
 from .processes import Processes
 from .stack import ROOT, wait_for
 
@@ -29,7 +31,9 @@ class Topology:
     """A master, its replicas and the Sentinels that monitor them as MASTER_NAME (`redis_ports[0]` is
     the first master). The Sentinels choose each new master; `master` follows what they name."""
 
-    def __init__(self, procs: Processes, *, redis_ports, sentinel_ports, down_after_ms: int = 5000):
+    def __init__(
+        self, procs: Processes, *, redis_ports, sentinel_ports, down_after_ms: int = 5000, notify_script=NOTIFY_SCRIPT
+    ):
         self.procs = procs
         self.redis_ports = list(redis_ports)
         self.sentinel_ports = list(sentinel_ports)
@@ -39,6 +43,7 @@ class Topology:
         # over a second time.
         self.down_after_ms = down_after_ms
         self.master = self.redis_ports[0]
+        self.notify_script = notify_script
 
     @property
     def sentinels(self) -> str:
@@ -100,7 +105,7 @@ sentinel down-after-milliseconds {MASTER_NAME} {self.down_after_ms}
 sentinel failover-timeout {MASTER_NAME} 10000
 sentinel parallel-syncs {MASTER_NAME} 1
 sentinel client-reconfig-script {MASTER_NAME} {RECONFIG_SCRIPT}
-sentinel notification-script {MASTER_NAME} {NOTIFY_SCRIPT}
+sentinel notification-script {MASTER_NAME} {self.notify_script}
 """)
         return ["redis-server", str(conf), "--sentinel"]
 
@@ -140,6 +145,11 @@ sentinel notification-script {MASTER_NAME} {NOTIFY_SCRIPT}
     def sentinel_failover(self) -> None:
         """SENTINEL FAILOVER: a promotion while every server is up."""
         client(self.sentinel_ports[0]).execute_command("SENTINEL", "FAILOVER", MASTER_NAME)
+
+    def switchover(self) -> None:
+        """A planned switchover (resilience/sentinel.py, `manage.py state_switchover`): writes paused,
+        replicas caught up, then SENTINEL FAILOVER."""
+        switchover([("127.0.0.1", p) for p in self.sentinel_ports], MASTER_NAME)
 
     def promoted(self) -> int | None:
         """The new master's port once every Sentinel names the same one other than `master`, else None."""

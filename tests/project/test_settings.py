@@ -149,3 +149,30 @@ def test_the_state_redis_mode_is_chosen_in_one_place_and_a_cluster_is_never_the_
     monkeypatch.setenv("REDIS_STATE_CLUSTER_NODES", "no-port")
     with pytest.raises(ImproperlyConfigured, match="host:port"):
         state_mode()
+
+
+def databases_and_redis_db(variables: dict) -> tuple[set[str], int]:
+    """The database names and REDIS_DB that settings resolve to in a new process given `variables`
+    over this process's environment (without a DB_NAME_PREFIX or REDIS_DB of its own)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DB_NAME_PREFIX", "REDIS_DB")} | variables
+    code = (
+        "import json, django; django.setup(); from django.conf import settings; "
+        "print(json.dumps([sorted({d['NAME'] for d in settings.DATABASES.values()}), settings.REDIS_DB]))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    names, redis_db = json.loads(done.stdout.splitlines()[-1])
+    return set(names), redis_db
+
+
+def test_the_failover_demos_never_use_the_test_suites_databases():
+    # A test run on the same stack truncates the test databases and flushes their Redis DB before every
+    # test: it deleted a running `make sentinel-demo`'s users, whose views then answered 404, and the
+    # demo timed out waiting for a view buffered on the new master (or failed on User.DoesNotExist).
+    from deploy import cluster_demo, sentinel_demo
+
+    tests = databases_and_redis_db({"DJANGO_SETTINGS_MODULE": "project.settings.test"})
+    for demo in (sentinel_demo, cluster_demo):
+        names, redis_db = databases_and_redis_db(demo.APP_ENV)
+        assert not names & tests[0], f"{demo.__name__} uses the test databases {sorted(names & tests[0])}"
+        assert redis_db != tests[1], f"{demo.__name__} uses the test suite's Redis DB {redis_db}"
