@@ -71,7 +71,10 @@ class Front:
         if environ.get("REQUEST_METHOD") != "GET":  # before building a request: writes pay nothing here
             return self.django(environ, start_response)
         set_script_prefix(get_script_name(environ))
-        request = self.django.request_class(environ)
+        # A copy: WSGIRequest writes the decoded path back into the environ it is given, and Django's
+        # handler, building its own request from the original, must find it as the server sent it (a
+        # decoded non-Latin-1 path no longer encodes, a decoded Latin-1 one decodes twice).
+        request = self.django.request_class(environ.copy())
         if not self._takes(request):
             return self.django(environ, start_response)
         signals.request_started.send(sender=WSGIHandler, environ=environ)

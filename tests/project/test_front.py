@@ -2,6 +2,8 @@
 it takes only what their views say they answer themselves, and every other request (and every
 middleware it does not skip by name) goes the usual way."""
 
+from urllib.parse import unquote_to_bytes, urlsplit
+
 import pytest
 from django.core.handlers.wsgi import WSGIHandler
 from django.test import RequestFactory
@@ -26,6 +28,8 @@ class CountingHandler(WSGIHandler):
 
 def serve(app, path, ip, method="GET", **headers):
     environ = RequestFactory(REMOTE_ADDR=ip).generic(method, path, headers=headers).environ
+    # As a server sends it (PEP 3333: the raw bytes as Latin-1), not as the factory's request left it.
+    environ["PATH_INFO"] = unquote_to_bytes(urlsplit(path).path).decode("iso-8859-1")
     answered = {}
 
     def start_response(status, response_headers, exc_info=None):
@@ -90,6 +94,11 @@ def test_requests_the_views_do_not_take_go_to_django(settings, apps, real_db):
     assert_same(apps, "/api/v1/users/", taken=False)
     assert_same(apps, "/health/live", taken=False)
     assert_same(apps, "/no/such/page", taken=False)
+    # Found by the black-box pass: a path Front looked at reached Django decoded once already (a
+    # non-Latin-1 one then failed to encode: a bare 500; a Latin-1 one was decoded twice).
+    for odd in ("/api/v1/users/%D9%A5%D9%A0/", "/api/v1/users/%C3%A9/", "/%E2%82%AC/"):
+        status, _headers, body = assert_same(apps, odd, taken=False, Accept="application/json;q=1")
+        assert status == "404 Not Found" and b"not_found" in body, odd
     # A host outside ALLOWED_HOSTS: Django answers it (400), as CommonMiddleware would have refused it.
     status, _headers, _body = assert_same(apps, path, taken=False, Host="evil.example")
     assert status.startswith("400")
