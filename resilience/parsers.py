@@ -5,7 +5,13 @@ DRF's JSONParser turns malformed JSON into a 400 but lets a RecursionError throu
 500. No API body here needs more than a few levels, so anything deeper than MAX_DEPTH is a 400 too
 (a parsed document of a few hundred levels would otherwise still blow the stack later, in a
 serializer or in the error renderer).
+
+Two more things JSON allows and nothing downstream can handle are a 400 here: a string holding a lone
+surrogate (`"\ud800"`: no UTF-8 encodes it, so a field name echoed into the 400's body crashed the
+renderer) and a number too large for a float (`1e999` parses to infinity, stored as the text "inf").
 """
+
+import math
 
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
@@ -43,4 +49,25 @@ class BoundedJSONParser(JSONParser):
             raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels") from None
         if json_depth(data) > MAX_DEPTH:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels")
+        refuse_unrepresentable(data)
         return data
+
+
+def refuse_unrepresentable(value) -> None:
+    """Raise ParseError for a key or string with a lone surrogate or a non-finite number anywhere in
+    `value` (a parsed, depth-checked document), without recursion."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ParseError("JSON parse error - a string holds a lone surrogate (\\ud800-\\udfff)") from None
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ParseError("JSON parse error - a number is too large") from None
