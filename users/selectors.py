@@ -68,6 +68,17 @@ def _row_by_id(user_id: int) -> dict | None:
     )
 
 
+def user_password_hash(user_id: int) -> str | None:
+    """The account's password hash (read where the caller routes: the primary for a check before a
+    write), or None when there is no such account."""
+    if user_id_parse(user_id) is None:
+        return None
+    return _read_confirming_absence(
+        group_for_user_id(user_id),
+        lambda alias: User.objects.using(alias).filter(id=user_id).values_list("password", flat=True).first(),
+    )
+
+
 def _local_ok() -> bool:
     """Whether this read may be answered from the process-local cache, whose copies can trail another
     process's write by the invalidation delay: not for a client that carries read-your-writes state

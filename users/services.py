@@ -199,6 +199,14 @@ def user_update(
         if current is None:
             raise UserNotFound
         if identity_key(current["email"]) != identity_key(new_email):
+            if current_password is not None:
+                # Before the claim, not only in the transaction below: a wrong password must not hold
+                # the new address even for a moment (anyone could keep an address from registering),
+                # nor learn that it is taken.
+                with use_primary():
+                    password_hash = selectors.user_password_hash(user_id)
+                if not current_password or not check_password(current_password, password_hash or ""):
+                    raise InvalidCredentials
             old_email = identity_key(current["email"])
             _claims_take([(UniqueClaim.EMAIL, identity_key(new_email))], user_id=user_id)
         else:

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from users import selectors
-from users.models import OutboxEvent, User
+from users.models import OutboxEvent, UniqueClaim, User
 from users.sharding.access import group_for_user_id
 
 from .conftest import PASSWORD
@@ -203,6 +203,21 @@ def test_patch_me_rejects_mass_assignment(user, field):
     api, _ = user
     body = assert_error(api.patch(ME, {field: "1"}), 400, "invalid")
     assert field in body["fields"]
+
+
+def test_a_wrong_password_neither_holds_a_new_email_nor_learns_it_is_taken(user, make_api):
+    """Found by the black-box pass: the new address was claimed before the password was checked, so a
+    loop of PATCHes with a wrong password kept anyone from registering it, and answered 409 for a
+    taken one."""
+    api, _ = user
+    other = make_api()
+    other.register("bob")
+    for email in ("victim@example.com", "BOB@example.com"):
+        body = assert_error(api.patch(ME, {"email": email, "current_password": "wrong-one"}), 400, "invalid")
+        assert "current_password" in body["fields"], email
+    claims = UniqueClaim.objects.using("default").filter(kind=UniqueClaim.EMAIL, value="victim@example.com")
+    assert not claims.exists()
+    assert make_api().register("victim", email="victim@example.com").status_code == 201
 
 
 def test_patch_me_email_change_moves_the_uniqueness_claim(user, make_api):
