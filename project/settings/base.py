@@ -31,7 +31,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "resilience.request_id.RequestIdMiddleware",  # first: every later line and answer carries the id
-    # second: its latency samples cover all of Django's work, and a refusal skips all of it
+    "resilience.nul.RefuseNulQueryMiddleware",  # PostgreSQL text cannot hold a NUL: a 400, not a 500
+    # next: its latency samples cover all of Django's work, and a refusal skips all of it
     "resilience.overload.middleware.AdaptiveLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "project.db.middleware.ReadYourWritesMiddleware",
