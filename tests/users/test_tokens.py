@@ -149,6 +149,18 @@ def test_invalid_tokens_from_one_address_are_refused_before_reaching_a_shard(use
     assert client.get(ME, headers={"Authorization": f"Token {api.token}"}).status_code == 200
 
 
+@pytest.mark.parametrize("bad", ["x", "12.x", "0.abc", "Token", "1.2.3"])
+def test_malformed_tokens_past_the_limit_get_the_429_the_limiter_counted(settings, real_db, bad):
+    """Found by the black-box pass: a token refused without a lookup (malformed) counted against the
+    address, and the Rate limits page showed 429s, yet the client only ever got 401s."""
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"auth.bad_token": {"rate": "3/m"}}
+    client = Client(REMOTE_ADDR="10.8.0.7")
+    answers = [client.get(ME, headers={"Authorization": f"Token {bad}"}) for _ in range(5)]
+    assert [answer.status_code for answer in answers] == [401, 401, 401, 429, 429]
+    assert_error(answers[-1], 429, "rate_limited")
+    assert "Retry-After" in answers[-1] and "RateLimit" in answers[-1]
+
+
 def test_one_address_spraying_a_password_over_many_accounts_is_limited(api, settings):
     settings.RESILIENCE_RATELIMIT_POLICIES = {"auth.token.ip": {"rate": "3/m"}}
     answers = [api.post(TOKEN, {"username": f"user{i}", "password": PASSWORD}).status_code for i in range(5)]
