@@ -19,7 +19,7 @@ from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser, TokenScheme
-from .etags import if_match_version, none_match, profile_etag
+from .etags import if_match_version, none_match, profile_etag, public_etag
 from .identity import (
     EMAIL_MAX,
     USERNAME_MAX,
@@ -244,7 +244,7 @@ def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: st
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
     row = _existing_user(raw_id, probed=sent.get("row"))
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
-    etag = profile_etag(row, pending_views=pending)
+    etag = public_etag(row, pending_views=pending)
     if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag

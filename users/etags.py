@@ -1,14 +1,20 @@
 """The one ETag scheme of the users API: every response carrying a profile tags it here.
 
-A tag is `"<version>.<rev>.<pending>"`, strong, for the profile rendered from a row with `pending` not
-yet flushed views added to its view count:
+The private profile's tag (register, GET and PATCH /users/me/) is `"<version>.<rev>.<pending>"`, strong:
 - `rev` changes with every write of the row (edits and write-behind flushes), `pending` with every
   buffered view, so (rev, pending) names the bytes of a public or private profile: If-None-Match on
   GET /users/{id}/ answers 304 exactly while they are the same;
 - `version` changes with profile edits only, and is what If-Match on PATCH /users/me/ checks: a view
   flushed or a last-seen written between a client's read and its edit does not refuse the edit (the
   lost update If-Match guards against is another edit).
-Clients treat the tag as opaque; tags of the older `"v<version>"` form are still read by If-Match.
+The public profile's tag (GET /users/{id}/) is `"<version>.<views>"`: the version and the view count it
+shows. The public body changes only with an edit or a view, and its tag only then: a write it does not
+show (a last-seen written on each of the owner's requests, a flush moving views from the buffer into
+the row) must not change it, or anyone polling it learns when the owner is active (found by the
+black-box pass: the middle number rose every 2 s while the owner only read /me) and readers lose
+their 304s.
+Clients treat the tag as opaque; If-Match reads the version from either, and from the older
+`"v<version>"` form.
 """
 
 from resilience.errors import ApiError
@@ -17,6 +23,11 @@ from resilience.errors import ApiError
 def profile_etag(row: dict, *, pending_views: int = 0) -> str:
     """The ETag of the profile rendered from `row` (a selectors row) plus `pending_views`."""
     return f'"{row["version"]}.{row["rev"]}.{pending_views}"'
+
+
+def public_etag(row: dict, *, pending_views: int = 0) -> str:
+    """The ETag of the public profile rendered from `row` plus `pending_views` (see above)."""
+    return f'"{row["version"]}.{row["view_count"] + pending_views}"'
 
 
 def none_match(etag: str, if_none_match: str) -> bool:
@@ -37,7 +48,7 @@ def if_match_version(header: str | None) -> int | None:
     parts = header.strip().strip('"').split(".")
     if len(parts) == 1:  # `"v<version>"`, as tagged before this scheme, or a bare version
         parts[0] = parts[0].removeprefix("v")
-    elif len(parts) != 3:
+    elif len(parts) not in (2, 3):  # the public and the private tag
         parts = [""]
     if not all(part.isascii() and part.isdigit() and len(part) <= 19 for part in parts) or len(parts[0]) > 10:
         raise ApiError(412, "If-Match must be an ETag from this resource.", "precondition_failed")

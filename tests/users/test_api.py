@@ -186,16 +186,27 @@ def test_if_match_is_not_refused_by_views_flushed_after_the_read(user):
     assert api.patch(ME, {"bio": "after views"}, headers={"If-Match": tag}).status_code == 200
 
 
-def test_one_etag_scheme_for_the_public_and_the_private_profile(user):
-    """The same row and pending views get the same tag at /users/{id}/ and /users/me/ (users/etags.py);
-    a pending view changes the public profile's count, so its tag."""
+def test_the_public_tag_changes_with_what_the_public_profile_shows_only(user):
+    """users/etags.py: the public tag follows the public body (an edit, a view), not writes it does not
+    show. Found by the black-box pass: the owner's own reads wrote last-seen, the shared tag moved
+    every 2 s, and anyone polling it learnt when the owner was active."""
+    from users.writebehind import flush
+
     api, profile = user
-    private = api.get(ME)["ETag"]
-    assert Client().get(detail(profile["id"]))["ETag"] == private
+    public = Client().get(detail(profile["id"]))["ETag"]
+    private = api.get(ME)["ETag"]  # the owner's request: its last-seen is buffered
+    flush.flush()  # and written to the row (a new rev)
+    assert api.get(ME)["ETag"] != private  # the private profile shows last-seen: its tag moves
+    assert Client().get(detail(profile["id"]))["ETag"] == public  # the public one does not show it
+    assert Client().get(detail(profile["id"]), headers={"If-None-Match": public}).status_code == 304
     assert Client().post(f"{detail(profile['id'])}views/").status_code == 202
-    public = Client().get(detail(profile["id"]))
-    assert public.json()["view_count"] == 1 and public["ETag"] != private
-    assert api.get(ME)["ETag"] == private  # the private profile shows the row's count only
+    viewed = Client().get(detail(profile["id"]))
+    assert viewed.json()["view_count"] == 1 and viewed["ETag"] != public
+    flush.flush()  # the view moves from the buffer into the row: the body, and so the tag, stay
+    assert Client().get(detail(profile["id"]))["ETag"] == viewed["ETag"]
+    edited = api.patch(ME, {"bio": "new"}, headers={"If-Match": viewed["ETag"]})  # If-Match reads either tag
+    assert edited.status_code == 200
+    assert Client().get(detail(profile["id"]))["ETag"] != viewed["ETag"]
 
 
 @pytest.mark.parametrize("field", ["id", "username", "is_staff", "version", "view_count", "last_seen_at"])
