@@ -40,6 +40,12 @@ PRIMARY_SQL = "SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
 
 # One row even when pg_stat_wal_receiver has none (the receiver is not running). Its status and
 # times are visible to superusers and pg_read_all_stats members only: grant that role in production.
+# The backends of this role waiting for a synchronous standby to apply their commit (any database of
+# the server); pg_cancel_backend ends only that wait: the commit stays committed.
+RELEASE_SYNC_WAITERS_SQL = (
+    "SELECT count(*) FILTER (WHERE pg_cancel_backend(pid)) FROM pg_stat_activity "
+    "WHERE wait_event = 'SyncRep' AND usename = current_user"
+)
 REPLICA_SQL = """
 SELECT (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint,
        CASE WHEN pg_last_wal_receive_lsn() IS DISTINCT FROM pg_last_wal_replay_lsn()
@@ -187,6 +193,26 @@ class ReplicaMonitor:
                 verdict = self._judge(states[0], row, error)
                 for s in states:
                     self._apply(s, *verdict)
+            self._release_sync_waiters()
+
+    def _release_sync_waiters(self) -> None:
+        """End the waits of commits that asked a synchronous standby which is no longer usable.
+
+        A commit with `synchronous_commit = remote_apply` waits until the standby has applied it, for
+        as long as that takes: a standby stopped in the middle holds it, and its row locks, until it
+        returns, so every later write of those rows waits too, and the workers that make them (found
+        by the black-box pass: PATCHes and flush tasks stuck for the whole 30 s outage, though new
+        writes had stopped asking the standby). Cancelling such a wait is what PostgreSQL documents
+        for it: the transaction is already committed and durable on the primary, stays so, and its
+        client's COMMIT returns (with a warning). Run on each probe while a synchronous standby is
+        unusable, so a commit that asked just before the standby was judged gone is released at the
+        next probe."""
+        sync = {alias for group in settings.DATABASE_GROUPS.values() for alias in group.get("sync_replicas") or ()}
+        for server in {s.primary_server for s in self._states.values() if s.alias in sync and not s.usable}:
+            if self._primary_ok.get(server):
+                row, error = self._query(server, self._primaries[server], RELEASE_SYNC_WAITERS_SQL)
+                if row and row[0]:
+                    logger.warning("released %s commit(s) waiting for an unusable synchronous standby", row[0])
 
     def _remember(self, server: str, lsn: int) -> None:
         now = time.time()

@@ -1,5 +1,7 @@
 """Lag-aware replica routing and read-your-writes against the real primary and streaming replica."""
 
+import threading
+
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -350,3 +352,43 @@ def test_a_task_queued_inside_the_writing_transaction_is_handed_a_position_no_re
     assert pinning.pending_groups() == [group]  # the request still reads its commit LSN at its end
     handed = routing.handoff_lsns()[group][0]  # queued after the commit: the position is read now
     assert handed < routing.NO_REPLICA_LSN and pinning.lsns()[group] == (handed, False)
+
+
+def test_a_stopped_synchronous_standby_does_not_hold_the_writes_that_waited_for_it(settings, restore_stack):
+    """Found by the black-box pass: a PATCH committing with remote_apply when the synchronous standby
+    stopped waited for it, holding its row lock, for the whole outage, and every later write of that row
+    (and the flush tasks) with it. The monitor now ends such waits once it finds the standby gone: the
+    write stays committed on the primary, its author gets its answer, the row is free again."""
+    settings.READ_YOUR_WRITES_SYNC_APPLY = True
+    user = services.user_create(username="syncheld", email="syncheld@example.com", password="a-long-pass-2026")
+    group = group_for_user_id(user["id"])
+    monitor.refresh_now()
+    assert routing.sync_apply(group)
+    primary = probe_connect(settings.DATABASE_GROUPS[group]["primary"])
+    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+    stack("stop", "sync-replica")
+    outcome = {}
+
+    def edit():  # a request in flight: it asked for remote_apply before anyone noticed the standby gone
+        try:
+            pinning.reset()
+            outcome["row"] = services.user_update(user_id=user["id"], changes={"bio": "during the outage"})
+        except Exception as exc:  # the assertion below names it
+            outcome["error"] = exc
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=edit)
+    writer.start()
+    wait_for(lambda: primary.execute(waiting).fetchone()[0] > 0, timeout=30, message="the commit to wait")
+    monitor.refresh_now()  # the probe finds the standby gone and releases the wait
+    writer.join(timeout=60)
+    assert not writer.is_alive() and "error" not in outcome, outcome
+    assert outcome["row"]["bio"] == "during the outage"
+    # The row is free: the next write of it does not wait for the standby (no longer asked for).
+    assert not routing.sync_apply(group)
+    pinning.reset()
+    assert services.user_update(user_id=user["id"], changes={"bio": "after"})["bio"] == "after"
+    assert primary.execute(waiting).fetchone()[0] == 0
+    stack("start", "sync-replica")
+    primary.close()
