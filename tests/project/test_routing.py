@@ -364,12 +364,12 @@ def test_a_stopped_synchronous_standby_does_not_hold_the_writes_that_waited_for_
     group = group_for_user_id(user["id"])
     monitor.refresh_now()
     assert routing.sync_apply(group)
-    primary = probe_connect(settings.DATABASE_GROUPS[group]["primary"])
-    waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
-    stack("stop", "sync-replica")
+    alias = settings.DATABASE_GROUPS[group]["primary"]
+    holder, watcher = probe_connect(alias), probe_connect(alias)
+    count = "SELECT count(*) FROM pg_stat_activity WHERE %s IN (wait_event, wait_event_type)"
     outcome = {}
 
-    def edit():  # a request in flight: it asked for remote_apply before anyone noticed the standby gone
+    def edit():  # a request in flight: it asks for remote_apply while the standby still answers
         try:
             pinning.reset()
             outcome["row"] = services.user_update(user_id=user["id"], changes={"bio": "during the outage"})
@@ -379,8 +379,20 @@ def test_a_stopped_synchronous_standby_does_not_hold_the_writes_that_waited_for_
             connections.close_all()
 
     writer = threading.Thread(target=edit)
-    writer.start()
-    wait_for(lambda: primary.execute(waiting).fetchone()[0] > 0, timeout=30, message="the commit to wait")
+    with holder.transaction():
+        # The row locked, so the edit, remote_apply asked, waits here; the standby stops meanwhile, and
+        # (once the lock is released) the edit's commit waits for it.
+        holder.execute("SELECT 1 FROM users_user WHERE id = %s FOR UPDATE", [user["id"]])
+        writer.start()
+        wait_for(lambda: watcher.execute(count, ["Lock"]).fetchone()[0] > 0, timeout=30, message="the edit to wait")
+        stack("stop", "sync-replica")
+    # The serving processes' monitor thread may release the wait before this test looks: either way the
+    # commit must end while the standby is down.
+    wait_for(
+        lambda: watcher.execute(count, ["SyncRep"]).fetchone()[0] > 0 or not writer.is_alive(),
+        timeout=30,
+        message="the commit to wait for the standby",
+    )
     monitor.refresh_now()  # the probe finds the standby gone and releases the wait
     writer.join(timeout=60)
     assert not writer.is_alive() and "error" not in outcome, outcome
@@ -389,6 +401,7 @@ def test_a_stopped_synchronous_standby_does_not_hold_the_writes_that_waited_for_
     assert not routing.sync_apply(group)
     pinning.reset()
     assert services.user_update(user_id=user["id"], changes={"bio": "after"})["bio"] == "after"
-    assert primary.execute(waiting).fetchone()[0] == 0
+    assert watcher.execute(count, ["SyncRep"]).fetchone()[0] == 0
     stack("start", "sync-replica")
-    primary.close()
+    holder.close()
+    watcher.close()
