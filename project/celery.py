@@ -131,7 +131,7 @@ def finish_partial_result_reads(consumer) -> None:
     """Read to its end every task result the event loop has only partly read from a pool process.
 
     The event loop reads a result in turns as its bytes arrive; one larger than the pipe's buffer (64 KB:
-    a failed flush's, with its traceback, was about 78 KB) takes several. On a lost broker connection
+    a failed task's, with its traceback, was at least 76 KB) takes several. On a lost broker connection
     Celery resets the loop (kombu's `Hub.reset`), which drops the half-read result; after the reconnection
     the pool reads the pipe afresh and takes the rest of that result for the next one's header (a size of
     1.6 GB was seen): it waits for ever, the process stays busy in the pool's eyes, and with one process

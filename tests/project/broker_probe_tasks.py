@@ -27,7 +27,7 @@ def large_result(port: int, key: str, size: int) -> str:
 def write_after(port: int, started_key: str, key: str, delay: float) -> None:
     """Mark `started_key`, wait `delay` seconds, then write `key` on the Redis at `port` with the app's
     socket timeout (5 s): a write that a CLIENT PAUSE WRITE holds longer fails the task, with a result
-    larger than a pipe holds (64 KB), as a failed flush's is with its traceback (about 78 KB)."""
+    larger than a pipe holds (64 KB), as a failed task's was with its traceback (at least 76 KB)."""
     import time
 
     import redis
