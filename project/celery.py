@@ -1,5 +1,7 @@
 """The Celery app. Beat's schedule lives here, next to the tasks it names."""
 
+import inspect
+import logging
 import os
 
 from celery import Celery
@@ -17,6 +19,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
 
 from resilience.sentinel import MasterRoleConnection
+
+logger = logging.getLogger(__name__)
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings.local")
 
@@ -95,6 +99,18 @@ class BrokerLossConsumer(Consumer):
     successful restore/ack once it is back.
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        hub = self.hub
+        if hub is not None:  # the prefork pool's event loop (the only pool Bulwark runs)
+            reset = hub.reset
+
+            def reset_after_partial_results():
+                finish_partial_result_reads(self)
+                reset()
+
+            hub.reset = reset_after_partial_results  # this worker's hub only
+
     def on_connection_error_after_connected(self, exc):
         connection = self.connection
         if connection is not None:
@@ -109,6 +125,35 @@ class BrokerLossConsumer(Consumer):
 
             connection.close = close_attached  # this broken connection only: Celery drops it next
         super().on_connection_error_after_connected(exc)
+
+
+def finish_partial_result_reads(consumer) -> None:
+    """Read to its end every task result the event loop has only partly read from a pool process.
+
+    The event loop reads a result in turns as its bytes arrive; one larger than the pipe's buffer (64 KB:
+    a failed task's, with its traceback, was at least 76 KB) takes several. On a lost broker connection
+    Celery resets the loop (kombu's `Hub.reset`), which drops the half-read result; after the reconnection
+    the pool reads the pipe afresh and takes the rest of that result for the next one's header (a size of
+    1.6 GB was seen): it waits for ever, the process stays busy in the pool's eyes, and with one process
+    and a prefetch of one no task ran again and the channel never sent BRPOP (`make sentinel-demo`, a
+    flush failing on the master paused by a planned switchover as its connections were killed). The
+    process has written the whole result, or is writing it: reading it now completes the task (its
+    acknowledgement goes with the hub's pending callbacks) and leaves the pipe at a message boundary.
+    """
+    pool = getattr(consumer.pool, "_pool", None)  # celery's AsynPool, once the pool has started
+    handler = getattr(pool, "_result_handler", None)
+    hub = consumer.hub
+    if handler is None or hub is None:
+        return
+    for fd, process in list(pool._fileno_to_outq.items()):
+        registered = hub.readers.get(fd)
+        if registered is not None and inspect.isgenerator(registered[0]):
+            # Celery's own completion of a half-read result (it uses it at shutdown): it resumes the reader
+            # until the message ends, and gives up if the process dies or stops writing for 10 s.
+            if handler._finish_partial_read(fd, process):
+                logger.warning("a pool process's result was left half read (process %s)", process.pid)
+            else:
+                logger.info("read the rest of a pool process's result before the event loop's reset")
 
 
 app = Celery("bulwark")
