@@ -18,7 +18,7 @@ from users.writebehind import buffer
 from webhooks.models import WebhookDelivery, WebhookSubscriber
 
 from ..processes import celery_beat, celery_worker
-from ..stack import ROOT, stack, wait_for
+from ..stack import ROOT, free_port, stack, wait_for
 from ..staff import caught_up
 from .read_probe_tasks import read_display_names
 
@@ -120,6 +120,25 @@ def _worker_settings(tmp_path, body: str) -> dict:
         "DJANGO_SETTINGS_MODULE": "worker_settings",
         "PYTHONPATH": os.pathsep.join(p for p in (str(tmp_path), str(ROOT), os.environ.get("PYTHONPATH")) if p),
     }
+
+
+def own_broker(tmp_path, procs) -> tuple[int, str]:
+    """Start a Redis of this test's own (under `procs`, a tests.sentinel.Processes) for a worker's broker;
+    return its port and URL."""
+    port = free_port()
+    procs.start_redis(
+        port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
+    )
+    return port, f"redis://127.0.0.1:{port}/0"
+
+
+def broker_worker_settings(tmp_path, broker_url: str, body: str = "") -> dict:
+    """Env for a worker on the test settings whose broker is `broker_url`, running the broker probe
+    tasks, plus `body`."""
+    return _worker_settings(
+        tmp_path,
+        f"CELERY_BROKER_URL = {broker_url!r}\nCELERY_IMPORTS = ['tests.project.broker_probe_tasks']\n{body}",
+    )
 
 
 @pytest.mark.parametrize("sync_apply", [False, True], ids=["async-commit", "remote-apply"])

@@ -11,8 +11,8 @@ from project.worker import DEFAULT_QUEUE
 
 from ..processes import celery_worker
 from ..sentinel import Processes
-from ..stack import free_port, wait_for
-from .test_celery import _worker_settings
+from ..stack import wait_for
+from .test_celery import broker_worker_settings, own_broker
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,8 @@ def test_the_worker_keeps_consuming_when_its_broker_connection_is_killed_as_it_a
     # kills the worker's connections while each task's result (large, so it takes a while) goes back
     # to the worker's main process, which then acknowledges; the next task must still run.
     procs = Processes(tmp_path)
-    port = free_port()
-    procs.start_redis(
-        port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-    )
-    broker_url = f"redis://127.0.0.1:{port}/0"
-    env = _worker_settings(
-        tmp_path, f"CELERY_BROKER_URL = {broker_url!r}\nCELERY_IMPORTS = ['tests.project.broker_probe_tasks']\n"
-    )
+    port, broker_url = own_broker(tmp_path, procs)
+    env = broker_worker_settings(tmp_path, broker_url)
     admin = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
     log = tmp_path / "worker.log"
     try:

@@ -13,8 +13,8 @@ from project.worker import DEFAULT_QUEUE
 
 from ..processes import celery_worker
 from ..sentinel import Processes
-from ..stack import free_port, wait_for
-from .test_celery import _worker_settings
+from ..stack import wait_for
+from .test_celery import broker_worker_settings, own_broker
 
 pytestmark = pytest.mark.slow
 
@@ -27,17 +27,9 @@ def test_the_worker_consumes_again_after_a_task_fails_on_a_paused_broker_that_th
     # the rest of it for a new message, its one process stayed busy, and no task ran again
     # (project/celery.py, finish_partial_result_reads).
     procs = Processes(tmp_path)
-    port = free_port()
-    procs.start_redis(
-        port, ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)]
-    )
-    broker_url = f"redis://127.0.0.1:{port}/0"
+    port, broker_url = own_broker(tmp_path, procs)
     options = build_celery(state_url=broker_url)["CELERY_BROKER_TRANSPORT_OPTIONS"]  # the app's socket timeouts
-    env = _worker_settings(
-        tmp_path,
-        f"CELERY_BROKER_URL = {broker_url!r}\nCELERY_BROKER_TRANSPORT_OPTIONS = {options!r}\n"
-        "CELERY_IMPORTS = ['tests.project.broker_probe_tasks']\n",
-    )
+    env = broker_worker_settings(tmp_path, broker_url, f"CELERY_BROKER_TRANSPORT_OPTIONS = {options!r}\n")
     admin = redis.Redis(host="127.0.0.1", port=port, socket_timeout=30)
     log = tmp_path / "worker.log"
 
