@@ -798,20 +798,23 @@ def bench_idempotency(users):
 
 
 def bench_wait(users):
-    """Buffered views acknowledged at once vs after WAIT 1 (a replica confirmed them), same run, the
-    same replica attached to the state Redis for both (only the WAIT differs)."""
+    """Buffered views acknowledged at once vs after WAIT 1 and WAIT 2 (one, then both replicas confirmed
+    them; 2 is what two replicas need to lose nothing in a SENTINEL FAILOVER, docs/operations.md), same
+    run, the same two replicas attached to the state Redis throughout (only the WAIT differs)."""
     print("write-behind WAIT", flush=True)
     hot = [f"/api/v1/users/{u['id']}/views/" for u in users[:5]]
     with (
         state_replica(Path(tempfile.mkdtemp(prefix="bulwark-bench-replica-"))),
+        state_replica(Path(tempfile.mkdtemp(prefix="bulwark-bench-replica-"))),
         server("granian") as url,
-        server("granian", WRITE_BEHIND_WAIT_REPLICAS="1") as wait_url,
     ):
-        plain, waited = alternate(
-            lambda: wrk(url, method="POST", paths=hot), lambda: wrk(wait_url, method="POST", paths=hot)
-        )
-        http_row("writebehind", "POST /views/ buffered, acknowledged at once (replica attached)", plain)
-        http_row("writebehind", "POST /views/ buffered, WRITE_BEHIND_WAIT_REPLICAS=1", waited, plain)
+        for replicas in ("1", "2"):
+            with server("granian", WRITE_BEHIND_WAIT_REPLICAS=replicas) as wait_url:
+                plain, waited = alternate(
+                    lambda: wrk(url, method="POST", paths=hot), lambda u=wait_url: wrk(u, method="POST", paths=hot)
+                )
+            http_row("writebehind", "POST /views/ buffered, acknowledged at once (2 replicas attached)", plain)
+            http_row("writebehind", f"POST /views/ buffered, WRITE_BEHIND_WAIT_REPLICAS={replicas}", waited, plain)
     flush.flush()
 
 

@@ -313,6 +313,9 @@ class Load:
         self.pace = pace
         self.forwarded_for = forwarded_for
         self.records = []  # (start, end, kind, status, detail)
+        # Each view's (start, end, wall-clock end, user id, Idempotency-Key, status, detail): which views
+        # a failover lost, by their markers (sentinel-demo), and when they were answered.
+        self.views = []
         self.lock = threading.Lock()
         self.done = threading.Event()
         self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(threads)]
@@ -335,12 +338,13 @@ class Load:
             user_id = random.choice(self.user_ids)
             kind = "view" if n % 2 else "read"
             headers = {"X-Forwarded-For": self.forwarded_for()} if self.forwarded_for else {}
+            key = None
             started = time.monotonic()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 if kind == "view":
-                    headers["Idempotency-Key"] = uuid.uuid4().hex
+                    headers["Idempotency-Key"] = key = uuid.uuid4().hex
                     conn.request("POST", f"/api/v1/users/{user_id}/views/", body=b"", headers=headers)
                 else:
                     conn.request("GET", f"/api/v1/users/{user_id}/", headers=headers)
@@ -356,8 +360,11 @@ class Load:
                 if conn is not None:
                     conn.close()
                 conn, status, detail = None, 0, type(exc).__name__
+            ended = time.monotonic()
             with self.lock:
-                self.records.append((started, time.monotonic(), kind, status, detail))
+                self.records.append((started, ended, kind, status, detail))
+                if key is not None:
+                    self.views.append((started, ended, time.time(), user_id, key, status, detail))
             time.sleep(self.pace)
 
     def between(self, start, end):

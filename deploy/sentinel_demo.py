@@ -3,10 +3,12 @@
 
 It never touches the stack's state Redis. It starts its own topology in a temporary directory
 (tests/sentinel.py, shared with the failover tests): a master and two replicas configured like the
-stack's state Redis (noeviction, AOF everysec) and three Sentinels (quorum 2). Two replicas, so that a
-promoted master still has one: with WRITE_BEHIND_WAIT_REPLICAS=1 (taken from the environment and passed
-to the app) a view is acknowledged only once a replica has it, and that stays possible right after a
-failover, before the old master rejoins.
+stack's state Redis (noeviction, AOF everysec) and three Sentinels (quorum 2). With
+WRITE_BEHIND_WAIT_REPLICAS=2 (taken from the environment and passed to the app: both replicas) a view
+is acknowledged only once both replicas have it, so whichever is promoted has it; with 1, the replica
+left behind can confirm views on an old master still taking writes after the promotion, which its resync
+then drops (docs/operations.md, "Redis Sentinel"). With 2, a killed master is restarted as soon as the
+Sentinels agree on the new one: until it rejoins, the new master has one replica and no view is confirmed.
 The app runs against it — granian with project.settings.bench (on the demo databases, bulwark_demo*, limits
 too high to deny) and a Celery worker with beat, all with REDIS_STATE_SENTINELS naming the demo's
 Sentinels — under a steady load of GET /api/v1/users/<id>/ (rate limiter and pending views on the
@@ -31,8 +33,13 @@ WRITE_BEHIND_WAIT_REPLICAS, on an acknowledged view lost. Every process it start
 and its directory deleted (kept, with the logs, when the demo fails).
 
 Run it with `make sentinel-demo` (or `.venv/bin/python deploy/sentinel_demo.py` with the stack up).
-`WRITE_BEHIND_WAIT_REPLICAS=1 make sentinel-demo` runs it with the app waiting for a replica's
-confirmation (docs/operations.md, "Redis Sentinel", has both runs' figures).
+`WRITE_BEHIND_WAIT_REPLICAS=2 make sentinel-demo` runs it with the app waiting for both replicas'
+confirmation (docs/operations.md, "Redis Sentinel", has the figures). Lost views are counted twice over:
+by the count in the database, and by each acknowledged view's marker on the new master (an old master's
+flushes can make up for lost views in the count alone); the lost ones are listed next to the servers'
+and Sentinels' log lines. BULWARK_SENTINEL_DEMO_NOTIFY_DELAY (seconds, default 0) runs
+deploy/sentinel-notify that much later, as a loaded machine does: the bare SENTINEL FAILOVER then
+promotes a replica while the old master still takes writes.
 Ports: BULWARK_SENTINEL_DEMO_REDIS_PORTS (the first master, then the two replicas),
 BULWARK_SENTINEL_DEMO_SENTINEL_PORTS, BULWARK_SENTINEL_DEMO_WEB_PORT.
 """
@@ -85,12 +92,17 @@ APP_ENV = {
     # Every view carries a new Idempotency-Key, all from one address: far more than a caller's daily cap.
     "RESILIENCE_IDEMPOTENCY_MAX_KEYS_PER_CALLER": "100000000",
 }
+NOTIFY_DELAY = env("BULWARK_SENTINEL_DEMO_NOTIFY_DELAY", 0.0, float)
 WAIT_REPLICAS = env("WRITE_BEHIND_WAIT_REPLICAS", 0, int)  # the app's setting, from the environment
 
 
 def run_failover(procs, topo, load, *, title, old_port, fault):
     """Apply `fault`, watch the promotion, and print the phases. Return the new master's port (the
-    Sentinels' choice) and the moment it was first named."""
+    Sentinels' choice) and the moment it was first named.
+
+    A killed master is restarted as soon as the Sentinels agree on the new one (as a supervisor would)
+    when WRITE_BEHIND_WAIT_REPLICAS asks for both replicas: until it rejoins, the new master has one,
+    no view is confirmed and no flush applied."""
     say(f"\n{title}")
     time.sleep(STEADY)
     for port in REDIS_PORTS:  # the promoted one's EVALSHA count then starts at its promotion (a replica runs none)
@@ -109,7 +121,11 @@ def run_failover(procs, topo, load, *, title, old_port, fault):
     wait_for("every Sentinel to name the same new master", switched, timeout=60, every=0.02)
     t_all = time.monotonic()
     new_port = moments["port"]
-    if procs.running.get(f"redis-{old_port}"):  # a planned failover: the old master is still up
+    killed = f"redis-{old_port}" not in procs.running
+    if killed and WAIT_REPLICAS >= len(REDIS_PORTS) - 1:
+        procs.start_redis(old_port, topo.redis_command(old_port))
+        say(f"  :{old_port} restarted {time.monotonic() - t_fault:.2f} s after the fault (WAIT needs both replicas)")
+    if not killed:  # a planned failover: the old master is still up
         wait_for(
             f"127.0.0.1:{old_port} to become a replica",
             lambda: role(old_port)["role"] == "slave",
@@ -228,6 +244,53 @@ def topology_state(procs, topo) -> list[str]:
     return lines
 
 
+def view_marker(user_id, key) -> str:
+    """The write-behind marker key of the view posted anonymously from 127.0.0.1 with Idempotency-Key
+    `key` (resilience/idempotency.py's record digest is the view's id)."""
+    import hashlib
+
+    from users.sharding.access import group_for_user_id
+    from users.writebehind.keys import group_keys
+
+    digest = hashlib.sha256(f"ip127.0.0.1:/api/v1/users/{user_id}/views/:{key}".encode()).hexdigest()
+    return group_keys(group_for_user_id(user_id)).marker(digest)
+
+
+def missing_views(load, port, db):
+    """The acknowledged views (202 buffered) whose markers `port` lacks: the views a failover lost."""
+    new = client(port, db)
+    acked = [v for v in load.views if v[5] == 202 and v[6] == "buffered"]
+    pipe = new.pipeline(transaction=False)
+    for v in acked:
+        pipe.exists(view_marker(v[3], v[4]))
+    return [v for v, found in zip(acked, pipe.execute(), strict=True) if not found], len(acked)
+
+
+def stamp(wall: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(wall)) + f".{int(wall % 1 * 1000):03d}"
+
+
+def explain_lost(procs, lost, since_wall):
+    """The lost views' answer times next to the Sentinels' failover events, the notify script's runs and
+    each server's replication log lines since `since_wall`."""
+    lines = ["  lost views answered (start .. end, wall clock):"]
+    for started, ended, wall_end, user_id, key, _status, _detail in lost:
+        lines.append(f"    {stamp(wall_end - (ended - started))} .. {stamp(wall_end)} user {user_id} key {key}")
+    since = time.strftime("%H:%M:%S", time.localtime(since_wall))
+    for log in sorted(procs.workdir.glob("*/*.log")) + sorted(procs.workdir.glob("notify.log")):
+        picked = [line.rstrip() for line in log.read_text(errors="replace").splitlines() if _after(line, since)]
+        lines.append(f"  {log.relative_to(procs.workdir)}:")
+        lines += [f"    {line[:220]}" for line in picked[-60:]]
+    return "\n".join(lines)
+
+
+def _after(line, since):
+    import re
+
+    m = re.search(r"(\d\d:\d\d:\d\d)\.\d+", line)
+    return bool(m) and m.group(1) >= since
+
+
 def verify_new_master(procs, topo, new_port, db, promoted_at):
     """Print evidence that the Sentinels agree on `new_port` and that the app's writes land there."""
     answers = topo.masters_named()
@@ -277,7 +340,15 @@ def demo(procs):
         raise SystemExit("sentinel-demo: BULWARK_SENTINEL_DEMO_REDIS_PORTS needs three ports (a master, two replicas)")
     first, *replicas = REDIS_PORTS
     workdir = procs.workdir
-    topo = Topology(procs, redis_ports=REDIS_PORTS, sentinel_ports=SENTINEL_PORTS)
+    notify = workdir / "notify-logged"
+    notify.write_text(
+        "#!/usr/bin/env bash\n"
+        f'[ "$1" = +try-failover ] && sleep {NOTIFY_DELAY}\n'
+        f'{ROOT / "deploy" / "sentinel-notify"} "$@"\n'
+        f'echo "$(date +%H:%M:%S.%N) notify done: $*" >> {workdir / "notify.log"}\n'
+    )
+    notify.chmod(0o755)
+    topo = Topology(procs, redis_ports=REDIS_PORTS, sentinel_ports=SENTINEL_PORTS, notify_script=notify)
     say(
         f"sentinel-demo: master :{first}, replicas {', '.join(f':{p}' for p in replicas)}, Sentinels "
         f"{SENTINEL_PORTS} (quorum {topo.quorum}), down-after {topo.down_after_ms} ms, "
@@ -346,6 +417,8 @@ def demo(procs):
     counted = 0
     for title, fault in scenarios:
         old_port = master["port"]
+        scenario_wall = time.time()
+        killed = fault is kill_master
         with Load(user_ids, port=WEB_PORT, threads=LOAD_THREADS, pace=PACE) as load:
             new_port, promoted_at = run_failover(
                 procs, topo, load, title=title.format(old=old_port, name=MASTER_NAME), old_port=old_port, fault=fault
@@ -362,8 +435,14 @@ def demo(procs):
         total = views_in_database(user_ids)
         stored, counted = total - counted, total
         warmup_views = 0
-        lost = max(0, acknowledged - stored)
+        # Lost by the count, or by the markers: views flushed on an old master that still took writes
+        # can make up for acknowledged views gone from the new master's buffer in the count alone.
+        gone, checked = missing_views(load, new_port, db)
+        lost = max(0, acknowledged - stored, len(gone))
         lost_total += lost
+        say(f"  markers: {checked - len(gone)} of {checked} views acknowledged as buffered have theirs on :{new_port}")
+        if gone:
+            say(explain_lost(procs, gone, scenario_wall - 1))
         say(
             f"  views: {acknowledged} acknowledged (202), {uncertain} unconfirmed (503, may or may not count), "
             f"{stored} in the database after the last flush: acknowledged views lost "
@@ -374,8 +453,9 @@ def demo(procs):
         if over:
             say(f"  !! {over} views counted that nobody was told about")
         statuses.update(r[3] for r in load.records)
-        if f"redis-{old_port}" not in procs.running:  # killed: restart it
-            procs.start_redis(old_port, topo.redis_command(old_port))
+        if killed:  # restart it (unless run_failover did), wait for it to rejoin
+            if f"redis-{old_port}" not in procs.running:
+                procs.start_redis(old_port, topo.redis_command(old_port))
             wait_for(
                 f":{old_port} to rejoin as a replica of :{new_port}",
                 lambda o=old_port, n=new_port: (

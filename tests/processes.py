@@ -311,6 +311,12 @@ def state_replica(workdir: Path):
             timeout=60,
             message="the temporary replica to sync",
         )
+
         # Synced is not yet acknowledging: wait until a WAIT on the master is answered by it.
-        wait_for(lambda: master.execute_command("WAIT", 1, 200) >= 1, timeout=30, message="the replica's acks")
+        # Every replica attached (bench: two), or a WAIT for all of them still times out on this one.
+        def acked():
+            attached = master.info("replication")["connected_slaves"]
+            return master.execute_command("WAIT", attached, 200) >= attached
+
+        wait_for(acked, timeout=30, message="the replica's acks")
         yield proc
