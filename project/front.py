@@ -20,7 +20,7 @@ from django.core import signals
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler, get_script_name
-from django.urls import Resolver404, resolve, set_script_prefix
+from django.urls import Resolver404, get_resolver, get_urlconf, set_script_prefix
 from django.utils.module_loading import import_string
 
 # Middleware that does nothing to a request a view's `front_takes` accepts: a GET with no session
@@ -91,7 +91,7 @@ class Front:
     @staticmethod
     def _takes(request) -> bool:
         try:
-            match = resolve(request.path_info)
+            match = _resolve(get_resolver(get_urlconf()), request.path_info)
             request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it: Django answers a bad host
         except (Resolver404, DisallowedHost):
             return False
@@ -100,6 +100,28 @@ class Front:
             return False
         request.resolver_match = match  # as Django's handler sets it: the metrics label the view by it
         return True
+
+
+_MATCHES_MAX = 2048
+_PATH_MAX = 200  # a profile path is under 50 characters; longer ones are looked up every time
+_matches: dict[tuple, object] = {}
+
+
+def _resolve(resolver, path: str):
+    """`resolver.resolve(path)`, remembered for the paths of the views Front serves: walking the
+    URLconf costs a cached read about as much as its limiter check, and hot paths repeat. Keyed by the
+    resolver, which Django replaces when the URLconf changes. Bounded: emptied when full (a path that
+    resolves to anything else, or to nothing, is never kept, so unknown paths cannot fill it). Views
+    get the match's kwargs unpacked, never the dict, so a shared match stays unchanged."""
+    key = (resolver, path)
+    match = _matches.get(key)
+    if match is None:
+        match = resolver.resolve(path)
+        if len(path) <= _PATH_MAX and hasattr(match.func, "front_takes"):
+            if len(_matches) >= _MATCHES_MAX:
+                _matches.clear()
+            _matches[key] = match
+    return match
 
 
 def application(django: WSGIHandler):

@@ -46,10 +46,21 @@ _scripts: dict[tuple[str, Path, tuple[Path, ...], str], Script] = {}
 _lock = threading.Lock()
 
 
+_state_client: Redis | RedisCluster | None = None
+
+
 def state_redis() -> Redis | RedisCluster:
     """The raw redis-py client of the state Redis (no key prefix is applied): a RedisCluster when
-    REDIS_STATE_CLUSTER_NODES is set."""
-    return get_redis_connection(STATE_ALIAS)
+    REDIS_STATE_CLUSTER_NODES is set.
+
+    One client for the process: django-redis builds one per thread (its cache objects are
+    thread-local), all on the same connection pool, and a redis-py client is thread-safe; looking
+    the thread's up costs more than a limiter check's own Python on the hottest read."""
+    global _state_client
+    client = _state_client
+    if client is None:
+        client = _state_client = get_redis_connection(STATE_ALIAS)
+    return client
 
 
 def is_cluster(client) -> bool:
@@ -82,10 +93,12 @@ def lua_script(path: Path, *, alias: str = STATE_ALIAS, include: tuple[Path, ...
 
 
 @receiver(setting_changed)
-def _forget_scripts(*, setting, **kwargs):
-    # A script is registered with a client; new CACHES (a test pointing "state" at a cluster) mean new clients.
+def _forget_clients(*, setting, **kwargs):
+    # New CACHES (a test pointing "state" at a cluster) mean new clients, and a script is registered with one.
+    global _state_client
     if setting == "CACHES":
         _scripts.clear()
+        _state_client = None
 
 
 def run_and_wait(client, script: Script, *, keys: list, args: list, replicas: int, timeout_ms: int) -> tuple:

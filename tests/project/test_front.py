@@ -152,3 +152,21 @@ def test_front_refuses_settings_whose_checks_it_would_skip(settings):
     settings.DISALLOWED_USER_AGENTS = ["evil"]
     with pytest.raises(ValueError, match="DISALLOWED_USER_AGENTS"):
         Front(WSGIHandler())
+
+
+def test_the_paths_front_remembers_are_its_own_views_and_follow_the_urlconf(settings, apps, real_db):
+    from project import front as front_module
+
+    user = UserFactory(username="remembered")
+    front_module._matches.clear()
+    for path in (f"/api/v1/users/{user['id']}/", "/api/v1/users/me/", "/api/v1/users/", "/api/v1/x/", "/nothing"):
+        serve(apps[0], path, "10.7.0.5")
+    kept = sorted(path for _resolver, path in front_module._matches)
+    assert kept == sorted([f"/api/v1/users/{user['id']}/", "/api/v1/users/me/"])  # not the list, nor JSON 404s
+    # Another URLconf (Django builds a new resolver for it): the path is resolved in it, not remembered.
+    settings.ROOT_URLCONF = f"{__name__}"
+    status, _headers, _body = serve(apps[0], f"/api/v1/users/{user['id']}/", "10.7.0.5")
+    assert status.startswith("404")
+
+
+urlpatterns: list = []  # test_the_paths_front_remembers_...: a URLconf without the profile read
