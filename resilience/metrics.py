@@ -4,6 +4,7 @@ breaker listener) and the adaptive concurrency limit's windows and refusals (res
 /metrics itself is served by ops/metrics.py, which reads every app.
 """
 
+import functools
 import logging
 
 from prometheus_client import Counter, Gauge
@@ -31,9 +32,16 @@ def count_decision(decision) -> None:
             outcome = "allowed"
         else:
             outcome = "would_deny" if decision.policy.mode == "shadow" else "denied"
-        RATELIMIT_DECISIONS.labels(decision.policy.name, outcome, "true" if decision.degraded else "false").inc()
+        _decisions(decision.policy.name, outcome, decision.degraded).inc()
     except Exception:  # metrics must never break the request they observe
         logger.exception("counting a rate-limit decision failed")
+
+
+@functools.lru_cache(maxsize=1024)
+def _decisions(policy: str, outcome: str, degraded: bool):
+    """The series of RATELIMIT_DECISIONS for these labels: `labels()` costs a lock and a tuple build on
+    every limited request; policies and outcomes are few."""
+    return RATELIMIT_DECISIONS.labels(policy, outcome, "true" if degraded else "false")
 
 
 def _on_transition(transition) -> None:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from django_redis.exceptions import ConnectionInterrupted
 
 from resilience.redis_fanout import run_all, script_call
@@ -218,6 +220,30 @@ def _stops(decision: Decision) -> bool:
 
 def _script_input(policy: Policy, key: str, *, cost: int, token: str, now_ms: int | None, minute: int):
     """KEYS and ARGV of `policy`'s limiter script for `key` (the header of each .lua file)."""
+    if cost == 1 and not token and now_ms is None:  # a request's own check: the same for a key all minute
+        memo_key = (policy, key, minute)
+        memo = _inputs.get(memo_key)
+        if memo is None:
+            if len(_inputs) >= _INPUTS_MAX:
+                _inputs.clear()
+            memo = _inputs[memo_key] = _build_input(policy, key, cost=1, token="", now_ms=None, minute=minute)
+        return memo
+    return _build_input(policy, key, cost=cost, token=token, now_ms=now_ms, minute=minute)
+
+
+_INPUTS_MAX = 4096
+_inputs: dict[tuple, tuple[list, list]] = {}
+"""The script inputs of recent (policy, key, minute): a hot client's checks build the same key names
+and arguments (a hash tag, five strings) on every request. Bounded: emptied when full. Never changed
+by a caller (run_all copies them into the command it sends)."""
+
+
+@receiver(setting_changed)
+def _forget_inputs(**kwargs):
+    _inputs.clear()  # they hold a setting (RESILIENCE_RATELIMIT_STATS_MINUTES)
+
+
+def _build_input(policy: Policy, key: str, *, cost: int, token: str, now_ms: int | None, minute: int):
     shadow = policy.mode == "shadow"
     tag = _tag(policy.name, key)
     keys = [
