@@ -7,10 +7,6 @@ same server share one pipelined write. redis-py pipelines batch one server; this
 
 A call is a plain command (`command(client, "GET", key)`) or a Lua script (`script_call(...)`):
 plain commands where they do the job, since every EVALSHA costs the server several times a GET.
-Several scripts for one server run as one EVALSHA of a script composed of them (`_composed`): one
-script invocation instead of several (a cached profile read's limiter check and pending-views read),
-in order and atomically, as a MULTI of them would run. Each script's reply, or its error, is still
-its own call's result.
 
 A Redis Cluster client (the state Redis in cluster mode) is not a connection pool: its calls go through
 the cluster client itself, which follows MOVED and refreshes its slot table after a failover, while the
@@ -20,7 +16,6 @@ Each call's outcome is its own: a server that is down or hung (the socket timeou
 into an exception in that call's slot, never into a failure of the calls on other servers.
 """
 
-import threading
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -72,21 +67,18 @@ def run_all(calls: list[Call]) -> list:
         if isinstance(calls[indexes[0]].client, RedisCluster):
             clustered += indexes
             continue
-        client = calls[indexes[0]].client
-        pool = client.connection_pool
-        folded = _fold(client, [calls[index] for index in indexes]) if len(indexes) > 1 else None
+        pool = calls[indexes[0]].client.connection_pool
         connection = None
         try:
             connection = pool.get_connection()
-            sent = [folded.args] if folded is not None else [calls[index].args for index in indexes]
-            connection.send_packed_command(connection.pack_commands(sent))
+            connection.send_packed_command(connection.pack_commands([calls[index].args for index in indexes]))
         except (RedisError, OSError) as exc:
             _fail(results, indexes, exc)
             if connection is not None:
                 connection.disconnect()
                 pool.release(connection)
             continue
-        in_flight.append((pool, connection, indexes, folded))
+        in_flight.append((pool, connection, indexes))
 
     for index in clustered:  # while the single servers' calls are in flight
         try:
@@ -94,11 +86,9 @@ def run_all(calls: list[Call]) -> list:
         except (RedisError, RedisClusterException, OSError) as exc:
             results[index] = exc
 
-    for pool, connection, indexes, folded in in_flight:
+    for pool, connection, indexes in in_flight:
         try:
-            if folded is not None:
-                _unfold(results, indexes, _reply(connection, folded))
-            for index in indexes if folded is None else ():
+            for index in indexes:
                 try:
                     results[index] = connection.read_response()
                 except ResponseError as exc:  # a whole error reply: the connection stays in step
@@ -123,74 +113,6 @@ def run_all(calls: list[Call]) -> list:
         if call.on_reply is not None and call.client is not None and not isinstance(results[index], Exception):
             results[index] = call.on_reply(results[index])
     return results
-
-
-# The scripts of one composition run as functions of one script: each gets its own KEYS and ARGV (the
-# composition's ARGV starts with each one's number of keys and of arguments), and its reply goes into a
-# table of one element (none for nil, so a nil reply cannot shorten the list of replies). pcall keeps an
-# error (a failed redis.call, a Lua error) that script's own reply, as it was when each ran alone.
-_FOLD_RUN = """
-local out, k, a = {}, 0, 2 * #F
-for i = 1, #F do
-  local nk, na = tonumber(ARGV[2 * i - 1]), tonumber(ARGV[2 * i])
-  local keys, args = {}, {}
-  for j = 1, nk do keys[j] = KEYS[k + j] end
-  for j = 1, na do args[j] = ARGV[a + j] end
-  k, a = k + nk, a + na
-  local ok, reply = pcall(F[i], keys, args)
-  if not ok and type(reply) ~= 'table' then reply = redis.error_reply(tostring(reply)) end
-  out[i] = {reply}
-end
-return out
-"""
-_composed: dict[tuple[str, ...], Script] = {}  # one per combination of scripts the code sends together
-_composed_lock = threading.Lock()
-
-
-def _composed_script(client, scripts: list[Script]) -> Script:
-    shas = tuple(script.sha for script in scripts)
-    composed = _composed.get(shas)
-    if composed is None:
-        # As chain.lua's algorithms: Redis runs a script as a function body, so each runs unchanged as one.
-        functions = "".join(f"function(KEYS, ARGV)\n{script.script}\nend,\n" for script in scripts)
-        with _composed_lock:
-            composed = _composed.setdefault(shas, Script(client, f"local F = {{\n{functions}}}\n{_FOLD_RUN}"))
-    return composed
-
-
-def _fold(client, calls: list[Call]) -> Call | None:
-    """One EVALSHA running `calls` (EVALSHAs of one server) in order; None unless every call is a script."""
-    if not all(call.script is not None for call in calls):
-        return None
-    counts, keys, args = [], [], []
-    for call in calls:
-        numkeys = call.args[2]
-        counts += (numkeys, len(call.args) - 3 - numkeys)
-        keys += call.args[3 : 3 + numkeys]
-        args += call.args[3 + numkeys :]
-    return script_call(client, _composed_script(client, [call.script for call in calls]), keys, counts + args)
-
-
-def _reply(connection, folded: Call):
-    """The composition's reply; loaded and run again (once) when the server does not know it."""
-    try:
-        return connection.read_response()
-    except NoScriptError:  # the server was restarted or flushed its scripts: the connection is in step
-        try:
-            folded.client.script_load(folded.script.script)
-            return folded.client.execute_command(*folded.args)
-        except ResponseError as exc:
-            return exc
-    except ResponseError as exc:
-        return exc
-
-
-def _unfold(results: list, indexes: list[int], reply) -> None:
-    for position, index in enumerate(indexes):
-        if isinstance(reply, Exception):
-            results[index] = reply
-        else:
-            results[index] = reply[position][0] if reply[position] else None
 
 
 def _fail(results: list, indexes: list[int], exc: Exception) -> None:

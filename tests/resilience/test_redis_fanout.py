@@ -2,7 +2,6 @@
 failure confined to its own calls, connections left in step, scripts reloaded after a flush."""
 
 import time
-import uuid
 
 import pytest
 from django_redis import get_redis_connection
@@ -84,45 +83,3 @@ def test_a_down_or_hung_server_fails_only_its_own_calls(servers, fault):
     assert elapsed < 2.0  # bounded by the socket timeout, not by the hang
     # The pool was not left with a half-read reply: the next calls see their own answers.
     assert run_all(calls(servers, "f")) == [[b"s1", b"f"], [b"c1", b"f"], [b"s2", b"f"]]
-
-
-def _commands_seen(client, run, marker: str) -> list[str]:
-    """The script invocations naming `marker` the server received while `run()` ran (MONITOR; it also
-    shows the commands the scripts call)."""
-    seen = []
-    with client.monitor() as monitor:
-        run()
-        client.echo(marker)
-        for entry in monitor.listen():
-            if entry["command"] == f"ECHO {marker}":
-                return seen
-            if entry["command"].startswith("EVAL") and marker in entry["command"]:
-                seen.append(entry["command"])
-    return seen
-
-
-def test_the_scripts_of_one_server_run_as_one_invocation_each_reply_its_own(servers):
-    state, _cache, on_state, _on_cache = servers
-    marker = f"fanout:{uuid.uuid4().hex}"
-    nothing = state.register_script("return nil")
-    broken = state.register_script("return redis.call('NOSUCHCOMMAND')")
-    count = state.register_script("return redis.call('INCR', KEYS[1])")
-    results = []
-
-    def run():
-        results[:] = run_all(
-            [
-                script_call(state, nothing, [], []),
-                script_call(state, broken, [], []),
-                script_call(state, on_state, [marker, "k2"], ["a"]),  # its KEYS and ARGV, not its neighbours'
-                script_call(state, count, [marker], []),
-            ]
-        )
-
-    run()  # the composition loaded
-    sent = _commands_seen(state, run, marker)
-    assert len(sent) == 1, sent
-    assert results[0] is None
-    assert isinstance(results[1], ResponseError)
-    assert results[2:] == [[marker.encode(), b"a"], 2]  # the script after the failed one ran
-    state.delete(marker)
