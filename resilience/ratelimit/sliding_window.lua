@@ -62,8 +62,12 @@ end
 if rate + cost <= limit + EPSILON then
   curr = curr + cost
   redis.call('HSET', KEYS[1], 'w', idx, 'c', curr, 'p', prev)
-  -- once two more windows have started, neither count matters any more
-  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window - elapsed))
+  -- Once two more windows have started, neither count matters any more: the hash expires at the end
+  -- of window idx + 1. That moment is the same for every request of window idx, so it is set by the
+  -- first one (HSET keeps a key's expiry), a command less for the others.
+  if w ~= idx then
+    redis.call('PEXPIRE', KEYS[1], math.ceil(2 * window - elapsed))
+  end
   return {1, limit, math.max(0, math.floor(limit - rate - cost + EPSILON)), math.ceil(reset_ms / 1000), 0}
 end
 

@@ -138,6 +138,22 @@ def test_sliding_window_weighs_the_previous_window():
     assert [evaluate(policy, "k", now_ms=later).allowed for _ in range(3)] == [True, True, False]
 
 
+def test_sliding_window_counts_live_until_the_next_window_ends():
+    """Only the first request of a window sets the hash's expiry (the end of the next window, the same
+    moment for all of them); every later one keeps it, and a new window moves it on."""
+    from resilience.ratelimit.limiter import state_key, state_redis
+
+    policy = Policy("expiry", 100, 60, "ip")
+    name = state_key(policy, "k")
+    state_redis().delete(name)
+    for offset in (1_000, 30_000, 59_000):  # one window: its end + 60 s is 119 s after its first request
+        evaluate(policy, "k", now_ms=WINDOW_START_MS + offset)
+        assert 118_000 < state_redis().pttl(name) <= 119_000
+    evaluate(policy, "k", now_ms=WINDOW_START_MS + 61_000)  # the next window: 119 s after its start
+    assert 118_000 < state_redis().pttl(name) <= 119_000
+    state_redis().delete(name)
+
+
 def test_token_bucket_refills_continuously():
     policy = Policy("tb", 3, 60, "ip", "token_bucket")
     decisions = [evaluate(policy, "k", now_ms=WINDOW_START_MS) for _ in range(4)]
