@@ -22,6 +22,13 @@ COOKIE = "bulwark_rpu"
 HEADER = "Bulwark-Read-Primary-Until"
 LSN_COOKIE = "bulwark_lsn"
 LSN_HEADER = "Bulwark-Read-Lsn"
+# The request headers as WSGI names them: read from META, since request.headers copies every header
+# into a new mapping on first use, a cost the cached profile read otherwise never pays.
+_META_HEADER, _META_LSN_HEADER, _META_CONSISTENCY = (
+    "HTTP_BULWARK_READ_PRIMARY_UNTIL",
+    "HTTP_BULWARK_READ_LSN",
+    "HTTP_CONSISTENCY",
+)
 
 
 def _parse_deadline(raw: str | None) -> float:
@@ -55,11 +62,12 @@ class ReadYourWritesMiddleware:
         heartbeat.ensure_started()
 
     def __call__(self, request):
-        deadline = max(_parse_deadline(request.COOKIES.get(COOKIE)), _parse_deadline(request.headers.get(HEADER)))
+        meta = request.META
+        deadline = max(_parse_deadline(request.COOKIES.get(COOKIE)), _parse_deadline(meta.get(_META_HEADER)))
         lsns = parse_lsns(request.COOKIES.get(LSN_COOKIE))
-        for group, value in parse_lsns(request.headers.get(LSN_HEADER)).items():
+        for group, value in parse_lsns(meta.get(_META_LSN_HEADER)).items():
             lsns[group] = max(lsns.get(group, value), value)
-        strong = request.headers.get("Consistency", "").strip().lower() == "strong"
+        strong = meta.get(_META_CONSISTENCY, "").strip().lower() == "strong"
         pinning.reset(pinned_until=deadline, strong=strong, lsns=lsns)
         response = self.get_response(request)
         if pinning.wrote():
