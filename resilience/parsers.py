@@ -9,14 +9,39 @@ serializer or in the error renderer).
 Two more things JSON allows and nothing downstream can handle are a 400 here: a string holding a lone
 surrogate (`"\ud800"`: no UTF-8 encodes it, so a field name echoed into the 400's body crashed the
 renderer) and a number too large for a float (`1e999` parses to infinity, stored as the text "inf").
+
+An object naming one key twice (`{"bio": "a", "bio": "b"}`) is a 400 too, at any depth: json keeps the
+last value, so what a client, a proxy or a log reader that keeps the first one sees would not be what
+was stored.
 """
 
+import codecs
 import math
 
+from django.conf import settings
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
+from rest_framework.utils import json
 
 MAX_DEPTH = 32
+SHOWN_KEY_MAX = 64  # how much of a duplicated key the 400 quotes (a key can be most of a 64 KiB body)
+
+
+class DuplicateKey(ValueError):
+    """An object of the document names a key twice."""
+
+
+def unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: the object as a dict, or DuplicateKey when a key repeats. The key is
+    quoted with repr, which escapes a lone surrogate (the renderer could not encode it)."""
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise DuplicateKey(f"duplicate key {key[:SHOWN_KEY_MAX]!r}")
+            seen.add(key)
+    return value
 
 
 def json_depth(value) -> int:
@@ -35,18 +60,26 @@ def json_depth(value) -> int:
 
 
 class BoundedJSONParser(JSONParser):
-    """JSONParser that answers 400 (ParseError) for documents nested deeper than MAX_DEPTH, and 415 for
-    a compressed body (Content-Encoding other than identity)."""
+    """JSONParser that answers 400 (ParseError) for documents nested deeper than MAX_DEPTH or naming a
+    key twice in one object, and 415 for a compressed body (Content-Encoding other than identity)."""
 
     def parse(self, stream, media_type=None, parser_context=None):
         request = (parser_context or {}).get("request")
         encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower() if request is not None else ""
         if encoding not in ("", "identity"):  # nothing here decompresses a body: say so instead of misreading it
             raise UnsupportedMediaType(media_type, detail=f"Content-Encoding {encoding!r} is not supported.")
+        charset = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
         try:
-            data = super().parse(stream, media_type, parser_context)
+            # JSONParser.parse, plus the hook: it has no way to pass one.
+            data = json.load(
+                codecs.getreader(charset)(stream),
+                parse_constant=json.strict_constant if self.strict else None,
+                object_pairs_hook=unique_keys,
+            )
         except RecursionError:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels") from None
+        except ValueError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
         if json_depth(data) > MAX_DEPTH:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels")
         refuse_unrepresentable(data)

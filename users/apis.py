@@ -24,9 +24,9 @@ from .identity import (
     EMAIL_MAX,
     USERNAME_MAX,
     USERNAME_PATTERN,
+    display_form,
     display_name_problem,
     email_problem,
-    identity_key,
     username_problem,
 )
 from .sharding.ids import MAX_ID
@@ -35,13 +35,22 @@ from .writebehind import buffer
 
 
 class StrictSerializer(serializers.Serializer):
-    """Rejects unknown and read-only fields instead of ignoring them (no mass assignment)."""
+    """Rejects unknown and read-only fields instead of ignoring them (no mass assignment), and a number
+    sent for a text field (`{"bio": 1}` is refused, not stored as "1")."""
+
+    # The docstring is the description of every input schema in the OpenAPI document: it speaks to
+    # clients. DRF's CharField (EmailField and RegexField are CharFields too) turns an int or float into
+    # its text; one check here covers every text field of every input, the ones added later included.
 
     def to_internal_value(self, data):
         if not isinstance(data, dict):
             raise serializers.ValidationError({"non_field_errors": ["Expected a JSON object."]})
         writable = {name for name, field in self.fields.items() if not field.read_only}
         errors = {name: ["This field is not allowed."] for name in sorted(set(data) - writable)}
+        for name, field in self.fields.items():
+            sent = data.get(name)  # null is left to the field (allow_null)
+            if isinstance(field, serializers.CharField) and sent is not None and not isinstance(sent, str):
+                errors[name] = [serializers.CharField.default_error_messages["invalid"]]
         try:
             value = super().to_internal_value(data)
         except serializers.ValidationError as exc:
@@ -113,6 +122,21 @@ def _check_password(password: str, *, username: str = "", email: str = "") -> No
         raise serializers.ValidationError({"password": list(exc.messages)}) from None
 
 
+class UsernameField(serializers.CharField):
+    """A username as submitted, in the form it is stored and checked in (users/identity.py's
+    display_form: NFKC, so "e" + U+0301 is "é"): length limits and the pattern apply to that form."""
+
+    def to_internal_value(self, data):
+        return display_form(super().to_internal_value(data))
+
+
+class NewUsernameField(UsernameField, serializers.RegexField):
+    """A username to register: the pattern and length limits on the stored form."""
+
+    def __init__(self, **kwargs):
+        super().__init__(USERNAME_PATTERN, max_length=USERNAME_MAX, min_length=3, **kwargs)
+
+
 def _valid(value: str, problem) -> str:
     message = problem(value)
     if message:
@@ -130,7 +154,7 @@ class UserRegisterApi(RateLimitedApiMixin, APIView):
     rate_limits = {"POST": "users.register"}
 
     class RegisterInput(StrictSerializer):
-        username = serializers.RegexField(USERNAME_PATTERN, max_length=USERNAME_MAX, min_length=3)
+        username = NewUsernameField()
         email = serializers.EmailField(max_length=EMAIL_MAX)
         password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
         display_name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
@@ -188,7 +212,7 @@ class UserListApi(RateLimitedApiMixin, APIView):
     concurrency_policy = "api.concurrent"
 
     class ListInput(serializers.Serializer):
-        username = serializers.CharField(max_length=150, required=False)
+        username = UsernameField(max_length=USERNAME_MAX, required=False)
         limit = serializers.IntegerField(min_value=1, required=False, default=50)
         cursor = serializers.IntegerField(min_value=0, max_value=MAX_ID, required=False)
 
@@ -371,6 +395,12 @@ class UserMeUpdateApi(RateLimitedApiMixin, APIView):
             return _valid(value, email_problem)
 
         def validate(self, attrs):
+            # The email the account already has, in its stored form, is no change: no password needed,
+            # and no new version (a client may send its whole profile back). A different letter case
+            # is a change: the stored address is what mail goes to, and its local part may be
+            # case-sensitive.
+            if "email" in attrs and display_form(attrs["email"]) == self.context["current_email"]:
+                del attrs["email"]
             for field in ("password", "email"):
                 if field in attrs and "current_password" not in attrs:
                     raise serializers.ValidationError({"current_password": [f"Required to change the {field}."]})
@@ -386,12 +416,12 @@ class UserMeUpdateApi(RateLimitedApiMixin, APIView):
         parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)],
     )
     def patch(self, request):
-        data = self.PatchInput(data=request.data)
+        row = _me(request)
+        data = self.PatchInput(data=request.data, context={"current_email": row["email"]})
         data.is_valid(raise_exception=True)
         changes = dict(data.validated_data)
         current_password = changes.pop("current_password", None)
         if_match = if_match_version(request.headers.get("If-Match"))
-        row = _me(request)
         if "password" in changes:
             _check_password(changes["password"], username=row["username"], email=changes.get("email", row["email"]))
         try:
@@ -446,12 +476,8 @@ class TokenApi(RateLimitedApiMixin, APIView):
     rate_limits = {"POST": ("auth.token", "auth.token.ip", "auth.token.username")}
 
     class TokenInput(StrictSerializer):
-        username = serializers.CharField(max_length=USERNAME_MAX)
+        username = UsernameField(max_length=USERNAME_MAX)
         password = serializers.CharField(max_length=128, trim_whitespace=False)
-
-    def rate_limit_username(self, request) -> str | None:
-        username = super().rate_limit_username(request)
-        return None if username is None else identity_key(username)
 
     @extend_schema(
         request=TokenInput,

@@ -9,14 +9,17 @@ class UsersConfig(AppConfig):
         from project.db.breakers import declare_databases
         from resilience import overload
         from resilience.breaker import declare
+        from resilience.ratelimit.http import register_username_identity
 
         from . import (
             cache,
             checks,  # noqa: F401  (registers system checks)
             errors,
         )
+        from .identity import identity_key
 
         errors.register()
+        register_username_identity(identity_key)  # limiter keys compare usernames as logins do
         # The domain's dependencies, so their breakers are listed (and forcible) from the first start.
         declare_databases()
         declare(cache.CACHE_BREAKER, group="Redis", description="cache Redis", options=cache.CACHE_BREAKER_OPTIONS)

@@ -189,16 +189,20 @@ def user_update(
     API passes it; the admin acting as staff does not) and revokes every token of the user in the same
     transaction, so a stolen token dies with the old password. With `new_token`, one fresh token is
     issued in that transaction and returned in the row's "token" key (the caller's own session goes on).
+    The email the row already holds (in its stored form) is no change; the same address in another
+    letter case is one (the stored form is where mail goes), under the claim the account already holds.
     """
     group = group_for_user_id(user_id)
     new_email = changes.get("email")
-    old_email = None
+    old_claim = new_claim = None
     if new_email is not None:
         with use_primary():
             current = selectors._row_by_id(user_id)
         if current is None:
             raise UserNotFound
-        if identity_key(current["email"]) != identity_key(new_email):
+        if display_form(new_email) == current["email"]:
+            new_email = None  # the address it has: no change
+        elif identity_key(current["email"]) != identity_key(new_email):
             if current_password is not None:
                 # Before the claim, not only in the transaction below: a wrong password must not hold
                 # the new address even for a moment (anyone could keep an address from registering),
@@ -207,10 +211,10 @@ def user_update(
                     password_hash = selectors.user_password_hash(user_id)
                 if not current_password or not check_password(current_password, password_hash or ""):
                     raise InvalidCredentials
-            old_email = identity_key(current["email"])
-            _claims_take([(UniqueClaim.EMAIL, identity_key(new_email))], user_id=user_id)
-        else:
-            new_email = None
+            old_claim, new_claim = identity_key(current["email"]), identity_key(new_email)
+            _claims_take([(UniqueClaim.EMAIL, new_claim)], user_id=user_id)
+        # else the same identity in another letter case: a change of the stored address (mail goes to
+        # it) under the claim the account already holds.
     credentials_change = "password" in changes or new_email is not None
 
     def update(alias):
@@ -255,12 +259,12 @@ def user_update(
     try:
         user, revoked, token = write_on(group, update)
     except BaseException:
-        if new_email is not None:
-            _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=identity_key(new_email))
+        if new_claim is not None:
+            _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=new_claim)
         raise
     _tokens_forget(revoked)
-    if old_email is not None:
-        _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=old_email)
+    if old_claim is not None:
+        _claims_release(user_id=user_id, kind=UniqueClaim.EMAIL, value=old_claim)
         _claims_confirm(user_id=user_id)
     row = _row(user)
     _cache_row(row)

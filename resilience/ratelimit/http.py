@@ -2,6 +2,7 @@
 
 import hashlib
 import ipaddress
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -102,10 +103,27 @@ def _bearer_token(request: HttpRequest) -> str | None:
     return None
 
 
+def _case_folded(username: str) -> str:
+    return username.strip().casefold()
+
+
+# The identity a submitted username is counted under. The domain registers the one its accounts are
+# compared by (users/apps.py), so that every spelling of one account's name (composed or decomposed
+# accents, letter case, full-width letters) is one counter for the limiter and for the dashboard's
+# lookup alike.
+_username_identity: Callable[[str], str] = _case_folded
+
+
+def register_username_identity(identity: Callable[[str], str]) -> None:
+    """Count a submitted username under `identity(username)` (trimmed and case-folded until then)."""
+    global _username_identity
+    _username_identity = identity
+
+
 def username_key(username: str | None) -> str:
-    """Key part of a submitted username: case-folded, bounded, and always encodable (a lone surrogate
-    from a JSON body must not make the Redis client raise)."""
-    folded = (username or "").strip().casefold()[:USERNAME_MAX]
+    """Key part of a submitted username: its registered identity, bounded, and always encodable (a lone
+    surrogate from a JSON body must not make the Redis client raise)."""
+    folded = _username_identity(username or "")[:USERNAME_MAX]
     return "username:" + folded.encode("utf-8", "backslashreplace").decode("utf-8")
 
 

@@ -152,6 +152,37 @@ def test_a_patch_that_changes_nothing_is_not_a_new_version(user):
     assert_error(api.patch(ME, {}, headers={"If-Match": '"1.1.0"'}), 412, "precondition_failed")
 
 
+def test_a_patch_sending_the_current_email_needs_no_password_and_is_no_new_version(user):
+    """Found by the black-box pass: a client sending its profile back with the email it already has
+    got a 400 asking for the password, as if it changed the address."""
+    api, _ = user
+    before = api.get(ME)
+    for same in ("alice@example.com", " alice@example.com "):  # trimmed, it is the stored form
+        response = api.patch(ME, {"email": same, "bio": ""}, headers={"If-Match": before["ETag"]})
+        assert response.status_code == 200, (same, response.content)
+        assert response["ETag"] == before["ETag"] and "token" not in response.json()
+    response = api.patch(ME, {"email": "alice@example.com", "bio": "edited"})
+    assert response.status_code == 200 and response.json()["version"] == 2
+    assert "token" not in response.json()  # not a credential change: the session's tokens live on
+    assert api.get(ME).status_code == 200
+
+
+def test_the_current_email_in_another_letter_case_is_a_change_that_needs_the_password(user, make_api):
+    """The stored address is the one mail goes to, and a local part may be case-sensitive: a new letter
+    case is an email change (password, new version, tokens revoked), under the claim the account holds."""
+    api, profile = user
+    body = assert_error(api.patch(ME, {"email": "Alice@Example.com"}), 400, "invalid")
+    assert "current_password" in body["fields"]
+    response = api.patch(ME, {"email": "Alice@Example.com", "current_password": PASSWORD})
+    assert response.status_code == 200, response.content
+    changed = response.json()
+    assert changed["email"] == "Alice@Example.com" and changed["version"] == 2 and changed["token"]
+    assert selectors.user_get_by_email(email="alice@example.com")["id"] == int(profile["id"])
+    claims = UniqueClaim.objects.using("default").filter(kind=UniqueClaim.EMAIL, user_id=int(profile["id"]))
+    assert list(claims.values_list("value", flat=True)) == ["alice@example.com"]
+    assert_error(make_api().register("alice2", email="ALICE@example.com"), 409, "conflict")
+
+
 def test_if_match_star_passes_and_a_weak_tag_never_matches(user):
     """RFC 9110 13.1.1: `*` holds for an existing resource; If-Match compares strongly."""
     api, _ = user

@@ -14,6 +14,7 @@ from users.identity import identity_key, username_problem
 from users.sharding.ids import MAX_ID, parse_id, user_id_parse
 from users.tokens import token_user_id
 
+from .conftest import PASSWORD
 from .test_api import ME, REGISTER, TOKEN, assert_error
 
 NESTED = "[" * 5000 + "]" * 5000
@@ -59,15 +60,67 @@ def test_lone_surrogates_in_a_login_are_a_400(api):
     assert response.json()["code"] in ("invalid", "invalid_credentials", "parse_error")
 
 
-@pytest.mark.parametrize("body", ['{"\\ud800": 1}', '{"bio": {"\\udfff": "x"}}', '{"bio": 1e999}', '{"bio": [-1e400]}'])
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"\\ud800": 1}',
+        '{"bio": {"\\udfff": "x"}}',
+        '{"bio": 1e999}',
+        '{"bio": [-1e400]}',
+        '{"bio": "a", "bio": "b"}',  # a key twice: json keeps the last value, a reader may keep the first
+        '{"bio": [{"k": 1, "k": 2}]}',  # nested
+        '{"\\ud800": 1, "\\ud800": 2}',  # the key the 400 names must not crash the renderer
+    ],
+)
 def test_lone_surrogate_keys_and_overflowing_numbers_are_a_400_on_every_write(user, body):
     """Found by the black-box pass: a lone surrogate as a key was echoed into the 400's `fields` and
-    crashed the renderer (a 500 after 10-20 s); 1e999 parsed to infinity and was stored as "inf"."""
+    crashed the renderer (a 500 after 10-20 s); 1e999 parsed to infinity and was stored as "inf"; a
+    key named twice was taken with its last value."""
     api, _ = user
     for method, path in (("patch", ME), ("post", REGISTER), ("post", TOKEN), ("delete", ME)):
         response = getattr(api.client, method)(path, body, content_type="application/json", headers=api._headers(None))
         assert_error(response, 400, "parse_error")
     assert api.get(ME).json()["bio"] == ""
+
+
+def test_a_duplicated_key_is_named_in_the_parse_error(user):
+    api, _ = user
+    for body in ('{"bio": "a", "bio": "b"}', '{"display_name": "x", "bio": {"deep": [{"bio": 1, "bio": 2}]}}'):
+        response = api.client.patch(ME, body, content_type="application/json", headers=api._headers(None))
+        assert "duplicate key 'bio'" in assert_error(response, 400, "parse_error")["detail"]
+    assert api.patch(ME, {"bio": "a", "display_name": "a"}).status_code == 200  # distinct keys still pass
+
+
+STRING_FIELDS = [
+    ("post", REGISTER, "username"),
+    ("post", REGISTER, "email"),
+    ("post", REGISTER, "password"),
+    ("post", REGISTER, "display_name"),
+    ("post", TOKEN, "username"),
+    ("post", TOKEN, "password"),
+    ("patch", ME, "bio"),
+    ("patch", ME, "display_name"),
+    ("patch", ME, "email"),
+    ("patch", ME, "password"),
+    ("patch", ME, "current_password"),
+    ("delete", ME, "current_password"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "field"), STRING_FIELDS)
+@pytest.mark.parametrize("value", [1, 12345678901234, 1.5, -0.0])
+def test_a_number_for_a_string_field_is_a_400_naming_the_field(user, method, path, field, value):
+    """Found by the black-box pass: DRF's CharField turned `{"bio": 1}` into the text "1" and stored it."""
+    api, _ = user
+    valid = {
+        REGISTER: {"username": "numbers", "email": "numbers@example.com", "password": "Numbers-Pass-2026"},
+        TOKEN: {"username": "alice", "password": PASSWORD},
+        ME: {"current_password": PASSWORD} if method == "delete" else {},
+    }[path]
+    body = assert_error(getattr(api, method)(path, {**valid, field: value}), 400, "invalid")
+    assert body["fields"] == {field: ["Not a valid string."]}
+    profile = api.get(ME).json()
+    assert (profile["bio"], profile["display_name"], profile["version"]) == ("", "", 1)
 
 
 def test_if_match_with_non_ascii_digits_is_a_412(user):

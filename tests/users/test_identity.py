@@ -4,10 +4,12 @@ login, placement and the admin search; look-alikes from other scripts refused. R
 import pytest
 from django.contrib.auth import get_user_model
 
+from resilience.ratelimit.http import keys_for
 from users import selectors
 from users.identity import identity_key, mixes_scripts, username_problem
 from users.models import User
 from users.selectors import user_search
+from users.sharding.hashing import logical_shard_for_username
 
 from .conftest import PASSWORD
 from .test_api import REGISTER, TOKEN, assert_error
@@ -70,3 +72,45 @@ def test_the_admin_search_uses_the_same_identity(api):
 def test_identity_helpers():
     assert identity_key("  ＳＴＲＡßＥ ") == "strasse"
     assert mixes_scripts("аdmin") and not mixes_scripts("admin") and not mixes_scripts("山田taro")
+
+
+DECOMPOSED, COMPOSED = "re\u0301mi", "r\u00e9mi"  # "e" + COMBINING ACUTE ACCENT, and "é"
+
+
+def test_a_decomposed_accent_registers_and_is_one_account_with_the_composed_spelling(api):
+    """Found by the black-box pass: the pattern refused "e" + U+0301 while "é" passed, so an accent
+    typed on a system that sends decomposed text could not sign up. Both spellings are one name."""
+    response = api.register(DECOMPOSED, email="remi@example.com")
+    assert response.status_code == 201, response.content
+    profile = response.json()
+    assert profile["username"] == COMPOSED  # stored in its NFKC form
+    for other in (COMPOSED, "RE\u0301MI", "R\u00c9MI"):
+        body = assert_error(api.register(other, email="other@example.com"), 409, "conflict")
+        assert body["fields"] == {"username": ["This username is already taken."]}
+    for spelling in (COMPOSED, DECOMPOSED, "RE\u0301MI"):
+        assert api.get(REGISTER, username=spelling).json()["results"][0]["id"] == profile["id"]
+        assert api.post(TOKEN, {"username": spelling, "password": PASSWORD}).json()["user_id"] == profile["id"]
+        assert [row["id"] for row in user_search(query=spelling)] == [int(profile["id"])]
+    assert logical_shard_for_username(DECOMPOSED) == logical_shard_for_username(COMPOSED)
+
+
+def test_length_limits_apply_to_the_stored_form_of_a_username(api):
+    name = "e\u0301" * 150  # 300 characters as sent, 150 once composed
+    response = api.register(name, email="long-accent@example.com")
+    assert response.status_code == 201, response.content
+    assert api.post(TOKEN, {"username": name, "password": PASSWORD}).status_code == 200
+    assert api.get(REGISTER, username=name).json()["results"][0]["id"] == response.json()["id"]
+    body = assert_error(api.register("e\u0301" * 151, email="longer@example.com"), 400, "invalid")
+    assert "username" in body["fields"]
+
+
+@pytest.mark.parametrize("spelling", [DECOMPOSED, "RE\u0301MI", "R\u00c9MI", "ＲÉＭＩ"])
+def test_every_spelling_of_a_username_is_one_login_limit_and_one_dashboard_key(api, settings, spelling):
+    """The limiter counts log-ins under the identity the log-in uses; the dashboard's look-up of a
+    username's keys (resilience/ratelimit/http.py keys_for) finds that same counter."""
+    assert keys_for("auth.token.username", ip=None, username=spelling) == [f"username:{COMPOSED}"]
+    assert keys_for("auth.token.username", ip=None, username="ALİCE") == ["username:alice"]  # Turkish İ
+    settings.RESILIENCE_RATELIMIT_POLICIES = {"auth.token.username": {"rate": "2/h"}}
+    answers = [api.post(TOKEN, {"username": name, "password": "wrong"}).status_code for name in (COMPOSED, spelling)]
+    assert answers == [401, 401]
+    assert_error(api.post(TOKEN, {"username": DECOMPOSED, "password": "wrong"}), 429)
