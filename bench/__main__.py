@@ -13,7 +13,8 @@ cached read with OpenTelemetry on, spans exported to a local OTLP/HTTP sink, vs 
 temporary state replica; flush rows/s vs raw COPY + UPDATE),
 idempotency keys (state Redis memory of the records one client can make, with the per-caller cap),
 overload (the adaptive concurrency limit's cost on the cached read; an open-loop mix at 0.5x, 2x and 3x
-capacity with the limit off and on: goodput, p50/p99 of accepted requests, refusals per class).
+capacity straight to granian, with the in-process limit, and through nginx's per-class limits: goodput,
+p50/p99 of accepted requests, refusals per class).
 Results are printed and written to artifacts/bench.json. This machine is shared and noisy: read the
 ratios, not the absolute numbers; every HTTP row also gives the serving processes' CPU time per request,
 which moves far less with the neighbours' load than requests/s does.
@@ -857,17 +858,9 @@ def bench_reshard():
 
 # ---------------------------------------------------------------- overload
 def bench_overload(users, tokens):
-    """The cached read plus a write mix at about 2x and 3x capacity, open loop, with the adaptive limit
-    (resilience/overload/) off and on; and the limit's cost on the cached read (closed loop, on vs off).
-
-    Capacity is wrk's closed-loop throughput of the cached read on the server without the limit. The
-    overload servers run BENCH_OVERLOAD_THREADS threads per process (default 16) instead of
-    BENCH_THREADS: with 2 threads a process never has more than 2 requests to limit, and the queue
-    forms in granian, out of any in-process limiter's sight. "Unloaded" is the same mix at half the
-    capacity. Refusals are per priority class: the cached read and views are sheddable, the bare view
-    (unregistered) default, GET /me with a token critical.
-    """
-    print("overload (adaptive concurrency limit)", flush=True)
+    """The adaptive limit's cost on the cached read (closed loop, on vs off), then the open-loop overload
+    rows (open_loop_overload): no shedding, the in-process adaptive limit, nginx's per-class limits."""
+    print("overload (adaptive concurrency limit; nginx's per-class in-flight limits)", flush=True)
     uid = users[0]["id"]
     Client().get(f"/api/v1/users/{uid}/")  # warm the cache
     read_path = f"/api/v1/users/{uid}/"
@@ -927,14 +920,15 @@ def open_loop_overload(users, tokens):
     (bench/openloop.py, the same mix and client code) with BENCH_OVERLOAD_CAPACITY_CONNECTIONS (8)
     connections, the best of three; a row's loads are multiples of its own path's capacity and its
     goodput is divided by it. "Unloaded" is the path's 0.5x row. The app runs BENCH_OVERLOAD_WORKERS
-    process (default 1) pinned to CPU 0, and the load side (this process and its forked generators,
-    BENCH_OVERLOAD_GENERATORS, default 2, and nginx) to CPU 1 (BENCH_OVERLOAD_CPUS="0:1", empty: no
-    pinning): at 3x the generator and nginx's refusals take about half a core, and sharing the app's
-    cores they took it from the app, so that no shedding could hold goodput (measured: 0.58-0.77 of
-    capacity through nginx unpinned). As if the load came from other machines; the databases and
-    Redis are not pinned, and neighbours on this shared machine still use both cores. Each row prints
-    the send rate achieved (sent/asked) so that a generator falling behind shows; without shedding
-    it also falls when every connection of the generator's pool waits for an answer. (a) and (c) run
+    process (default 1) pinned to CPU 0, so that its capacity is at most one core's whatever the load
+    side does (BENCH_OVERLOAD_CPUS="APP:LOAD", default "0:"; "0:1" also pins this process, its forked
+    generators, BENCH_OVERLOAD_GENERATORS (default 2), and nginx to CPU 1; ":" pins nothing). At 3x
+    the generator and nginx's refusals take a third to half a core: with 2 app processes on both cores
+    they took it from the app (four development runs through nginx gave 0.53-1.04 of capacity at 2-3x,
+    mostly below 0.8). The databases and Redis are not pinned, and neighbours on this shared machine
+    use both cores. Each row prints the send rate achieved (sent/asked) and the generator's p99
+    lateness, so that a generator falling behind shows; without shedding the send rate also falls when
+    every connection of the generator's pool waits for an answer. (a) and (c) run
     BENCH_THREADS threads a process; (b) BENCH_OVERLOAD_THREADS (16): with 2 threads a process never
     has more than 2 requests to limit, the queue forms in granian, out of any in-process limiter's
     sight. Refusals are per priority class: the cached read and views are sheddable, the bare view
@@ -945,7 +939,7 @@ def open_loop_overload(users, tokens):
     uid = users[0]["id"]
     read_path = f"/api/v1/users/{uid}/"
     workers = int(os.environ.get("BENCH_OVERLOAD_WORKERS", "1"))
-    app_cpus, _, load_cpus = os.environ.get("BENCH_OVERLOAD_CPUS", "0:1").partition(":")
+    app_cpus, _, load_cpus = os.environ.get("BENCH_OVERLOAD_CPUS", "0:").partition(":")
     if os.cpu_count() < 2:
         app_cpus = load_cpus = ""
     threads = int(os.environ.get("BENCH_OVERLOAD_THREADS", "16"))
@@ -1071,6 +1065,12 @@ def open_loop_overload(users, tokens):
     for load in (2.0, 3.0):
         ratio = rows["a granian", load]["goodput_ratio"]
         report("overload", f"a granian (no shedding), {load:.0f}x: goodput / capacity", ratio, "x")
+    # Independent of how capacity was measured: each shedding path's goodput against no shedding's at the
+    # same load, in the same run (the loads differ by the paths' capacities, a few percent).
+    for path in OVERLOAD_PATHS[1:]:
+        for load in (2.0, 3.0):
+            ratio = rows[path, load]["goodput"] / rows["a granian", load]["goodput"]
+            report("overload", f"{path}, {load:.0f}x: goodput / no shedding's goodput", ratio, "x")
 
 
 def main():
