@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 
-.PHONY: chromium promtool run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo cluster-demo chaos
+.PHONY: chromium nginx promtool run test bench lint stack stack-down stack-status migrate bootstrap clean add-shard lb-demo sentinel-demo cluster-demo chaos
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,14 @@ chromium:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } \
 		|| { echo "install Debian's chromium (apt-get install chromium) for the browser test"; exit 1; }
 
+# nginx in front of the app (deploy/nginx.conf): the load-balancing demo, the overload front's test and the
+# bench's overload section run Debian's nginx-light, in the foreground under their own prefix (never the
+# system nginx's files or service).
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && echo "installing nginx-light with apt-get" && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; } \
+		|| { echo "install Debian's nginx (apt-get install nginx-light) for the overload front's test and bench"; exit 1; }
+
 # `make lint` checks deploy/prometheus/alerts.yml and runs its unit tests (alerts_test.yml) with promtool,
 # from Debian's prometheus package.
 promtool:
@@ -46,10 +54,10 @@ promtool:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus >/dev/null; } \
 		|| { echo "install Debian's prometheus package (apt-get install prometheus) for promtool"; exit 1; }
 
-test: $(VENV)/.installed stack chromium
+test: $(VENV)/.installed stack chromium nginx
 	DJANGO_SETTINGS_MODULE=project.settings.test $(VENV)/bin/pytest
 
-bench: $(VENV)/.installed stack
+bench: $(VENV)/.installed stack nginx
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk >/dev/null; } \
 		|| { echo "install wrk (apt-get install wrk) to run the benchmark"; exit 1; }
 	DJANGO_SETTINGS_MODULE=project.settings.bench $(PY) -m bench
@@ -61,10 +69,7 @@ chaos: $(VENV)/.installed stack
 
 # nginx (deploy/nginx.conf) over two app servers on loopback; one is stopped (SIGTERM, then another
 # SIGKILLed) under a GET load, and no GET may fail. Uses the bench settings and databases.
-lb-demo: $(VENV)/.installed stack
-	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || { [ "$$(id -u)" = 0 ] && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light >/dev/null; } \
-		|| { echo "install nginx (apt-get install nginx-light) to run the load-balancing demo"; exit 1; }
+lb-demo: $(VENV)/.installed stack nginx
 	deploy/lb-demo
 
 # Redis Sentinel for the state Redis: its own master, replica and three Sentinels under /tmp (never the

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as `python deploy/lb_demo.py`: the project's modules are importable
 
 from project.server import granian_argv  # noqa: E402
-from tests.processes import Processes  # noqa: E402
+from tests.processes import Processes, nginx_front  # noqa: E402
 
 HOST = "127.0.0.1"
 LB_PORT = int(os.environ.get("LB_DEMO_PORT", "18100"))
@@ -76,25 +76,13 @@ def start_app(name: str) -> None:
 
 
 def start_nginx() -> None:
-    """Fill in deploy/nginx.conf and run nginx in the foreground under PREFIX."""
-    conf = (ROOT / "deploy" / "nginx.conf").read_text()
-    values = {
-        "PREFIX": str(PREFIX),
-        "LISTEN_PORT": LB_PORT,
-        "APP1_PORT": APP_PORTS["app1"],
-        "APP2_PORT": APP_PORTS["app2"],
-    }
-    conf = re.sub(r"\{\{([A-Z0-9_]+)\}\}", lambda m: str(values[m[1]]), conf)  # KeyError: an unknown one
-    (PREFIX / "tmp").mkdir()
-    (PREFIX / "nginx.conf").write_text(conf)
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    cmd = [nginx, "-p", str(PREFIX), "-c", str(PREFIX / "nginx.conf"), "-e", str(PREFIX / "error.log")]
-    subprocess.run([*cmd, "-t", "-q"], check=True)
-    # Its output stays on the terminal (its logs are under PREFIX); SIGQUIT is its graceful stop.
-    nginx = PROCESSES.start(
-        "nginx", [*cmd, "-g", "daemon off;"], log_path=None, stop_signal=signal.SIGQUIT, stop_timeout=STOP_TIMEOUT
-    )
-    nginx.wait_serving(f"http://{HOST}:{LB_PORT}/health/live")
+    """deploy/nginx.conf filled in under PREFIX (tests/processes.py's nginx_front), run in the foreground."""
+    # Its output stays on the terminal (its logs are under PREFIX). The overload limits are raised out
+    # of the way: this demo is about failover, and its GETs must not be shed.
+    limits = {"LIMIT_ALL": 1024, "LIMIT_NONCRITICAL": 1024, "LIMIT_SHEDDABLE": 1024}
+    process = nginx_front(PREFIX, listen_port=LB_PORT, app_ports=(APP_PORTS["app1"], APP_PORTS["app2"]), limits=limits)
+    PROCESSES.running["nginx"] = process.start()
+    process.wait_serving(f"http://{HOST}:{LB_PORT}/health/live")
 
 
 def create_user() -> str:

@@ -320,3 +320,54 @@ def state_replica(workdir: Path):
 
         wait_for(acked, timeout=30, message="the replica's acks")
         yield proc
+
+
+# ---------------------------------------------------------------- nginx in front
+# The in-flight limits deploy/nginx.conf gets unless told otherwise: all limited requests / default and
+# sheddable ones / sheddable ones. Sized in `make bench` "overload" for the one granian process of 2
+# threads it puts behind nginx (docs/operations.md, "Sizing the proxy's in-flight limits"): 4 requests in
+# flight keep it busy, default traffic gets 2 more, critical traffic the rest of 128.
+NGINX_LIMITS = {"LIMIT_ALL": 128, "LIMIT_NONCRITICAL": 6, "LIMIT_SHEDDABLE": 4}
+
+
+def nginx_binary() -> str:
+    import shutil
+
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def nginx_front(
+    prefix: Path,
+    *,
+    listen_port: int,
+    app_ports: tuple[int, int],
+    limits: dict | None = None,
+    log_path: Path | None = None,
+    stop_timeout: float = 5,
+) -> Process:
+    """nginx from deploy/nginx.conf under `prefix` (its config, logs and temp files go there), in front
+    of the app servers on `app_ports` (give the same port twice for one server), with the in-flight
+    `limits` (NGINX_LIMITS' keys); checked with `nginx -t`, not started. SIGQUIT is its graceful stop.
+    Started by root, nginx's workers run as nobody: `prefix` must be reachable by them for temp files
+    (large bodies), not only by this user."""
+    import re
+    import shutil
+
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    values = {
+        "PREFIX": str(prefix),
+        "LISTEN_PORT": listen_port,
+        "APP1_PORT": app_ports[0],
+        "APP2_PORT": app_ports[1],
+        **NGINX_LIMITS,
+        **(limits or {}),
+    }
+    conf = (ROOT / "deploy" / "nginx.conf").read_text()
+    conf = re.sub(r"\{\{([A-Z0-9_]+)\}\}", lambda m: str(values[m[1]]), conf)  # KeyError: an unknown one
+    (prefix / "nginx.conf").write_text(conf)
+    shutil.copy(ROOT / "deploy" / "nginx-priority.conf", prefix / "nginx-priority.conf")
+    cmd = [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")]
+    subprocess.run([*cmd, "-t", "-q"], check=True)
+    return Process(
+        "nginx", [*cmd, "-g", "daemon off;"], log_path=log_path, stop_signal=signal.SIGQUIT, stop_timeout=stop_timeout
+    )
