@@ -24,6 +24,11 @@ from rest_framework.parsers import JSONParser
 from rest_framework.utils import json
 
 MAX_DEPTH = 32
+# The encodings a JSON text may be in (RFC 8259 requires UTF-8; the RFC before it allowed UTF-16 and -32),
+# as codecs names them. Any other charset in the Content-Type is a 415: Python knows codecs such as
+# rot13 or base64 that are not text encodings at all, and reading a body with one of them failed with a
+# TypeError (a 500).
+JSON_CHARSETS = {"utf-8", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"}
 SHOWN_KEY_MAX = 64  # how much of a duplicated key the 400 quotes (a key can be most of a 64 KiB body)
 
 
@@ -68,7 +73,9 @@ class BoundedJSONParser(JSONParser):
         encoding = request.META.get("HTTP_CONTENT_ENCODING", "").strip().lower() if request is not None else ""
         if encoding not in ("", "identity"):  # nothing here decompresses a body: say so instead of misreading it
             raise UnsupportedMediaType(media_type, detail=f"Content-Encoding {encoding!r} is not supported.")
-        charset = (parser_context or {}).get("encoding", settings.DEFAULT_CHARSET)
+        charset = (parser_context or {}).get("encoding") or settings.DEFAULT_CHARSET
+        if codecs.lookup(charset).name not in JSON_CHARSETS:  # Django keeps only a charset codecs knows
+            raise UnsupportedMediaType(media_type, detail=f"charset {charset[:32]!r} is not supported: send UTF-8.")
         try:
             # JSONParser.parse, plus the hook: it has no way to pass one.
             data = json.load(

@@ -247,3 +247,16 @@ def test_real_names_in_any_script_stay_valid_display_names(user, display_name):
     response = api.patch(ME, {"display_name": display_name})
     assert response.status_code == 200, response.content
     assert response.json()["display_name"] == display_name
+
+
+@pytest.mark.parametrize("charset", ["rot13", "base64", "hex", "zlib", "latin-1", "cp500"])
+def test_a_charset_json_cannot_be_in_is_a_415(real_db, charset):
+    """Found by reading the parser: Python's codecs include rot13 and base64, which are no text
+    encodings; a JSON body said to be in one of them was read with it and failed with a TypeError (500)."""
+    body = b'{"username": "someone", "password": "x"}'
+    response = Client().generic("POST", TOKEN, body, content_type=f"application/json; charset={charset}")
+    assert_error(response, 415, "unsupported_media_type")
+    assert "UTF-8" in response.json()["detail"]
+    # An unknown name is not taken (Django ignores it): the default, UTF-8, reads the body.
+    response = Client().generic("POST", TOKEN, body, content_type="application/json; charset=no-such-codec")
+    assert response.status_code == 401
