@@ -5,7 +5,13 @@ same key and the same body gets that response again and creates nothing; the sam
 different body gets 422; a retry while the first is still running gets 409. Keys are scoped to the
 caller (user id, else client IP) and the path. Responses carrying a secret (a new API token) are
 never stored: a replay of such a request gets 409, since tokens exist only as hashes.
-If the state Redis is down the request runs without the guarantee (logged).
+
+If the state Redis cannot answer, a request with a key is not run: it gets 503
+`idempotency_unavailable` with Retry-After, and its retry with the same key runs once the store is
+back. Running it without the record would break the promise the client asked for: found by a
+black-box pass, ten retries of one keyed view during a state Redis outage were counted ten times (the
+views went straight to the database), and once more after the restart. A request without a key runs
+as usual (views are then written to the database directly).
 
 Each new key keeps a record for a day, so one caller could fill the state Redis (noeviction: then every
 write there fails) by sending a fresh key with each request. A caller (user id, else client address,
@@ -33,7 +39,7 @@ from rest_framework.response import Response
 
 from .errors import error_body
 from .ratelimit.http import client_ip, ip_key
-from .redis_state import lua_script, state_redis
+from .redis_state import UNAVAILABLE, lua_script, state_redis
 
 logger = logging.getLogger(__name__)
 IDEMPOTENCY_TTL = 24 * 3600
@@ -78,6 +84,18 @@ def _exhausted(retry_after: int) -> Response:
         ),
         status=429,
         headers={"Retry-After": str(max(1, int(retry_after)))},
+    )
+
+
+def _unavailable() -> Response:
+    return Response(
+        error_body(
+            "Idempotency-Keys cannot be checked right now, so this request was not run; retry it with the "
+            "same key after the time in Retry-After.",
+            "idempotency_unavailable",
+        ),
+        status=503,
+        headers={"Retry-After": str(max(1, round(settings.RESILIENCE_STATE_RETRY_SECONDS)))},
     )
 
 
@@ -142,9 +160,9 @@ def idempotent(*, store_body: bool = True):
                         ),
                         status=409,
                     )
-            except RedisError as exc:
-                logger.warning("idempotency unavailable (state Redis: %s); running without it", exc)
-                return method(self, request, *args, **kwargs)
+            except (RedisError, *UNAVAILABLE) as exc:
+                logger.warning("idempotency unavailable (state Redis: %s); a keyed request refused", exc)
+                return _unavailable()
             try:
                 response = method(self, request, *args, **kwargs)
             except BaseException as exc:

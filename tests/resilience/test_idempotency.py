@@ -65,3 +65,33 @@ def test_concurrent_new_keys_cannot_take_a_caller_past_the_cap(real_db, capped):
 
     assert sorted(codes) == [201] * 5 + [429] * 15
     assert users() == 5
+
+
+def test_a_keyed_request_is_refused_not_run_while_the_state_redis_is_down(real_db, state_down):
+    """Found by the black-box pass: with the state Redis stopped, ten retries of one keyed view were
+    counted ten times (written straight to the database without the key's record), and once more after
+    the restart. A keyed request is now a 503 until the record can be kept; one without a key runs."""
+    from tests.factories import UserFactory
+    from users.writebehind import flush
+
+    user = UserFactory()
+    path = f"/api/v1/users/{user['id']}/views/"
+    client = Client(REMOTE_ADDR="203.0.113.9")
+
+    def views() -> int:
+        response = client.get(f"/api/v1/users/{user['id']}/", headers={"Consistency": "strong"})
+        return response.json()["view_count"]
+
+    before = views()
+    for _ in range(3):
+        response = client.post(path, headers={"Idempotency-Key": "one-view"})
+        assert response.status_code == 503, response.content
+        assert response.json()["code"] == "idempotency_unavailable" and int(response["Retry-After"]) >= 1
+    assert client.post(path).status_code == 202  # no key: written to the database directly
+    assert views() == before + 1
+    state_down()  # starts it again
+    first = client.post(path, headers={"Idempotency-Key": "one-view"})
+    again = client.post(path, headers={"Idempotency-Key": "one-view"})
+    assert first.status_code == again.status_code == 202 and again["Idempotent-Replayed"] == "true"
+    flush.flush()
+    assert views() == before + 2
