@@ -27,6 +27,7 @@ from .identity import (
     display_form,
     display_name_problem,
     email_problem,
+    password_form,
     username_problem,
 )
 from .sharding.ids import MAX_ID
@@ -117,7 +118,7 @@ def _check_password(password: str, *, username: str = "", email: str = "") -> No
 
     candidate = User(username=username, email=email)  # unsaved: what the similarity validator compares
     try:
-        validate_password(password, user=candidate)
+        validate_password(password_form(password), user=candidate)  # the form that is hashed
     except DjangoValidationError as exc:
         raise serializers.ValidationError({"password": list(exc.messages)}) from None
 

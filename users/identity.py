@@ -17,6 +17,8 @@ caught; docs/security.md says so.
 import re
 import unicodedata
 
+from django.contrib.auth.hashers import check_password
+
 USERNAME_MAX = 150  # the stored username and its key (users_user.username, .username_key)
 EMAIL_MAX = 254  # the stored email and its uniqueness claim (users_uniqueclaim.value)
 
@@ -108,3 +110,17 @@ def email_problem(raw: str) -> str | None:
     if len(display_form(raw)) > EMAIL_MAX or len(identity_key(raw)) > EMAIL_MAX:
         return f"Ensure this field has no more than {EMAIL_MAX} characters once normalised."
     return None
+
+
+def password_form(raw: str) -> str:
+    """A password as it is hashed: NFKC, as NIST SP 800-63B advises, so that the same password typed on
+    two keyboards (a precomposed "é" on one, "e" + U+0301 on another, as macOS input can send) is one
+    password. Nothing is trimmed or case-folded: every other character counts."""
+    return unicodedata.normalize("NFKC", raw)
+
+
+def password_matches(raw: str, password_hash: str) -> bool:
+    """Whether `raw` is the password of `password_hash`: its NFKC form, or, for a password set before
+    passwords were normalised (hashed as typed), the text as typed."""
+    form = password_form(raw)
+    return check_password(form, password_hash) or (form != raw and check_password(raw, password_hash))

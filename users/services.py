@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from django.conf import settings
-from django.contrib.auth.hashers import check_password, make_password
+from django.contrib.auth.hashers import make_password
 from django.db import IntegrityError, connections, transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -23,7 +23,7 @@ from django.utils import timezone
 from project.db.pinning import use_primary
 
 from . import cache, selectors
-from .identity import display_form, identity_key
+from .identity import display_form, identity_key, password_form, password_matches
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
 from .sharding.access import ShardUnavailable, group_for_logical, group_for_user_id, write_on
@@ -146,7 +146,7 @@ def user_create(*, username: str, email: str, password: str, display_name: str =
         username=display_form(username),
         username_key=username_n,
         email=display_form(email),
-        password=make_password(password),
+        password=make_password(password_form(password)),
         display_name=display_name,
         created_at=now,
         updated_at=now,
@@ -209,7 +209,7 @@ def user_update(
                 # nor learn that it is taken.
                 with use_primary():
                     password_hash = selectors.user_password_hash(user_id)
-                if not current_password or not check_password(current_password, password_hash or ""):
+                if not current_password or not password_matches(current_password, password_hash or ""):
                     raise InvalidCredentials
             old_claim, new_claim = identity_key(current["email"]), identity_key(new_email)
             _claims_take([(UniqueClaim.EMAIL, new_claim)], user_id=user_id)
@@ -225,7 +225,7 @@ def user_update(
             if if_match is not None and user.version != if_match:
                 raise VersionMismatch
             if current_password is not None or "password" in changes:
-                if not current_password or not check_password(current_password, user.password):
+                if not current_password or not password_matches(current_password, user.password):
                     raise InvalidCredentials
             edited = [
                 field
@@ -237,7 +237,7 @@ def user_update(
                 # or user.updated event, so a client repeating an edit does not look like a new one.
                 return user, [], None
             if "password" in changes:
-                user.password = make_password(changes["password"])
+                user.password = make_password(password_form(changes["password"]))
             for field in edited:
                 setattr(user, field, changes[field])
             if new_email is not None:
@@ -282,7 +282,7 @@ def user_delete(*, user_id: int, current_password: str | None = None) -> None:
             user = User.objects.using(alias).select_for_update().filter(id=user_id).first()
             if user is None:
                 raise UserNotFound
-            if current_password is not None and not check_password(current_password, user.password):
+            if current_password is not None and not password_matches(current_password, user.password):
                 raise InvalidCredentials
             digests = list(Token.objects.using(alias).filter(user_id=user_id).values_list("digest", flat=True))
             outbox_record(alias=alias, event="user.deleted", user_id=user_id, data=_public(user))
@@ -356,7 +356,7 @@ def token_create(*, username: str, password: str, client: TokenClient = UNKNOWN_
         make_password(password)  # equalise timing
         raise InvalidCredentials
     user_id, password_hash = found
-    if not check_password(password, password_hash):
+    if not password_matches(password, password_hash):
         raise InvalidCredentials
     token = write_on(group_for_user_id(user_id), lambda alias: _token_insert(alias, user_id=user_id, client=client))
     return token, user_id

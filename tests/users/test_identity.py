@@ -114,3 +114,28 @@ def test_every_spelling_of_a_username_is_one_login_limit_and_one_dashboard_key(a
     answers = [api.post(TOKEN, {"username": name, "password": "wrong"}).status_code for name in (COMPOSED, spelling)]
     assert answers == [401, 401]
     assert_error(api.post(TOKEN, {"username": DECOMPOSED, "password": "wrong"}), 429)
+
+
+PASSWORD_COMPOSED, PASSWORD_DECOMPOSED = "Sup3r-jos\u00e9-pass", "Sup3r-jose\u0301-pass"  # one password, two keyboards
+
+
+@pytest.mark.parametrize(
+    ("registered", "typed"), [(PASSWORD_COMPOSED, PASSWORD_DECOMPOSED), (PASSWORD_DECOMPOSED, PASSWORD_COMPOSED)]
+)
+def test_a_password_typed_in_another_unicode_form_logs_in(api, registered, typed):
+    """Found by the black-box pass: registered with "é", the account could not log in from a keyboard
+    sending "e" + U+0301 (macOS input can). Passwords are hashed in NFKC (NIST SP 800-63B)."""
+    assert api.register("josé", email="jose@example.com", password=registered).status_code == 201
+    assert api.login("josé", password=typed)["user_id"]
+    response = api.patch("/api/v1/users/me/", {"bio": "x", "current_password": typed})
+    assert response.status_code == 200, response.content
+    assert api.post(TOKEN, {"username": "josé", "password": "Sup3r-jose-pass"}).status_code == 401
+
+
+def test_a_password_hashed_as_typed_before_normalisation_still_logs_in(api):
+    from django.contrib.auth.hashers import make_password
+
+    profile = api.register("legacy", email="legacy@example.com", password=PASSWORD_COMPOSED).json()
+    alias = selectors.group_for_user_id(int(profile["id"]))
+    User.objects.using(alias).filter(id=int(profile["id"])).update(password=make_password(PASSWORD_DECOMPOSED))
+    assert api.login("legacy", password=PASSWORD_DECOMPOSED)["user_id"]  # as it was set, before this change
