@@ -11,6 +11,17 @@ while a probe runs the others are answered from the previous result. Anonymous c
 overall status and the HTTP code; the entries (names, hosts, ports, errors, latencies) and the
 warnings (a Celery queue with messages and no consumer, project/queues.py) are for the
 callers /metrics admits (staff sessions, METRICS_TOKEN, METRICS_ALLOWED_IPS; resilience.access.operator_allowed).
+
+Which dependency is `required` (down: 503, and a load balancer takes the instance out) is decided by
+what the API does without it, not by whether it is used. The database primaries are: without the
+default one there are no sessions, claims (registration, email changes) or staff; without a shard's,
+none of its accounts can log in or be written. The Redis servers and a separate broker are not (down:
+200 "degraded", the check named in `degraded`): without the cache Redis every read goes to the
+databases; without the state Redis the limiter fails open (logins and registrations, whose policies fail
+closed, get 429 + Retry-After), views are written straight to the database and a request with an
+Idempotency-Key is refused (503, its record cannot be kept); without the broker only background work
+(view flushes, webhooks) waits. Every instance shares them, so taking every instance out during a
+Redis blip would turn a slower service into none. docs/operations.md has the table.
 """
 
 import threading
@@ -112,21 +123,22 @@ def dependency_checks():
         checks.append((spec["primary"], "postgres-primary", True, _check_postgres, spec["primary"]))
         for alias in spec["replicas"]:
             checks.append((alias, "postgres-replica", False, _check_postgres, alias))
-    checks.append(("redis-cache", "redis", True, _check_redis, settings.REDIS_CACHE_URL))
+    # Not required (see the module docstring): the API answers without either Redis, or the broker.
+    checks.append(("redis-cache", "redis", False, _check_redis, settings.REDIS_CACHE_URL))
     state_options = settings.CACHES.get("state", {}).get("OPTIONS", {})
     sentinels = state_options.get("SENTINELS")
     if state_options.get("CLUSTER_NODES"):
-        checks.append(("redis-state", "redis", True, _check_redis_cluster, state_options["CLUSTER_NODES"]))
+        checks.append(("redis-state", "redis", False, _check_redis_cluster, state_options["CLUSTER_NODES"]))
     elif sentinels:
         master_name = urlsplit(settings.REDIS_STATE_URL).hostname
-        checks.append(("redis-state", "redis", True, _check_redis_sentinel, sentinels, master_name))
+        checks.append(("redis-state", "redis", False, _check_redis_sentinel, sentinels, master_name))
     else:
-        checks.append(("redis-state", "redis", True, _check_redis, settings.REDIS_STATE_URL))
+        checks.append(("redis-state", "redis", False, _check_redis, settings.REDIS_STATE_URL))
     broker = settings.CELERY_BROKER_URL
     if broker.startswith("redis") and broker != settings.REDIS_STATE_URL:
-        checks.append(("broker", "redis", True, _check_redis, broker))
+        checks.append(("broker", "redis", False, _check_redis, broker))
     elif broker.startswith("amqp"):
-        checks.append(("broker", "amqp", True, _check_amqp, broker))
+        checks.append(("broker", "amqp", False, _check_amqp, broker))
     return checks
 
 

@@ -10,6 +10,9 @@ Two more things JSON allows and nothing downstream can handle are a 400 here: a 
 surrogate (`"\ud800"`: no UTF-8 encodes it, so a field name echoed into the 400's body crashed the
 renderer) and a number too large for a float (`1e999` parses to infinity, stored as the text "inf").
 
+A number with more digits than Python converts to an int (4,300, sys.get_int_max_str_digits) is a 400
+whose detail says "number too long": the interpreter's own message named sys.set_int_max_str_digits().
+
 An object naming one key twice (`{"bio": "a", "bio": "b"}`) is a 400 too, at any depth: json keeps the
 last value, so what a client, a proxy or a log reader that keeps the first one sees would not be what
 was stored.
@@ -34,6 +37,19 @@ SHOWN_KEY_MAX = 64  # how much of a duplicated key the 400 quotes (a key can be 
 
 class DuplicateKey(ValueError):
     """An object of the document names a key twice."""
+
+
+class NumberTooLong(ValueError):
+    """An integer of the document has more digits than the interpreter converts."""
+
+
+def bounded_int(text: str) -> int:
+    """json's parse_int: int(text), or NumberTooLong with a plain message when the interpreter refuses
+    the conversion (more digits than sys.get_int_max_str_digits(): its message names Python internals)."""
+    try:
+        return int(text)
+    except ValueError:
+        raise NumberTooLong("number too long") from None
 
 
 def unique_keys(pairs: list[tuple[str, object]]) -> dict:
@@ -82,6 +98,7 @@ class BoundedJSONParser(JSONParser):
                 codecs.getreader(charset)(stream),
                 parse_constant=json.strict_constant if self.strict else None,
                 object_pairs_hook=unique_keys,
+                parse_int=bounded_int,
             )
         except RecursionError:
             raise ParseError(f"JSON parse error - nested deeper than {MAX_DEPTH} levels") from None

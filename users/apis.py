@@ -19,7 +19,15 @@ from resilience.ratelimit.http import client_ip
 
 from . import selectors, services
 from .authentication import ApiUser, IsProductUser, TokenScheme
-from .etags import if_match_version, none_match, profile_etag, public_etag
+from .etags import (
+    IF_NONE_MATCH_FAILED,
+    if_match_holds,
+    if_match_version,
+    if_none_match_refuses,
+    none_match,
+    profile_etag,
+    public_etag,
+)
 from .identity import (
     EMAIL_MAX,
     USERNAME_MAX,
@@ -256,18 +264,27 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
         # limiter's call: the request waits for Redis once.
         return row_companions(self.kwargs["user_id"], pending=True)
 
-    @extend_schema(operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody})
+    @extend_schema(
+        operation_id="users_retrieve", responses={200: PublicProfile, 304: None, 404: ErrorBody, 412: ErrorBody}
+    )
     def get(self, request, user_id: str):
         status_code, body, etag = public_profile_answer(
-            user_id, getattr(request, "companion_results", NOT_RUN), request.headers.get("If-None-Match", "")
+            user_id,
+            getattr(request, "companion_results", NOT_RUN),
+            request.headers.get("If-None-Match", ""),
+            request.headers.get("If-Match"),
         )
         return Response(body, status=status_code, headers={"ETag": etag})
 
 
-def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: str) -> tuple[int, dict | None, str]:
+def public_profile_answer(
+    raw_id: str, sent: CompanionResults, if_none_match: str, if_match: str | None = None
+) -> tuple[int, dict | None, str]:
     """GET /users/{id}/ after the limiter: (200, profile, ETag), or (304, None, ETag) when `if_none_match`
-    names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
+    names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError
+    404, and 412 when If-Match `if_match` (None: no header) is false."""
     row = _existing_user(raw_id, probed=sent.get("row"))
+    if_match_holds(row["version"], if_match)
     pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
     etag = public_etag(row, pending_views=pending)
     if none_match(etag, if_none_match):
@@ -275,8 +292,10 @@ def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: st
     return status.HTTP_200_OK, public_profile(row, pending_views=pending), etag
 
 
-def private_profile_answer(row: dict, if_none_match: str) -> tuple[int, dict | None, str]:
-    """GET /users/me/: (200, profile, ETag), or (304, None, ETag) when `if_none_match` names the ETag."""
+def private_profile_answer(row: dict, if_none_match: str, if_match: str | None = None) -> tuple[int, dict | None, str]:
+    """GET /users/me/: (200, profile, ETag), or (304, None, ETag) when `if_none_match` names the ETag.
+    Raises ApiError 412 when If-Match `if_match` (None: no header) is false."""
+    if_match_holds(row["version"], if_match)
     etag = profile_etag(row)
     if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
@@ -312,17 +331,34 @@ class UserViewsApi(RateLimitedApiMixin, APIView):
         return row_companions(self.kwargs["user_id"])  # the existence check rides with the limiter
 
     @extend_schema(
+        description=(
+            "If-Match and If-None-Match are evaluated against the profile the view is counted on, as on "
+            "GET /users/{id}/: If-Match by its version, If-None-Match by its tag (`*`: it exists); a false "
+            "one is a 412 and no view is counted."
+        ),
         request=None,
         responses={
             202: inline_serializer("Accepted", {"status": serializers.CharField()}),
             404: ErrorBody,
+            412: ErrorBody,
             503: ErrorBody,
         },
-        parameters=[OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER)],
+        parameters=[
+            OpenApiParameter("Idempotency-Key", str, OpenApiParameter.HEADER),
+            OpenApiParameter("If-Match", str, OpenApiParameter.HEADER),
+        ],
     )
     @idempotent()
     def post(self, request, user_id: str):
         row = _existing_user(user_id, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
+        # Inside the idempotent call: a retry of a view that was counted replays its 202 even if the
+        # profile has been edited since; a 412 is not stored, so a retry with a fresh tag is judged anew.
+        if_match_holds(row["version"], request.headers.get("If-Match"))
+        if_none_match = request.headers.get("If-None-Match")
+        if if_none_match is not None:  # only then the pending views are read: the tag counts them
+            pending = buffer.pending_views(user_id=row["id"], rev=row["rev"])
+            if if_none_match_refuses(public_etag(row, pending_views=pending), if_none_match):
+                raise ApiError(412, IF_NONE_MATCH_FAILED, "precondition_failed")
         try:
             # With an Idempotency-Key the view has an id: a retry after "unconfirmed" counts it once.
             how = services.user_view_record(user_id=row["id"], view_id=getattr(request, "idempotency_id", None))
@@ -368,10 +404,12 @@ class UserMeApi(RateLimitedApiMixin, APIView):
         probe = selectors.user_cache_probe(user_id=request.user.id) if request.method == "GET" else None
         return {"row": probe} if probe else {}
 
-    @extend_schema(responses={200: PrivateProfile, 304: None, 401: ErrorBody})
+    @extend_schema(responses={200: PrivateProfile, 304: None, 401: ErrorBody, 412: ErrorBody})
     def get(self, request):
         row = _me(request, probed=getattr(request, "companion_results", NOT_RUN).get("row"))
-        status_code, body, etag = private_profile_answer(row, request.headers.get("If-None-Match", ""))
+        status_code, body, etag = private_profile_answer(
+            row, request.headers.get("If-None-Match", ""), request.headers.get("If-Match")
+        )
         return Response(body, status=status_code, headers={"ETag": etag})
 
 
@@ -414,7 +452,10 @@ class UserMeUpdateApi(RateLimitedApiMixin, APIView):
         ),
         request=PatchInput,
         responses={200: PrivateProfileWithToken, 400: ErrorBody, 409: ErrorBody, 412: ErrorBody},
-        parameters=[OpenApiParameter("If-Match", str, OpenApiParameter.HEADER)],
+        parameters=[
+            OpenApiParameter("If-Match", str, OpenApiParameter.HEADER),
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="`*` is always a 412."),
+        ],
     )
     def patch(self, request):
         row = _me(request)
@@ -430,6 +471,7 @@ class UserMeUpdateApi(RateLimitedApiMixin, APIView):
                 user_id=request.user.id,
                 changes=changes,
                 if_match=if_match,
+                if_none_match=request.headers.get("If-None-Match"),
                 current_password=current_password,
                 new_token=token_client(request),
             )
@@ -451,15 +493,27 @@ class UserMeDeleteApi(RateLimitedApiMixin, APIView):
         current_password = serializers.CharField(max_length=128, write_only=True, trim_whitespace=False)
 
     @extend_schema(
-        description="Deleting the account needs `current_password`: a token alone must not end it.",
+        description=(
+            "Deleting the account needs `current_password`: a token alone must not end it. If-Match and "
+            "If-None-Match are checked as on PATCH: a false one is a 412 and the account is kept."
+        ),
         request=DeleteInput,
-        responses={204: None, 400: ErrorBody, 401: ErrorBody},
+        responses={204: None, 400: ErrorBody, 401: ErrorBody, 412: ErrorBody},
+        parameters=[
+            OpenApiParameter("If-Match", str, OpenApiParameter.HEADER),
+            OpenApiParameter("If-None-Match", str, OpenApiParameter.HEADER, description="`*` is always a 412."),
+        ],
     )
     def delete(self, request):
         data = self.DeleteInput(data=request.data)
         data.is_valid(raise_exception=True)
         try:
-            services.user_delete(user_id=request.user.id, current_password=data.validated_data["current_password"])
+            services.user_delete(
+                user_id=request.user.id,
+                current_password=data.validated_data["current_password"],
+                if_match=if_match_version(request.headers.get("If-Match")),
+                if_none_match=request.headers.get("If-None-Match"),
+            )
         except services.InvalidCredentials:
             raise serializers.ValidationError({"current_password": ["Incorrect password."]}) from None
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -5,6 +5,7 @@ import logging
 
 from resilience.errors import ApiError, register_error
 
+from .etags import IF_MATCH_FAILED, IF_NONE_MATCH_FAILED
 from .services import Conflict, InvalidCredentials, UserNotFound, VersionMismatch
 from .sharding.access import ShardFrozen, ShardUnavailable
 
@@ -40,7 +41,9 @@ def register() -> None:
     )
     register_error(
         VersionMismatch,
-        lambda exc: ApiError(412, "The resource changed since the version you sent (If-Match).", "precondition_failed"),
+        lambda exc: ApiError(
+            412, IF_NONE_MATCH_FAILED if exc.header == "If-None-Match" else IF_MATCH_FAILED, "precondition_failed"
+        ),
     )
     register_error(UserNotFound, lambda exc: ApiError(404, "Not found.", "not_found"))
     register_error(InvalidCredentials, lambda exc: ApiError(400, "Invalid credentials.", "invalid_credentials"))

@@ -15,6 +15,12 @@ black-box pass: the middle number rose every 2 s while the owner only read /me) 
 their 304s.
 Clients treat the tag as opaque; If-Match reads the version from either, and from the older
 `"v<version>"` form.
+
+Preconditions are evaluated on every method of the users API that has a tag (RFC 9110 13.2.2: If-Match
+first, then If-None-Match), before the method is performed: a false If-Match is a 412 on GET, PATCH,
+DELETE and POST .../views/ alike, a false If-None-Match a 304 on GET and a 412 on the others. If-Match
+checks the profile version (the one rule, above, for every method); If-None-Match compares the whole tag
+the resource's GET gives, and `*` is always false: the caller's profile exists.
 """
 
 from resilience.errors import ApiError
@@ -35,6 +41,23 @@ def none_match(etag: str, if_none_match: str) -> bool:
     ignored, and * matches any current representation."""
     tags = [tag.strip().removeprefix("W/") for tag in if_none_match.split(",")]
     return "*" in tags or etag in tags
+
+
+def if_match_holds(version: int, header: str | None) -> None:
+    """Raise ApiError 412 unless If-Match `header` holds for a profile at `version` (None: no header)."""
+    wanted = if_match_version(header)
+    if wanted is not None and wanted != version:
+        raise ApiError(412, IF_MATCH_FAILED, "precondition_failed")
+
+
+def if_none_match_refuses(etag: str, header: str | None) -> bool:
+    """Whether If-None-Match `header` is false for a resource tagged `etag` (None: no header): `*`, or
+    a tag naming it. A GET answers 304 then, any other method 412."""
+    return header is not None and none_match(etag, header)
+
+
+IF_MATCH_FAILED = "The resource changed since the version you sent (If-Match)."
+IF_NONE_MATCH_FAILED = "The resource is in a state If-None-Match excludes (`*`: it exists)."
 
 
 def if_match_version(header: str | None) -> int | None:

@@ -51,7 +51,10 @@ def fast_get(drf_view):
         except Exception as exc:  # a denial, or a domain error (an unknown shard group) naming the keys
             return _error(exc, None)
         try:
-            status_code, body, etag = public_profile_answer(user_id, sent, request.META.get("HTTP_IF_NONE_MATCH", ""))
+            meta = request.META
+            status_code, body, etag = public_profile_answer(
+                user_id, sent, meta.get("HTTP_IF_NONE_MATCH", ""), meta.get("HTTP_IF_MATCH")
+            )
         except Exception as exc:
             return _error(exc, decision)
         response = _response(status_code, body)
@@ -84,9 +87,12 @@ def fast_me(drf_view):
                 policy, functools.partial(request_key, policy, request), {"row": probe} if probe else {}
             )
             row = me_row(request.user.id, probed=sent.get("row"))
-        except Exception as exc:  # a denial, the account gone, a domain error
+            meta = request.META
+            status_code, body, etag = private_profile_answer(
+                row, meta.get("HTTP_IF_NONE_MATCH", ""), meta.get("HTTP_IF_MATCH")
+            )
+        except Exception as exc:  # a denial, the account gone, a false If-Match, a domain error
             return _error(exc, decision, drf_view.allow)
-        status_code, body, etag = private_profile_answer(row, request.META.get("HTTP_IF_NONE_MATCH", ""))
         response = _response(status_code, body)
         response["ETag"] = etag
         return _finish(response, decision, drf_view.allow)

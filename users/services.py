@@ -23,6 +23,7 @@ from django.utils import timezone
 from project.db.pinning import use_primary
 
 from . import cache, selectors
+from .etags import if_none_match_refuses, profile_etag
 from .identity import display_form, identity_key, password_form, password_matches
 from .models import Token, UniqueClaim, User
 from .outbox import outbox_record
@@ -51,7 +52,21 @@ class Conflict(Exception):
 
 
 class VersionMismatch(Exception):
-    """If-Match named a version that is no longer current."""
+    """A precondition is false for the current row: If-Match named a version that is no longer current,
+    or If-None-Match named the current tag (or `*`). `header` names which."""
+
+    def __init__(self, header: str = "If-Match"):
+        super().__init__(header)
+        self.header = header
+
+
+def _preconditions(user: User, *, if_match: int | None, if_none_match: str | None) -> None:
+    """Raise VersionMismatch unless the preconditions hold for `user`, the row locked for the write
+    (so no other write slips in between the check and this one)."""
+    if if_match is not None and user.version != if_match:
+        raise VersionMismatch("If-Match")
+    if if_none_match_refuses(profile_etag({"version": user.version, "rev": user.rev}), if_none_match):
+        raise VersionMismatch("If-None-Match")
 
 
 class InvalidCredentials(Exception):
@@ -179,11 +194,13 @@ def user_update(
     user_id: int,
     changes: dict,
     if_match: int | None = None,
+    if_none_match: str | None = None,
     current_password: str | None = None,
     new_token: TokenClient | None = None,
 ) -> dict:
     """Apply profile changes (display_name, bio, email, password) and return the row. Raise UserNotFound,
-    VersionMismatch, InvalidCredentials (a wrong current password), Conflict (email taken).
+    VersionMismatch (`if_match`, a version, is not the row's; or If-None-Match `if_none_match` names the
+    row's tag), InvalidCredentials (a wrong current password), Conflict (email taken).
 
     A credential change (password or email) needs `current_password` when the caller is the user (the
     API passes it; the admin acting as staff does not) and revokes every token of the user in the same
@@ -222,8 +239,7 @@ def user_update(
             user = User.objects.using(alias).select_for_update().filter(id=user_id).first()
             if user is None:
                 raise UserNotFound
-            if if_match is not None and user.version != if_match:
-                raise VersionMismatch
+            _preconditions(user, if_match=if_match, if_none_match=if_none_match)
             if current_password is not None or "password" in changes:
                 if not current_password or not password_matches(current_password, user.password):
                     raise InvalidCredentials
@@ -271,8 +287,15 @@ def user_update(
     return row if token is None else {**row, "token": token}
 
 
-def user_delete(*, user_id: int, current_password: str | None = None) -> None:
-    """Delete the user, its tokens and its claims; tombstone its cache entries. Raise UserNotFound, and
+def user_delete(
+    *,
+    user_id: int,
+    current_password: str | None = None,
+    if_match: int | None = None,
+    if_none_match: str | None = None,
+) -> None:
+    """Delete the user, its tokens and its claims; tombstone its cache entries. Raise UserNotFound,
+    VersionMismatch (the preconditions, as in user_update: checked first, on the locked row), and
     InvalidCredentials when `current_password` (required when the user deletes itself: a stolen token
     alone must not end an account) is given and wrong."""
     group = group_for_user_id(user_id)
@@ -282,6 +305,7 @@ def user_delete(*, user_id: int, current_password: str | None = None) -> None:
             user = User.objects.using(alias).select_for_update().filter(id=user_id).first()
             if user is None:
                 raise UserNotFound
+            _preconditions(user, if_match=if_match, if_none_match=if_none_match)
             if current_password is not None and not password_matches(current_password, user.password):
                 raise InvalidCredentials
             digests = list(Token.objects.using(alias).filter(user_id=user_id).values_list("digest", flat=True))

@@ -1,6 +1,6 @@
 """/health/ready: what anonymous callers may see, and how often a caller can make a process probe.
 
-Real stack: the fault test stops the real cache Redis."""
+Real stack: the fault tests stop the real cache Redis, state Redis and PostgreSQL."""
 
 import threading
 import time
@@ -13,9 +13,11 @@ from django.test import Client
 
 from project.db.replicas import monitor
 from resilience import health
+from users import services
 
 from ..stack import run_together, stack, wait_for
 from ..staff import caught_up
+from ..users.conftest import PASSWORD
 
 OUTSIDER = {"REMOTE_ADDR": "203.0.113.9"}  # not loopback: METRICS_ALLOWED_IPS does not admit it
 TOKEN = "health-token-for-tests-0123456789"
@@ -40,17 +42,17 @@ def test_anonymous_callers_get_only_the_status_even_while_the_cache_redis_is_sto
 
     stack("stop", "cache")
     down = wait_for(
-        lambda: (r := anonymous.get("/health/ready")).status_code == 503 and r,
+        lambda: (r := anonymous.get("/health/ready")).json()["status"] != "ok" and r,
         timeout=20,
         message="/health/ready to report the stopped cache Redis",
     )
-    assert down.json() == {"status": "down"}
-    assert down["Retry-After"] and down["Cache-Control"] == "no-store"
+    assert (down.status_code, down.json()) == (200, {"status": "degraded"})
+    assert down["Cache-Control"] == "no-store"
 
     detailed = with_token.get("/health/ready")
-    assert detailed.status_code == 503
+    assert detailed.status_code == 200
     body = detailed.json()
-    assert body["failed"] == ["redis-cache"]
+    assert (body["failed"], body["degraded"]) == ([], ["redis-cache"])
     entry = next(c for c in body["checks"] if c["name"] == "redis-cache")
     assert entry["status"] == "down" and "latency_ms" in entry
     # What the details reveal (the failing server's address) is exactly what anonymous callers must not see.
@@ -151,13 +153,33 @@ def test_ready_is_degraded_but_200_with_the_replica_stopped(client, restore_stac
     monitor.refresh_now()
 
 
+def _profile_reads_and_views_answer(user_id: int) -> None:
+    """What readiness promises while it says "degraded": the API still answers, reads and a view."""
+    anonymous = Client(REMOTE_ADDR="10.8.0.1")
+    read = anonymous.get(f"/api/v1/users/{user_id}/")
+    assert read.status_code == 200 and read.json()["username"] == "ready"
+    assert anonymous.post(f"/api/v1/users/{user_id}/views/").status_code == 202
+    token, _ = services.token_create(username="ready", password=PASSWORD)
+    assert Client().get("/api/v1/users/me/", headers={"Authorization": f"Token {token}"}).status_code == 200
+
+
+@pytest.mark.parametrize(("component", "name"), [("cache", "redis-cache"), ("state", "redis-state")])
 @pytest.mark.usefixtures("real_db")
-def test_ready_is_503_naming_the_state_redis_when_it_is_stopped(client, restore_stack):
-    stack("stop", "state")
+def test_ready_is_degraded_but_200_with_only_a_redis_stopped_and_the_api_still_answers(
+    client, restore_stack, component, name
+):
+    """Found by the black-box pass: either Redis stopped made readiness 503 `down` while every endpoint
+    kept answering, so a load balancer would have taken every instance out during a Redis blip."""
+    user = services.user_create(username="ready", email="ready@example.com", password=PASSWORD)
+    stack("stop", component)
     response = client.get("/health/ready")
-    assert response.status_code == 503
-    assert response.json()["failed"] == ["redis-state"]
-    assert response["Retry-After"]
+    body = response.json()
+    assert (response.status_code, body["status"]) == (200, "degraded"), body
+    assert (body["failed"], body["degraded"]) == ([], [name])
+    assert "Retry-After" not in response
+    entry = next(c for c in body["checks"] if c["name"] == name)
+    assert (entry["status"], entry["required"]) == ("down", False)
+    _profile_reads_and_views_answer(user["id"])
 
 
 @pytest.mark.usefixtures("real_db")
@@ -165,4 +187,14 @@ def test_ready_is_503_naming_every_primary_when_postgres_is_stopped(client, rest
     stack("stop", "primary")
     response = client.get("/health/ready")
     assert response.status_code == 503
+    assert response["Retry-After"]
     assert set(response.json()["failed"]) == {"default", *django_settings.SHARD_GROUPS}
+
+
+@pytest.mark.usefixtures("real_db")
+def test_ready_is_503_with_both_redis_and_postgres_stopped(client, restore_stack):
+    """A Redis down does not hide a required dependency down: `down` wins over `degraded`."""
+    stack("stop", "state")
+    stack("stop", "primary")
+    body = client.get("/health/ready").json()
+    assert body["status"] == "down" and "redis-state" in body["degraded"] and "default" in body["failed"]

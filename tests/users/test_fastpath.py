@@ -78,6 +78,20 @@ def test_plain_reads_answer_like_drf_without_dispatching_it(settings, user, disp
     assert dispatches.call_count == 7
 
 
+def test_if_match_is_judged_alike_on_both_paths(settings, user):
+    """A false If-Match is the same 412 from the fast path and from DRF, on both URLs (before
+    If-None-Match: never a 304); a true one the same 200 or 304."""
+    token = TokenFactory(username="fasty", password=PASSWORD)
+    for path, auth in ((detail(user["id"]), {}), (ME, {"Authorization": f"Token {token}"})):
+        tag = assert_same_answer(settings, path, **auth)[1]["ETag"]
+        for false in ('"nope"', '"999.1.0"', f"W/{tag}"):
+            status, _headers, body = assert_same_answer(settings, path, **{"If-Match": false}, **auth)
+            assert status == 412 and b'"code":"precondition_failed"' in body
+            assert assert_same_answer(settings, path, **{"If-Match": false, "If-None-Match": tag}, **auth)[0] == 412
+        assert assert_same_answer(settings, path, **{"If-Match": tag}, **auth)[0] == 200
+        assert assert_same_answer(settings, path, **{"If-Match": "*", "If-None-Match": tag}, **auth)[0] == 304
+
+
 def test_pending_views_count_in_both(settings, user):
     assert Client().post(detail(user["id"]) + "views/").status_code == 202
     status, _headers, body = assert_same_answer(settings, detail(user["id"]))
