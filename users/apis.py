@@ -266,8 +266,14 @@ class UserDetailApi(RateLimitedApiMixin, APIView):
 def public_profile_answer(raw_id: str, sent: CompanionResults, if_none_match: str) -> tuple[int, dict | None, str]:
     """GET /users/{id}/ after the limiter: (200, profile, ETag), or (304, None, ETag) when `if_none_match`
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError 404."""
-    row = _existing_user(raw_id, probed=sent.get("row"))
-    pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
+    probed = sent.get("row")
+    row = _existing_user(raw_id, probed=probed)
+    pending = buffer.pending_views(
+        user_id=row["id"],
+        rev=row["rev"],
+        result=sent.get("pending"),
+        row_read_first=selectors.user_read_before_probe_sent(probed),
+    )
     etag = public_etag(row, pending_views=pending)
     if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag
