@@ -283,9 +283,15 @@ def public_profile_answer(
     """GET /users/{id}/ after the limiter: (200, profile, ETag), or (304, None, ETag) when `if_none_match`
     names the ETag. `sent` holds the results of `row_companions(raw_id, pending=True)`. Raises ApiError
     404, and 412 when If-Match `if_match` (None: no header) is false."""
-    row = _existing_user(raw_id, probed=sent.get("row"))
+    probed = sent.get("row")
+    row = _existing_user(raw_id, probed=probed)
     if_match_holds(row["version"], if_match)
-    pending = buffer.pending_views(user_id=row["id"], rev=row["rev"], result=sent.get("pending"))
+    pending = buffer.pending_views(
+        user_id=row["id"],
+        rev=row["rev"],
+        result=sent.get("pending"),
+        row_read_first=selectors.user_read_before_probe_sent(probed),
+    )
     etag = public_etag(row, pending_views=pending)
     if none_match(etag, if_none_match):
         return status.HTTP_304_NOT_MODIFIED, None, etag

@@ -92,6 +92,14 @@ def user_cache_probe(*, user_id: int) -> tuple | None:
     return None if pinning.strong() else cache.probe(cache.user_key(user_id), local=_local_ok())
 
 
+def user_read_before_probe_sent(probed) -> bool:
+    """Whether the row `user_get_by_id(probed=probed)` returns was read before the calls sent along with
+    the probe went out (the pending views read): it came from this process's local cache when the
+    probe was built. Otherwise (a cache Redis reply, a load after a miss or a cache failure) the row may
+    be newer than what those calls read."""
+    return cache.probed_before_sending(probed)
+
+
 def user_get_by_id(*, user_id: int, probed=None) -> dict | None:
     """Return the user's row as a dict (no password), or None if there is no such user.
 

@@ -14,8 +14,12 @@ from django.db import connections
 from django.test import Client
 from django_redis import get_redis_connection
 
+from project.db import pinning
 from project.db.breakers import PRIMARY_OPTIONS
-from users import services
+from resilience.ratelimit.drf import CompanionResults
+from resilience.redis_fanout import run_all
+from users import cache, selectors, services
+from users.apis import public_profile_answer, row_companions
 from users.models import User
 from users.sharding.access import group_for_user_id
 from users.sharding.ids import logical_shard_of_id
@@ -576,3 +580,40 @@ def test_with_wait_a_flush_applies_no_claim_that_a_replica_does_not_have(setting
             message="the re-claimed batch to be applied once a replica confirms the claim",
         )
     assert shown(user["id"]) == pending
+
+
+@pytest.mark.parametrize("row_read", ["probe_timed_out", "probe_missed", "probe_answered_late", "local_hit"])
+def test_views_pending_when_sent_ahead_are_not_counted_again_in_a_row_read_after_a_flush(row_read, restore_stack):
+    """The pending-views read goes out ahead, with the limiter's call; the row may be read after its
+    answer: from the database when the cache probe timed out (the cache Redis paused: found under view
+    load, one flush batch over the views ever sent) or missed, or from a cache reply that came late. A
+    flush claiming and committing the buffered views in between puts them in that row too; the read
+    must count them once (a row newer than the pending read is read against a fresh one). A row this
+    process's local cache held when the probe was built is older than the pending read: counted with it."""
+    (user,) = make_users(1, prefix=f"ahead{row_read[6]}")
+    uid = user["id"]
+    for _ in range(7):
+        assert buffer.views_add(user_id=uid) == "buffered"
+    if row_read == "probe_answered_late":
+        # The state Redis answers first; the cache Redis answers after a flush and a reload.
+        pending = run_all([buffer.pending_views_call(user_id=uid)])[0]
+        flush.flush()
+        assert selectors.user_get_by_id(user_id=uid)["view_count"] == 7  # the flushed row, cached again
+        (probed,) = run_all([cache.probe(cache.user_key(uid), local=False)])
+        sent = CompanionResults({"row": probed, "pending": pending})
+    else:
+        if row_read == "probe_timed_out":
+            stack("pause", "cache")
+        elif row_read == "probe_missed":
+            get_redis_connection("default").delete(cache.user_key(uid))
+        else:
+            pinning.reset()  # a client without read-your-writes state: it may be answered locally
+            wait_for(lambda: cache.local_cache().begin() is not None, message="tracking to start")
+            assert selectors.user_get_by_id(user_id=uid)["view_count"] == 0  # kept in the local cache
+        companions = row_companions(str(uid), pending=True)
+        sent = CompanionResults(dict(zip(companions, run_all(list(companions.values())), strict=True)))
+        assert cache.probed_before_sending(sent.get("row")) == (row_read == "local_hit")
+        flush.flush()  # between the pending read and the row read (the probe's timeout or miss)
+    assert db_views([uid]) == {uid: 7} and buffer.stats()["claimed_batches"] == 0
+    status_code, body, _etag = public_profile_answer(str(uid), sent, "")
+    assert status_code == 200 and body["view_count"] == 7  # 14 would be the batch counted twice

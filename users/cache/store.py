@@ -143,6 +143,19 @@ def _settle(result):
     return result
 
 
+class _LocalHit(bytes):
+    """A probe's value taken from this process's local cache when the probe was built (see
+    `probed_before_sending`)."""
+
+
+def probed_before_sending(probed) -> bool:
+    """Whether `probed`, a `probe` result, was read before the calls sent along with it went out: a
+    value this process's local cache held when the probe was built. A reply from the cache Redis is
+    not (the other servers may answer first; the cache Redis may hold a row filled since), nor is a
+    row loaded after a miss or a failure."""
+    return isinstance(probed, _LocalHit)
+
+
 def probe(key: str, *, local: bool = True) -> Call | None:
     """A plain GET of `key` as a resilience.redis_fanout.Call, so that it can be in flight together with
     another server's; None while the breaker is open. With `local`, a value in this process's tracked
@@ -157,7 +170,7 @@ def probe(key: str, *, local: bool = True) -> Call | None:
         return command(_client(), "GET", key)
     raw = near.get(key)
     if raw is not None:
-        return ready(raw)
+        return ready(_LocalHit(raw))
     return command(_client(), "GET", key, on_reply=partial(_fill, near, key, near.begin()))
 
 

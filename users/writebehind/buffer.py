@@ -203,20 +203,25 @@ def _count(reply, rev: int) -> tuple[int, bool]:
     return total, unsure
 
 
-def pending_views(*, user_id: int, rev: int, result=None) -> int:
+def pending_views(*, user_id: int, rev: int, result=None, row_read_first: bool = False) -> int:
     """Views of `user_id` not yet in the row of version `rev` the caller has read; 0 if the state
     Redis is unreachable. Never more than acknowledged views (less for a moment, e.g. from a lagging
     replica): a claimed batch is counted only if its rev mark says the row read is older than it.
 
-    `result` is the outcome of a `pending_views_call` sent before the row was read. If it counted a
-    batch not yet marked, the batch may have been committed between that read and the row read, so
-    the pending read is repeated now that the row is in hand (marks precede commits)."""
+    `result` is the outcome of a `pending_views_call` sent ahead; `row_read_first` says the row was
+    read before that call went out (a local-cache hit). Only then can `result` be used as it is: a row
+    read after it (from the database after a cache miss or failure, or a cache reply that came later)
+    may already hold views `result` saw buffered, claimed, applied and acknowledged in between; its
+    count is then that of a pending read made now that the row is in hand (found under view load while
+    the cache Redis was paused: one flush batch counted twice). So is the count when `result` counted
+    a batch not yet marked: it may have been committed since (marks precede commits). A `result` that
+    counted nothing needs no second read: there is nothing to count twice."""
     if isinstance(result, Exception):
         return 0
     try:
         if result is not None:
             total, unsure = _count(result, rev)
-            if not unsure:
+            if total == 0 or (row_read_first and not unsure):
                 return total
         keys, args = _pending_call_args(user_id)
         return _count(script("pending")(keys=keys, args=args), rev)[0]
