@@ -236,9 +236,35 @@ def test_sessions_and_staff_accounts_are_read_from_the_primary(settings):
 
 @pytest.fixture
 def async_replay_paused():
-    """Replay paused on the asynchronous standby (every group's _r0); the synchronous one runs."""
-    with connections["default_r0"].cursor() as cursor:
-        cursor.execute("SELECT pg_wal_replay_pause()")
+    """Replay paused on the asynchronous standby (every group's _r0); the synchronous one runs.
+
+    Paused only where it holds no lock: replay takes a TRUNCATE's AccessExclusiveLock (an earlier test's
+    clean-up) and releases it at the commit record, so a pause between the two blocked every query of
+    that table on the standby (a full-suite run timed out after 300 s in the final check). Replay first
+    catches up with the primary, then pauses, and resumes to try again while it holds such a lock."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute("SELECT pg_current_wal_lsn()")
+        target = cursor.fetchone()[0]
+
+    def paused_without_locks() -> bool:
+        with connections["default_r0"].cursor() as cursor:
+            cursor.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [target])
+            if not cursor.fetchone()[0]:
+                return False
+            cursor.execute("SELECT pg_wal_replay_pause()")
+            cursor.execute("SELECT pg_get_wal_replay_pause_state()")
+            if cursor.fetchone()[0] != "paused":  # requested: replay stops at its next record
+                return False
+            cursor.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE a.backend_type = 'startup' AND l.mode = 'AccessExclusiveLock' AND l.granted"
+            )
+            if cursor.fetchone()[0]:
+                cursor.execute("SELECT pg_wal_replay_resume()")
+                return False
+            return True
+
+    wait_for(paused_without_locks, timeout=30, message="the async standby paused where it holds no lock")
     yield
     with connections["default_r0"].cursor() as cursor:
         cursor.execute("SELECT pg_wal_replay_resume()")
