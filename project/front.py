@@ -20,6 +20,7 @@ from django.core import signals
 from django.core.exceptions import DisallowedHost
 from django.core.handlers.exception import convert_exception_to_response
 from django.core.handlers.wsgi import WSGIHandler, get_script_name
+from django.dispatch import receiver
 from django.urls import Resolver404, get_resolver, get_urlconf, set_script_prefix
 from django.utils.module_loading import import_string
 
@@ -92,13 +93,14 @@ class Front:
     def _takes(request) -> bool:
         try:
             match = _resolve(get_resolver(get_urlconf()), request.path_info)
-            request.get_host()  # ALLOWED_HOSTS, as CommonMiddleware checks it: Django answers a bad host
+            _check_host(request)  # ALLOWED_HOSTS, as CommonMiddleware checks it: Django answers a bad host
         except (Resolver404, DisallowedHost):
             return False
         takes = getattr(match.func, "front_takes", None)
         if takes is None or not takes(request):
             return False
         request.resolver_match = match  # as Django's handler sets it: the metrics label the view by it
+        request.front_takes = True  # the view need not ask `front_takes` again
         return True
 
 
@@ -122,6 +124,29 @@ def _resolve(resolver, path: str):
                 _matches.clear()
             _matches[key] = match
     return match
+
+
+_HOSTS_MAX = 256
+_allowed_hosts: set[str] = set()
+
+
+def _check_host(request) -> None:
+    """`request.get_host()`, remembered for the hosts it allowed: a client sends the same Host header
+    on every request, and matching it against ALLOWED_HOSTS costs a cached read more than its ETag.
+    Keyed by the host as get_host reads it (the forwarded host where USE_X_FORWARDED_HOST says so).
+    Only allowed hosts are kept, so a client cannot fill it with others; emptied when full, and when a
+    setting changes (tests)."""
+    raw = request._get_raw_host()  # Django's own reading of the host, before it is validated
+    if raw not in _allowed_hosts:
+        request.get_host()  # raises DisallowedHost
+        if len(_allowed_hosts) >= _HOSTS_MAX:
+            _allowed_hosts.clear()
+        _allowed_hosts.add(raw)
+
+
+@receiver(signals.setting_changed)
+def _forget_hosts(**kwargs):
+    _allowed_hosts.clear()
 
 
 def application(django: WSGIHandler):

@@ -42,7 +42,7 @@ def fast_get(drf_view):
 
     @functools.wraps(drf_view)
     def view(request, user_id):
-        if not _plain(request):
+        if not (_front_took(request) or _plain(request)):
             return drf_view(request, user_id=user_id)
         try:
             policy = _api.rate_limit_policy(request)
@@ -70,7 +70,7 @@ def fast_me(drf_view):
 
     @functools.wraps(drf_view)
     def view(request):
-        if not _takes_me(request):
+        if not (_front_took(request) or _takes_me(request)):
             return drf_view(request)
         try:
             authenticated = _authenticator.authenticate(request)  # DRF's first authenticator, as DRF runs it
@@ -113,6 +113,11 @@ def _needs_body(request) -> bool:
     """Whether UserMeApi's limiter would read a username from the request body (a policy keyed by
     username): DRF parses it, so DRF answers."""
     return get_policy(_me_api.rate_limit_policy(request)).key_kind in USERNAME_KINDS
+
+
+def _front_took(request) -> bool:
+    """Whether project/front.py asked this view's `front_takes` and it said yes (the same request)."""
+    return getattr(request, "front_takes", False)
 
 
 def _plain_type(request) -> bool:

@@ -32,6 +32,8 @@ _META_HEADER, _META_LSN_HEADER, _META_CONSISTENCY = (
 
 
 def _parse_deadline(raw: str | None) -> float:
+    if not raw:  # most requests carry none: no settings look-up, no clock read
+        return 0.0
     try:
         value = float(raw or 0)
     except ValueError:
@@ -43,7 +45,9 @@ def _parse_deadline(raw: str | None) -> float:
 def parse_lsns(raw: str | None) -> dict:
     """Parse a token into {group: (lsn, synced)}; unknown groups and malformed items are ignored."""
     result = {}
-    for item in (raw or "").split(",")[:64]:
+    if not raw:
+        return result
+    for item in raw.split(",")[:64]:
         group, _, rest = item.strip().partition(":")
         lsn, _, flag = rest.partition(":")
         if group in settings.DATABASE_GROUPS and lsn.isdigit() and len(lsn) <= 20:

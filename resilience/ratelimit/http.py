@@ -69,7 +69,7 @@ def client_ip(request: HttpRequest) -> str:
         return remote_raw
     networks = trusted_proxies()
     if not any(remote in network for network in networks):
-        return str(remote)
+        return _text(remote)
     nearest = remote
     for hop in reversed(request.META.get("HTTP_X_FORWARDED_FOR", "").split(",")):
         if not hop.strip():
@@ -83,6 +83,12 @@ def client_ip(request: HttpRequest) -> str:
     return str(nearest)
 
 
+@lru_cache(maxsize=4096)  # as _parse: formatting an address costs more than the look-up
+def _text(address: IPAddress) -> str:
+    return str(address)
+
+
+@lru_cache(maxsize=4096)
 def address_key(ip: str) -> str:
     """Key of a client address; an IPv6 client is keyed by its /64, which one host usually owns whole."""
     address = _parse(ip)

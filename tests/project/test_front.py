@@ -170,3 +170,19 @@ def test_the_paths_front_remembers_are_its_own_views_and_follow_the_urlconf(sett
 
 
 urlpatterns: list = []  # test_the_paths_front_remembers_...: a URLconf without the profile read
+
+
+def test_a_host_front_allowed_once_is_refused_when_allowed_hosts_changes(settings, apps, real_db):
+    """Front remembers the hosts get_host allowed; the memory follows ALLOWED_HOSTS."""
+    user = UserFactory()
+    path = f"/api/v1/users/{user['id']}/"
+    settings.ALLOWED_HOSTS = ["kept.example", "testserver"]
+    status, _headers, _body = assert_same(apps, path, taken=True, Host="kept.example")
+    assert status == "200 OK"
+    settings.ALLOWED_HOSTS = ["testserver"]
+    status, _headers, _body = assert_same(apps, path, taken=False, Host="kept.example")
+    assert status.startswith("400")
+    # A refused host is never remembered as allowed: refused again, and Django answers it every time.
+    for _ in range(2):
+        status, _headers, _body = assert_same(apps, path, taken=False, Host="evil.example")
+        assert status.startswith("400")

@@ -84,3 +84,21 @@ def test_a_connection_left_in_a_transaction_is_closed_at_the_end_of_the_request(
         return conn.connection is None
 
     assert _in_new_thread(scenario)
+
+
+def test_a_receiver_connected_after_install_is_sent_the_requests_signals(installed):
+    """install() caches each request signal's receivers; connecting one empties the cache (Django's
+    own rule for cached signals), so a receiver added later (tracing, a test) still hears every request."""
+    heard = []
+
+    def receiver(sender, **kwargs):
+        heard.append(sender)
+
+    _request()  # fills the cache
+    request_started.connect(receiver, dispatch_uid="test.lifecycle.late")
+    try:
+        _request()
+    finally:
+        request_started.disconnect(dispatch_uid="test.lifecycle.late")
+    _request()
+    assert heard == [WSGIHandler]

@@ -343,3 +343,18 @@ def test_forcing_the_cache_breaker_open_serves_reads_from_the_database_without_a
         return (cached_row(uid) or {}).get("bio") == "written while bypassed"
 
     wait_for(caching_again, timeout=10, message="caching to resume with the new row")
+
+
+def test_a_decoded_entry_is_the_callers_own_to_change():
+    """entry.decode remembers hot rows; each call still returns a dict of its own, and a nested value
+    (whose parts a shallow copy would share) is parsed afresh every time."""
+    row = b'7:{"id": 1, "username": "a", "view_count": 3}'
+    first = entry.decode(row)
+    first["view_count"] += 100
+    first["extra"] = True
+    assert entry.decode(row) == {"id": 1, "username": "a", "view_count": 3}
+    nested = b'8:{"id": 2, "tags": ["x"], "meta": {"k": 1}}'
+    entry.decode(nested)["tags"].append("y")
+    entry.decode(nested)["meta"]["k"] = 2
+    assert entry.decode(nested) == {"id": 2, "tags": ["x"], "meta": {"k": 1}}
+    assert entry.decode(b"9:") is entry.NOT_FOUND
