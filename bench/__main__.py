@@ -920,19 +920,25 @@ def open_loop_overload(users, tokens):
     """The same open-loop mix at 0.5x, 2x and 3x capacity along three paths (OVERLOAD_PATHS).
 
     Capacity is measured for each path the same way and through that path: the generator's closed loop
-    (bench/openloop.py, the same mix and client code) with BENCH_OVERLOAD_CAPACITY_CONNECTIONS (8)
+    (bench/openloop.py, the same mix and client code) with BENCH_OVERLOAD_CAPACITY_CONNECTIONS (4)
     connections, the best of three; a row's loads are multiples of its own path's capacity and its
     goodput is divided by it. "Unloaded" is the path's 0.5x row. The app runs BENCH_OVERLOAD_WORKERS
     process (default 1) pinned to CPU 0, so that its capacity is at most one core's whatever the load
-    side does (BENCH_OVERLOAD_CPUS="APP:LOAD", default "0:"; "0:1" also pins this process, its forked
-    generators, BENCH_OVERLOAD_GENERATORS (default 2), and nginx to CPU 1; ":" pins nothing). At 3x
-    the generator and nginx's refusals take a third to half a core: with 2 app processes on both cores
-    they took it from the app (four development runs through nginx gave 0.53-1.04 of capacity at 2-3x,
-    mostly below 0.8). The databases and Redis are not pinned, and neighbours on this shared machine
-    use both cores. Each row prints the send rate achieved (sent/asked) and the generator's p99
-    lateness, so that a generator falling behind shows; without shedding the send rate also falls when
-    every connection of the generator's pool waits for an answer. (a) and (c) run
-    BENCH_THREADS threads a process; (b) BENCH_OVERLOAD_THREADS (16): with 2 threads a process never
+    side does; BENCH_OVERLOAD_CPUS="APP:LOAD", default "0:1": this process, its forked generators
+    (BENCH_OVERLOAD_GENERATORS, default 2) and nginx on CPU 1 ("0:" leaves them on any CPU, ":" pins
+    nothing). "0:1" by measurement: at 2-3x through nginx the load side takes about half a core (the
+    generators 0.2-0.3 of a core, nginx 0.2), and left on any CPU the scheduler puts part of it on the
+    app's. Switching the pinning on the fly, three rounds taking turns on a busy machine (load average
+    4), through nginx at 2x/3x: goodput 0.97/0.98, 0.79/0.74, 0.67/0.65 of capacity with "0:1" against
+    0.89/0.75, 0.66/0.53, 0.65/0.69 with "0:", p99 accepted 1.4-1.7x the unloaded p99 at 2x against
+    2.1-3.5x, the app using 0.75-0.96 of its core against 0.60-0.95. (Earlier, with 2 app processes
+    on both cores, the load side took its share from the app: four development runs through nginx gave
+    0.53-1.04 of capacity at 2-3x, mostly below 0.8.) The databases and Redis are not pinned, and
+    neighbours on this shared machine use both cores. Each row prints the send rate achieved
+    (sent/asked), the generator's p99 lateness and the cores the app, nginx and the generators used
+    while it lasted, so that a generator falling behind, or a starved app, shows; without shedding
+    the send rate also falls when every connection of the generator's pool waits for an answer. (a)
+    and (c) run BENCH_THREADS threads a process; (b) BENCH_OVERLOAD_THREADS (16): with 2 threads a process never
     has more than 2 requests to limit, the queue forms in granian, out of any in-process limiter's
     sight. Refusals are per priority class: the cached read and views are sheddable, the bare view
     (unregistered) default, GET /me with a token critical.
@@ -942,7 +948,7 @@ def open_loop_overload(users, tokens):
     uid = users[0]["id"]
     read_path = f"/api/v1/users/{uid}/"
     workers = int(os.environ.get("BENCH_OVERLOAD_WORKERS", "1"))
-    app_cpus, _, load_cpus = os.environ.get("BENCH_OVERLOAD_CPUS", "0:").partition(":")
+    app_cpus, _, load_cpus = os.environ.get("BENCH_OVERLOAD_CPUS", "0:1").partition(":")
     if os.cpu_count() < 2:
         app_cpus = load_cpus = ""
     threads = int(os.environ.get("BENCH_OVERLOAD_THREADS", "16"))
@@ -983,6 +989,9 @@ def open_loop_overload(users, tokens):
                 restore.callback(os.sched_setaffinity, 0, affinity)
             adaptive_port = int(adaptive_url.rsplit(":", 1)[1])
             ports = dict(zip(OVERLOAD_PATHS, (plain_port, adaptive_port, nginx_port), strict=True))
+            # The processes whose CPU each row reports: the app server behind the path, and nginx.
+            app_pids = {port: server_workers(f"http://127.0.0.1:{port}") for port in (plain_port, adaptive_port)}
+            nginx_pids = server_workers(f"http://127.0.0.1:{nginx_port}")
             Client().get(read_path)  # warm the cache
             # The best of three rounds, the paths taking turns in each: a neighbour's burst on this
             # shared machine must not halve one path's loads, nor a quiet spell favour one path.
@@ -997,10 +1006,26 @@ def open_loop_overload(users, tokens):
             # Each load along the three paths back to back, so that they see the same neighbours.
             for load in OVERLOAD_LOADS:
                 for path, port in ports.items():
+                    stats = {}
+                    app = app_pids[adaptive_port if port == adaptive_port else plain_port]
+                    cpu_before = cpu_seconds(app), cpu_seconds(nginx_pids)
                     results = openloop.run(
-                        "127.0.0.1", port, mix, rate=load * capacities[path], seconds=SECONDS, processes=generators
+                        "127.0.0.1",
+                        port,
+                        mix,
+                        rate=load * capacities[path],
+                        seconds=SECONDS,
+                        processes=generators,
+                        stats=stats,
                     )
+                    cpu_app, cpu_nginx = cpu_seconds(app) - cpu_before[0], cpu_seconds(nginx_pids) - cpu_before[1]
+                    # Cores used while the run lasted: the schedule, and past it until the last answer.
+                    lasted = max([SECONDS, *(r.done_at for r in results)])
                     rows[path, load] = openloop.summarise(results, SECONDS)
+                    rows[path, load]["app_cores"] = cpu_app / lasted
+                    rows[path, load]["nginx_cores"] = cpu_nginx / lasted
+                    rows[path, load]["generator_cpu_us"] = stats["cpu_s"] / max(stats["requests"], 1) * 1e6
+                    rows[path, load]["generator_cores"] = stats["cpu_s"] / lasted
     print(
         f"  app: granian {workers} x {THREADS} (b: x {threads}) on CPU {app_cpus or 'any'}; load and nginx on CPU "
         f"{load_cpus or 'any'}; {generators} generator processes",
@@ -1019,7 +1044,8 @@ def open_loop_overload(users, tokens):
     for path, capacity in capacities.items():
         report("overload", f"capacity of {path}: the mix, closed loop, {capacity_connections} conns", capacity, "1/s")
     print(
-        f"  {'path':<13}{'load':>5}{'sent/asked':>11}{'lag p99':>8}{'goodput/cap':>12}{'p50 ms':>8}{'p99 ms':>8}"
+        f"  {'path':<13}{'load':>5}{'sent/asked':>11}{'lag p99':>8}{'CPU: app':>9}{'nginx':>6}{'gen':>5}"
+        f"{'goodput/cap':>12}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'p99/unl':>8}"
         "  refused (503) critical/default/sheddable; sheddable admitted; no answer",
         flush=True,
@@ -1046,6 +1072,7 @@ def open_loop_overload(users, tokens):
         )
         print(
             f"  {path:<13}{load:>4.1f}x{row['send_ratio']:>11.2f}{row['send_lag_p99_ms']:>8.1f}"
+            f"{row['app_cores']:>9.2f}{row['nginx_cores']:>6.2f}{row['generator_cores']:>5.2f}"
             f"{row['goodput_ratio']:>12.2f}{row['p50_ms']:>8.1f}"
             f"{row['p99_ms']:>8.1f}{row['p99_ratio']:>8.2f}  {refused['critical']}/{refused['default']}/"
             f"{refused['sheddable']}; {admitted_sheddable}; {no_answer}",
