@@ -910,6 +910,50 @@ def bench_overload(users, tokens):
     open_loop_overload(users, tokens)
 
 
+def pin_stack(cpus: set[int], restore: contextlib.ExitStack) -> None:
+    """Run the stack's PostgreSQL and Redis servers (every process and thread, backends forked later
+    included) on `cpus` until `restore` closes, then put them back where they were allowed to run. The
+    overload rows give the app a core of its own: in a deployment the databases are other hosts, and
+    sharing the app's core makes a shedding path's goodput and tail the scheduler's, not its own."""
+    ports = {int(db["PORT"]) for db in settings.DATABASES.values() if db.get("PORT")}
+    ports |= {urlsplit(url).port for url in (settings.REDIS_CACHE_URL, settings.REDIS_STATE_URL)}
+    servers = set()
+    for port in ports:
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True).stdout
+        servers |= {int(pid) for pid in re.findall(r"pid=(\d+)", out)}
+
+    def family() -> set[int]:  # the servers and their children (PostgreSQL's backends)
+        pids = set(servers)
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) in servers:  # the parent pid
+                        pids.add(int(entry))
+        return pids
+
+    def threads() -> list[int]:
+        tids = []
+        for pid in family():
+            with contextlib.suppress(OSError):
+                tids += [int(task) for task in os.listdir(f"/proc/{pid}/task")]
+        return tids
+
+    before = {}
+    for tid in threads():
+        with contextlib.suppress(OSError):
+            before[tid] = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, cpus)
+
+    def put_back():
+        everywhere = set(range(os.cpu_count() or 1))  # a backend or thread started meanwhile had no "before"
+        for tid in threads():
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(tid, before.get(tid, everywhere))
+
+    restore.callback(put_back)
+
+
 # Where the open-loop rows send their load: (a) granian alone, no shedding; (b) granian with the
 # in-process adaptive limit enforced; (c) nginx with the per-class in-flight limits in front of (a)'s server.
 OVERLOAD_PATHS = ("a granian", "b in-process", "c nginx")
@@ -926,15 +970,17 @@ def open_loop_overload(users, tokens):
     process (default 1) pinned to CPU 0, so that its capacity is at most one core's whatever the load
     side does; BENCH_OVERLOAD_CPUS="APP:LOAD", default "0:1": this process, its forked generators
     (BENCH_OVERLOAD_GENERATORS, default 2) and nginx on CPU 1 ("0:" leaves them on any CPU, ":" pins
-    nothing). "0:1" by measurement: at 2-3x through nginx the load side takes about half a core (the
+    nothing); with a LOAD CPU the stack's PostgreSQL and Redis servers are moved there too for the
+    rows (pin_stack; BENCH_OVERLOAD_PIN_STACK=0 leaves them), so that the app's core is the app's.
+    "0:1" by measurement: at 2-3x through nginx the load side takes about half a core (the
     generators 0.2-0.3 of a core, nginx 0.2), and left on any CPU the scheduler puts part of it on the
     app's. Switching the pinning on the fly, three rounds taking turns on a busy machine (load average
     4), through nginx at 2x/3x: goodput 0.97/0.98, 0.79/0.74, 0.67/0.65 of capacity with "0:1" against
     0.89/0.75, 0.66/0.53, 0.65/0.69 with "0:", p99 accepted 1.4-1.7x the unloaded p99 at 2x against
     2.1-3.5x, the app using 0.75-0.96 of its core against 0.60-0.95. (Earlier, with 2 app processes
     on both cores, the load side took its share from the app: four development runs through nginx gave
-    0.53-1.04 of capacity at 2-3x, mostly below 0.8.) The databases and Redis are not pinned, and
-    neighbours on this shared machine use both cores. Each row prints the send rate achieved
+    0.53-1.04 of capacity at 2-3x, mostly below 0.8.) Neighbours on this shared machine still use
+    both cores. Each row prints the send rate achieved
     (sent/asked), the generator's p99 lateness and the cores the app, nginx and the generators used
     while it lasted, so that a generator falling behind, or a starved app, shows; without shedding
     the send rate also falls when every connection of the generator's pool waits for an answer. (a)
@@ -987,6 +1033,8 @@ def open_loop_overload(users, tokens):
             if load_cpus:  # this process and the generators it forks
                 os.sched_setaffinity(0, {int(cpu) for cpu in load_cpus.split(",")})
                 restore.callback(os.sched_setaffinity, 0, affinity)
+            if load_cpus and os.environ.get("BENCH_OVERLOAD_PIN_STACK", "1") == "1":
+                pin_stack({int(cpu) for cpu in load_cpus.split(",")}, restore)
             adaptive_port = int(adaptive_url.rsplit(":", 1)[1])
             ports = dict(zip(OVERLOAD_PATHS, (plain_port, adaptive_port, nginx_port), strict=True))
             # The processes whose CPU each row reports: the app server behind the path, and nginx.
@@ -1027,8 +1075,9 @@ def open_loop_overload(users, tokens):
                     rows[path, load]["generator_cpu_us"] = stats["cpu_s"] / max(stats["requests"], 1) * 1e6
                     rows[path, load]["generator_cores"] = stats["cpu_s"] / lasted
     print(
-        f"  app: granian {workers} x {THREADS} (b: x {threads}) on CPU {app_cpus or 'any'}; load and nginx on CPU "
-        f"{load_cpus or 'any'}; {generators} generator processes",
+        f"  app: granian {workers} x {THREADS} (b: x {threads}) on CPU {app_cpus or 'any'}; load, nginx"
+        f"{', PostgreSQL and Redis' if load_cpus and os.environ.get('BENCH_OVERLOAD_PIN_STACK', '1') == '1' else ''}"
+        f" on CPU {load_cpus or 'any'}; {generators} generator processes",
         flush=True,
     )
     print(
