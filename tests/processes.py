@@ -342,12 +342,15 @@ def nginx_front(
     listen_port: int,
     app_ports: tuple[int, int],
     limits: dict | None = None,
+    trusted_callers: tuple[str, ...] = (),
     log_path: Path | None = None,
     stop_timeout: float = 5,
 ) -> Process:
     """nginx from deploy/nginx.conf under `prefix` (its config, logs and temp files go there), in front
     of the app servers on `app_ports` (give the same port twice for one server), with the in-flight
-    `limits` (NGINX_LIMITS' keys); checked with `nginx -t`, not started. SIGQUIT is its graceful stop.
+    `limits` (NGINX_LIMITS' keys) and the addresses or CIDRs whose X-Bulwark-Priority may lower a
+    request's class (`trusted_callers`, none by default); checked with `nginx -t`, not started. SIGQUIT
+    is its graceful stop.
     Started by root, nginx's workers run as nobody: `prefix` must be reachable by them for temp files
     (large bodies), not only by this user."""
     import re
@@ -359,6 +362,7 @@ def nginx_front(
         "LISTEN_PORT": listen_port,
         "APP1_PORT": app_ports[0],
         "APP2_PORT": app_ports[1],
+        "TRUSTED_CALLERS": "\n        ".join(f"{caller} 1;" for caller in trusted_callers),  # the geo block's lines
         **NGINX_LIMITS,
         **(limits or {}),
     }

@@ -5,7 +5,11 @@ app's priority classes and refused per class before they reach the app.
   the path rules, applied in order as nginx applies them, give each sample request the app's class;
 - a real nginx from the template in front of a real granian: with a class's in-flight ceiling held full,
   the next request of that class is answered 503 with Retry-After and the API's error shape by nginx,
-  while a critical request still reaches the app; released, the class is served again.
+  while a critical request still reaches the app; released, the class is served again;
+- X-Bulwark-Priority (the template's `$bulwark_trusted_caller` geo block, nginx-priority.conf's step 4):
+  from a trusted caller it lowers a request's class (a critical request lowered to sheddable is refused
+  with the sheddable class full), it never raises one, and from anyone else (the default: nobody is
+  trusted) it is ignored.
 
 Requests are held in flight without any timing: a POST whose headers are sent and whose body is not
 counts against its class from the moment nginx has read its headers (limit_conn's preaccess phase)
@@ -16,6 +20,7 @@ nginx refuses the class (a wait for a condition, no timed assertion).
 import json
 import re
 import socket
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -141,9 +146,10 @@ def refused_until(port: int, method: str, path: str, headers: dict | None = None
     return seen["answer"]
 
 
-@pytest.fixture
-def front(real_db, tmp_path):
-    """granian serving the test settings, nginx (from the template, LIMITS) in front; yields nginx's port."""
+@contextmanager
+def nginx_in_front_of_granian(tmp_path, trusted_callers=()):
+    """granian serving the test settings, nginx (from the template, LIMITS, `trusted_callers`) in
+    front; yields nginx's port."""
     if not Path(nginx_binary()).exists():
         pytest.fail(f"{nginx_binary()} is missing: install Debian's nginx-light (`make test` does, as root).")
     app_port, port = free_port(), free_port()
@@ -152,9 +158,25 @@ def front(real_db, tmp_path):
     env = {"RESILIENCE_TRUSTED_PROXIES": "127.0.0.1"}
 
     with granian_server(port=app_port, env=env, log_path=tmp_path / "granian.log"):
-        process = nginx_front(prefix, listen_port=port, app_ports=(app_port, app_port), limits=LIMITS)
+        process = nginx_front(
+            prefix, listen_port=port, app_ports=(app_port, app_port), limits=LIMITS, trusted_callers=trusted_callers
+        )
         with running(process, serving=f"http://127.0.0.1:{port}/health/live", timeout=30):
             yield port
+
+
+@pytest.fixture
+def front(real_db, tmp_path):
+    """nginx in front of granian as deployed: no trusted callers (X-Bulwark-Priority from anyone is ignored)."""
+    with nginx_in_front_of_granian(tmp_path) as port:
+        yield port
+
+
+@pytest.fixture
+def trusted_front(real_db, tmp_path):
+    """The same with 127.0.0.1, this test's own address, a trusted caller: its X-Bulwark-Priority counts."""
+    with nginx_in_front_of_granian(tmp_path, trusted_callers=("127.0.0.1",)) as port:
+        yield port
 
 
 def assert_overloaded(status, headers, body):
@@ -194,3 +216,74 @@ def test_nginx_refuses_a_full_class_at_once_and_still_passes_critical_requests(f
     # Released: the classes are served again.
     wait_for(lambda: request(front, *profile)[0] == 200, timeout=30, message="the sheddable class to be served again")
     assert request(front, "GET", "/api/v1/nothing-here/")[0] == 404
+
+
+# ---------------------------------------------------------------- X-Bulwark-Priority at the front
+def me_and_a_full_sheddable_class(port: int):
+    """A critical request (GET /me with a token) and the sheddable class held full: (me, profile, held
+    sockets), once nginx refuses a sheddable request."""
+    user = UserFactory()
+    token = TokenFactory(username=user["username"])
+    me = ("GET", "/api/v1/users/me/", {"Authorization": f"Token {token}"})
+    profile = ("GET", f"/api/v1/users/{user['id']}/")  # anonymous: sheddable
+    assert request(port, *me)[0] == 200
+    assert request(port, *profile)[0] == 200
+    held = [hold(port, "POST", f"/api/v1/users/{user['id']}/views/") for _ in range(LIMITS["LIMIT_SHEDDABLE"])]
+    try:
+        assert_overloaded(*refused_until(port, *profile))
+    except BaseException:
+        for sock in held:
+            sock.close()
+        raise
+    return me, profile, held
+
+
+def test_a_trusted_caller_lowers_a_critical_request_into_the_full_sheddable_class(trusted_front):
+    me, profile, held = me_and_a_full_sheddable_class(trusted_front)
+    method, path, auth = me
+    try:
+        # The same critical request, lowered: refused by nginx at once, like any sheddable one.
+        assert_overloaded(*request(trusted_front, method, path, {**auth, "X-Bulwark-Priority": "sheddable"}))
+        assert_overloaded(*request(trusted_front, method, path, {**auth, "X-Bulwark-Priority": " Sheddable "}))
+        # Lowered to default, whose ceiling is not full: served.
+        assert request(trusted_front, method, path, {**auth, "X-Bulwark-Priority": "default"})[0] == 200
+        # Not lowered (no header, or an unknown class): critical, served.
+        assert request(trusted_front, *me)[0] == 200
+        assert request(trusted_front, method, path, {**auth, "X-Bulwark-Priority": "bulk"})[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+    # Released: the lowered request is served again, by the app (which trusts nginx's header too).
+    wait_for(
+        lambda: request(trusted_front, *profile)[0] == 200, timeout=30, message="the sheddable class to be served again"
+    )
+    status, _, body = request(trusted_front, method, path, {**auth, "X-Bulwark-Priority": "sheddable"})
+    assert status == 200, body
+
+
+def test_an_untrusted_caller_s_x_bulwark_priority_is_ignored(front):
+    me, _, held = me_and_a_full_sheddable_class(front)
+    method, path, auth = me
+    try:
+        # Nobody is trusted (the template's default): the header does not lower the critical request.
+        assert request(front, method, path, {**auth, "X-Bulwark-Priority": "sheddable"})[0] == 200
+        assert request(front, method, path, {**auth, "X-Bulwark-Priority": "default"})[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_trusted_caller_cannot_raise_a_request_out_of_the_full_sheddable_class(trusted_front):
+    me, profile, held = me_and_a_full_sheddable_class(trusted_front)
+    try:
+        for raised_to in ("critical", "default", "CRITICAL"):
+            assert_overloaded(*request(trusted_front, *profile, {"X-Bulwark-Priority": raised_to}))
+        # A sign-up (default) asking for critical stays default: with default and sheddable together held
+        # full (4), refused, while a critical request is still served.
+        held += [hold(trusted_front, "POST", "/api/v1/users/") for _ in range(2)]
+        assert_overloaded(*refused_until(trusted_front, "GET", "/api/v1/nothing-here/"))
+        assert_overloaded(*request(trusted_front, "GET", "/api/v1/nothing-here/", {"X-Bulwark-Priority": "critical"}))
+        assert request(trusted_front, *me)[0] == 200
+    finally:
+        for sock in held:
+            sock.close()
