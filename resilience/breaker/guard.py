@@ -14,6 +14,11 @@ Redis, a database) cannot pay that, so a Guard keeps the breaker's last known st
   otherwise they change nothing). The window's order is therefore approximate; its counts are not.
 - While the state Redis is down, the breaker's own fallback applies: this process's in-process
   breaker, same algorithm (breaker.py). Nothing here ever raises for the state Redis.
+- `before_use`, when its owner sets it, runs before this process uses the dependency again after the
+  breaker changed state (its epoch moved: opened, forced, closed by another process's probe) and
+  before a probe: the cache sets it to delete the entries that writes could not update while the
+  breaker refused (users/cache/store.py), so a recovered cache never answers with a row older than an
+  acknowledged write. Until it succeeds the Guard refuses, and it is tried again at the next sync.
 
 `RESILIENCE_DEPENDENCY_BREAKERS = False` turns every Guard into "always admit, record nothing" (the
 benchmark's baseline).
@@ -24,6 +29,7 @@ import math
 import os
 import threading
 import time
+from collections.abc import Callable
 
 from django.conf import settings
 
@@ -52,6 +58,8 @@ class Guard:
         self._local = threading.local()  # a probe permit, reported by the same thread's outcome
         self._lock = threading.Lock()
         self._pid = os.getpid()
+        self.before_use: Callable[[], None] | None = None
+        self._unprepared = False  # before_use failed: refuse until a sync runs it successfully
 
     @property
     def breaker(self) -> CircuitBreaker:
@@ -68,6 +76,8 @@ class Guard:
         now = time.monotonic()
         if now - self._synced_at >= settings.RESILIENCE_BREAKER_SYNC_SECONDS:
             self.sync(now)
+        if self._unprepared:
+            return False
         state = self.state
         if state in _ADMITTING:
             return True
@@ -83,7 +93,7 @@ class Guard:
         now = time.monotonic()
         if now - self._synced_at >= settings.RESILIENCE_BREAKER_SYNC_SECONDS:
             self.sync(now)
-        return self.state in _ADMITTING
+        return self.state in _ADMITTING and not self._unprepared
 
     def success(self) -> None:
         """The call succeeded (the dependency answered)."""
@@ -144,6 +154,9 @@ class Guard:
                 return storage.peek(self.name, self.breaker.options)
 
             peeked, self._storage = self.breaker._run(read)
+            if self.before_use is not None and peeked.state in _ADMITTING:
+                if self._unprepared or peeked.epoch != self._epoch or self.state not in _ADMITTING:
+                    self._unprepared = not self._prepare()  # before the state below lets calls through
             self.state, self._epoch, self._bad_in_window = peeked.state, peeked.epoch, peeked.bad_in_window
             self._refuse_until = now + peeked.retry_after if peeked.state == State.OPEN else 0.0
         except Exception:  # a breaker must never fail the call it guards
@@ -165,14 +178,28 @@ class Guard:
         self.state = permit.state
         if permit.state in _ADMITTING:
             permit.release()  # closed meanwhile: no probe to report
+        elif self.before_use is not None and not self._prepare():
+            permit.failure(RuntimeError(f"{self.name}: preparing for use failed"))  # the probe failed
+            self._refuse_until = now + settings.RESILIENCE_BREAKER_SYNC_SECONDS
+            return False
         else:
             self._local.permit = permit
+        return True
+
+    def _prepare(self) -> bool:
+        """Run `before_use`; whether it succeeded."""
+        try:
+            self.before_use()
+        except Exception as exc:
+            logger.warning("circuit %s: not used until it is prepared again: %s", self.name, exc)
+            return False
         return True
 
     def forget(self) -> None:
         """Drop what this process knows (tests): the next call reads the shared state."""
         self.state, self._epoch, self._storage, self._breaker = State.CLOSED, 0, None, None
         self._refuse_until, self._synced_at, self._bad_in_window, self._successes = 0.0, -math.inf, False, 0
+        self._unprepared = False
         self._local = threading.local()
 
 

@@ -358,3 +358,50 @@ def test_a_decoded_entry_is_the_callers_own_to_change():
     entry.decode(nested)["meta"]["k"] = 2
     assert entry.decode(nested) == {"id": 2, "tags": ["x"], "meta": {"k": 1}}
     assert entry.decode(b"9:") is entry.NOT_FOUND
+
+
+def test_a_write_made_while_the_cache_breaker_refused_is_never_read_back_older_once_it_admits(make_api):
+    """Found by a black-box run: a PATCH (or a DELETE) acknowledged while the breaker kept writes off the
+    cache Redis left the row cached before it there; once the breaker admitted again, reads answered that
+    older row (a deleted account came back) until beat replayed the queued invalidation, up to 5 s later.
+    Now the breaker's Guard deletes the queued keys before this process uses the cache again: the very
+    first read after it admits is the new row, with no replay run here."""
+    from resilience.breaker import get_breaker, guard
+
+    api = make_api()
+    profile = api.register("refused").json()
+    api.login("refused")
+    uid = int(profile["id"])
+    anon = Client()
+    assert anon.get(f"/api/v1/users/{uid}/").json()["bio"] == ""
+    assert cached_row(uid) is not None
+
+    get_breaker(cache.CACHE_BREAKER).force_open("drill")
+    wait_for(lambda: not guard(cache.CACHE_BREAKER).allows(), timeout=5, message="this process to see it")
+    assert api.patch("/api/v1/users/me/", {"bio": "acknowledged"}).status_code == 200
+    assert cached_row(uid)["bio"] == ""  # the older row is still in the cache Redis, its key queued
+
+    get_breaker(cache.CACHE_BREAKER).reset("drill over")
+    wait_for(lambda: guard(cache.CACHE_BREAKER).allows(), timeout=5, message="this process to admit again")
+    for _ in range(3):
+        assert anon.get(f"/api/v1/users/{uid}/").json()["bio"] == "acknowledged"
+        assert api.get("/api/v1/users/me/").json()["bio"] == "acknowledged"
+    assert (cached_row(uid) or {}).get("bio") in (None, "acknowledged")
+
+
+def test_a_process_that_missed_the_outage_deletes_the_queued_keys_before_its_first_read():
+    """A process that made no cache call while the breaker refused (it last synced before) learns the
+    breaker's new epoch at its first sync and deletes the queued keys before that call goes ahead."""
+    from resilience.breaker import get_breaker, guard
+
+    user = new_user("missed")
+    anon = Client()
+    anon.get(f"/api/v1/users/{user['id']}/")
+    assert cached_row(user["id"]) is not None
+    get_breaker(cache.CACHE_BREAKER).force_open("drill")
+    cache.queue_invalidation(cache.user_key(user["id"]))  # as a write the breaker kept off the cache queues it
+    get_breaker(cache.CACHE_BREAKER).reset("drill over")
+    guard(cache.CACHE_BREAKER).forget()  # this process knows nothing since before the drill
+    assert guard(cache.CACHE_BREAKER).allows()
+    assert get_redis_connection("default").get(cache.user_key(user["id"])) is None
+    assert not get_redis_connection("state").sismember(cache.PENDING_INVALIDATIONS, cache.user_key(user["id"]))

@@ -274,6 +274,37 @@ def queue_invalidation(key: str) -> None:
         logger.error("cache invalidation of %s lost (state Redis down too); stale until TTL", key)
 
 
+def _delete_queued_before_use() -> None:
+    """The cache breaker's `before_use` (resilience/breaker/guard.py): before this process reads the
+    cache Redis again after the breaker refused it (or before its probe), delete every key whose write
+    could not reach it meanwhile (queued by write_through and tombstone), so that no row older than an
+    acknowledged write (a deleted account, a revoked token) is answered from it once it is back. Found
+    by a black-box run: a write made while the breaker was open was answered with its old row for up to
+    5 s after the cache came back, until beat's replay. Raises RedisError when the cache Redis cannot
+    take the deletes (the cache stays unused); a state Redis that cannot be read holds no queue to
+    replay (queue_invalidation logs the loss), so the cache is used again as before."""
+    state = state_redis()
+    for _ in range(100):  # 100,000 keys at most, then beat's replay goes on with the rest
+        try:
+            keys = state.srandmember(PENDING_INVALIDATIONS, 1000)
+        except RedisError as exc:
+            logger.warning("queued cache invalidations not readable (state Redis): %s", exc)
+            return
+        if not keys:
+            return
+        for key in keys:
+            _forget_locally(key.decode())
+        _client().delete(*keys)
+        try:
+            state.srem(PENDING_INVALIDATIONS, *keys)
+        except RedisError as exc:
+            logger.warning("replayed cache invalidations not removed from the queue: %s", exc)
+            return
+
+
+_breaker.before_use = _delete_queued_before_use
+
+
 def replay_invalidations(limit: int = 1000) -> int:
     """Delete queued keys from the cache Redis; return how many were replayed (beat runs this)."""
     state = state_redis()
