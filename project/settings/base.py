@@ -167,10 +167,18 @@ SPECTACULAR_SETTINGS = {
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "resilience.request_id.RequestIdFilter"}},
+    "filters": {
+        "request_id": {"()": "resilience.request_id.RequestIdFilter"},
+        "brief": {"()": "resilience.log_filters.Brief"},
+    },
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", "INFO")},
+    # What any client can make Django log at will (resilience/log_filters.py): one short line each.
+    "loggers": {
+        f"django.security.{name}": {"filters": ["brief"]}
+        for name in ("DisallowedHost", "RequestDataTooBig", "TooManyFieldsSent", "TooManyFilesSent")
+    },
 }
 
 # OpenTelemetry tracing (project/tracing.py): off by default; on, spans go to an OTLP/HTTP collector.
