@@ -1128,6 +1128,16 @@ def open_loop_overload(users, tokens):
             flush=True,
         )
         RESULTS.setdefault("overload", {})[f"{path} {load}x"] = row
+    print(
+        "  p99 ms of accepted requests by kind (read, view sheddable; bare default; me critical): "
+        + "; ".join(
+            f"{path.split()[0]} {load:.1f}x "
+            + ", ".join(f"{kind} {rows[path, load]['p99_ms_by_kind'].get(kind, float('nan')):.1f}" for kind in classes)
+            for path, load in sorted(rows, key=lambda key: (OVERLOAD_PATHS.index(key[0]), key[1]))
+            if load > 1
+        ),
+        flush=True,
+    )
     for path in OVERLOAD_PATHS[1:]:
         for load in (2.0, 3.0):
             row = rows[path, load]

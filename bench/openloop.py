@@ -410,4 +410,8 @@ def summarise(results: list[Result], seconds: float) -> dict:
         "p99_ms": percentile(latencies, 99) * 1000,
         "send_lag_p99_ms": percentile(lags, 99) * 1000,
         "by_kind": by_kind,
+        # Where the tail is: each kind's p99 of its accepted requests.
+        "p99_ms_by_kind": {
+            kind: percentile([r.latency for r in accepted if r.kind == kind], 99) * 1000 for kind in by_kind
+        },
     }
