@@ -22,6 +22,23 @@ class JsonContentNegotiation(DefaultContentNegotiation):
             return renderers[0], renderers[0].media_type
         return super().select_renderer(request, renderers, format_suffix)
 
+    def get_accept_list(self, request):
+        """DRF's list without the media ranges the client refuses: `q=0` means "not acceptable" (RFC 9110
+        12.4.2), which DRF's negotiation does not look at (it answered `application/json;q=0` with JSON).
+        Refusing every range leaves nothing to match: DRF's 406."""
+        return [entry for entry in super().get_accept_list(request) if not _refused(entry)]
+
+
+def _refused(media_range: str) -> bool:
+    for parameter in media_range.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "q":
+            try:
+                return float(value.strip()) == 0
+            except ValueError:
+                return False  # a malformed weight: DRF's own reading applies
+    return False
+
 
 class SessionAuthentication(authentication.SessionAuthentication):
     """Staff through the admin session. A request without the session cookie cannot have one, so it is

@@ -103,6 +103,7 @@ def test_pending_views_count_in_both(settings, user):
     [
         ("", {"Accept": "text/html"}),  # DRF's 406
         ("", {"Accept": "application/json; q=0.9"}),
+        ("", {"Accept": "application/json;q=0"}),  # refused: DRF's 406
         ("?format=json", {}),
         ("", {"Authorization": "Token not-a-token"}),  # DRF's 401
     ],
@@ -216,3 +217,22 @@ def test_me_with_a_username_keyed_read_policy_goes_to_drf(settings, user, me_dis
     token = TokenFactory(username="fasty", password=PASSWORD)
     assert Client().get(ME, headers={"Authorization": f"Token {token}"}).status_code == 200
     assert me_dispatches.call_count == 1
+
+
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/json;q=0", 406),
+        ("*/*; q=0.0", 406),
+        ("application/json;q=0, */*;q=0", 406),
+        ("text/html, application/json;q=0", 406),
+        ("application/json;q=0, */*;q=0.5", 200),  # */* still takes JSON
+        ("application/json;q=0.001", 200),
+        ("application/json;q=zero", 200),  # a malformed weight is DRF's to read
+    ],
+)
+def test_a_media_range_with_q_0_is_refused(settings, user, accept, status):
+    """Found by a black-box pass: `Accept: application/json;q=0` was answered with JSON."""
+    response = Client().get(detail(user["id"]), headers={"Accept": accept})
+    assert response.status_code == status, accept
+    assert response["Content-Type"].startswith("application/json")
