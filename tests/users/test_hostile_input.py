@@ -150,6 +150,16 @@ def test_a_listing_cursor_outside_64_bits_is_a_400(admin_client, cursor):
 
 
 # --- properties: the parsers refuse cleanly whatever they are fed ---
+def test_an_id_with_a_leading_zero_is_no_alias(user):
+    """One user, one URL: `/users/0<id>/` (or `%30<id>`) was the same profile."""
+    _api, profile = user
+    assert Client().get(f"/api/v1/users/{profile['id']}/").status_code == 200
+    for alias in (f"0{profile['id']}", f"%30{profile['id']}", f"00{profile['id']}"):
+        assert Client().get(f"/api/v1/users/{alias}/").status_code == 404, alias
+        assert Client().post(f"/api/v1/users/{alias}/views/").status_code == 404, alias
+    assert parse_id("0" + str(profile["id"])) is None and parse_id("0") is None
+
+
 @given(st.one_of(st.text(), st.integers(), st.integers(min_value=MAX_ID - 10, max_value=MAX_ID + 10)))
 def test_id_parsers_return_an_id_in_range_or_none(raw):
     for parse in (parse_id, user_id_parse):

@@ -42,12 +42,14 @@ def logical_shard_sql(column: str) -> str:
 
 
 def parse_id(raw) -> int | None:
-    """Return the id in `raw` (str or int) or None when it is not a valid positive 64-bit id."""
+    """Return the id in `raw` (str or int) or None when it is not a valid positive 64-bit id. A string
+    is an id only as the API writes it: no leading zero, so one user has one URL (a black-box pass found
+    `/users/0<id>/` served as an alias)."""
     if isinstance(raw, bool):
         return None
     if isinstance(raw, int):
         value = raw
-    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19:
+    elif isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 19 and raw[0] != "0":
         value = int(raw)
     else:
         return None
