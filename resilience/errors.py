@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404, HttpResponse, JsonResponse
+from django.http import Http404, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.renderers import JSONRenderer
@@ -117,24 +117,29 @@ def error_response(exc: Exception) -> HttpResponse | None:
     return response
 
 
+def _json(body: dict, status: int) -> HttpResponse:
+    """Django's error views answer in the API's bytes (DRF's compact JSON), not JsonResponse's spaced ones."""
+    return HttpResponse(_render_json(body), status=status, content_type="application/json")
+
+
 @csrf_exempt  # an unknown path is a 404 whatever the method, never a CSRF failure page
 def json_404(request, exception=None):
-    return JsonResponse(error_body("Not found.", "not_found"), status=404)
+    return _json(error_body("Not found.", "not_found"), 404)
 
 
 def csrf_failure(request, reason=""):
     """CSRF_FAILURE_VIEW: the JSON error shape instead of Django's HTML page (an API client sending a
     session cookie without the CSRF token gets this)."""
-    return JsonResponse(error_body(f"CSRF verification failed: {reason}", "csrf_failed"), status=403)
+    return _json(error_body(f"CSRF verification failed: {reason}", "csrf_failed"), 403)
 
 
 def json_500(request):
-    return JsonResponse(error_body("Internal error.", "server_error"), status=500)
+    return _json(error_body("Internal error.", "server_error"), 500)
 
 
 def json_400(request, exception=None):
-    return JsonResponse(error_body("Bad request.", "bad_request"), status=400)
+    return _json(error_body("Bad request.", "bad_request"), 400)
 
 
 def json_403(request, exception=None):
-    return JsonResponse(error_body("Forbidden.", "forbidden"), status=403)
+    return _json(error_body("Forbidden.", "forbidden"), 403)

@@ -72,3 +72,12 @@ def test_each_operation_keeps_its_rate_limit_policy_and_csrf_exemption():
     assert created.status_code == 201, created.content
     assert created["RateLimit-Policy"].endswith(";w=3600")  # users.register, not api.write
     assert strict.get(USERS, {"username": "csrf"})["RateLimit-Policy"].endswith(";w=60")  # api.read
+
+
+def test_django_s_error_views_answer_in_the_api_s_compact_json(client):
+    """A path no route takes (an escaped slash, a missing trailing slash) is answered by Django's
+    handler404: the same compact JSON bytes as the API's own 404, not JsonResponse's spaced ones."""
+    for path in ("/api/v1/users/1%2F/", "/api/v1/users/1", "/no/such/page"):
+        response = client.get(path)
+        assert response.status_code == 404 and response["Content-Type"] == "application/json", path
+        assert response.content.startswith(b'{"detail":"Not found.","code":"not_found"'), response.content
