@@ -45,9 +45,17 @@ class LocalCache:
     """
 
     def __init__(
-        self, *, name: str, connection_kwargs: dict, prefixes: tuple[str, ...], max_entries: int, max_bytes: int
+        self,
+        *,
+        name: str,
+        connection_kwargs: dict,
+        prefixes: tuple[str, ...],
+        max_entries: int,
+        max_bytes: int,
+        on_connect=None,
     ):
         self.name = name
+        self.on_connect = on_connect  # called (from the tracking thread) each time tracking is up again
         self.prefixes = prefixes
         self.max_entries = max_entries
         self.max_bytes = max_bytes
@@ -172,6 +180,11 @@ class LocalCache:
         with self._lock:  # anything written before this point was not heard: start empty
             self._flush()
             self._live = True
+        if self.on_connect is not None:
+            try:
+                self.on_connect()
+            except Exception as exc:  # the owner's business; tracking goes on
+                logger.warning("client cache %s: on_connect failed: %s", self.name, exc)
         ping_sent = None
         while not self._stop.is_set():
             if connection.can_read(timeout=PING_INTERVAL):

@@ -186,6 +186,12 @@ class Guard:
             self._local.permit = permit
         return True
 
+    def require_preparation(self) -> None:
+        """Refuse calls in this process until `before_use` has run successfully (at the next sync): its
+        owner has something to do first (the cache: invalidations it could record nowhere else)."""
+        self._unprepared = True
+        self._synced_at = -math.inf  # the next call syncs, and so runs it
+
     def _prepare(self) -> bool:
         """Run `before_use`; whether it succeeded."""
         try:

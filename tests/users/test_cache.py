@@ -21,6 +21,7 @@ from users.sharding.access import group_for_user_id
 
 from ..factories import UserFactory
 from ..stack import run_together, stack, wait_for
+from .conftest import PASSWORD
 
 pytestmark = pytest.mark.usefixtures("real_db")
 
@@ -405,3 +406,44 @@ def test_a_process_that_missed_the_outage_deletes_the_queued_keys_before_its_fir
     assert guard(cache.CACHE_BREAKER).allows()
     assert get_redis_connection("default").get(cache.user_key(user["id"])) is None
     assert not get_redis_connection("state").sismember(cache.PENDING_INVALIDATIONS, cache.user_key(user["id"]))
+
+
+def test_a_logout_and_a_deletion_made_while_both_redis_were_paused_stay_done_once_they_are_back(
+    restore_stack, make_api
+):
+    """Found by a black-box pass: with the cache and the state Redis paused together, a log-out (and an
+    account deletion) acknowledged while the cache breaker was open could be queued nowhere; once both
+    were back the cached token entry authenticated again (and could write), and the deleted account was
+    served until the entries' TTL. Now the process keeps such keys and deletes them before it uses the
+    cache again."""
+    api, doomed = make_api(), make_api()
+    api.register("loggedout")
+    api.login("loggedout")
+    profile = doomed.register("doomed").json()
+    doomed.login("doomed")
+    anon = Client()
+    for _ in range(2):  # cached: the token entry and both rows
+        assert api.get("/api/v1/users/me/").status_code == 200
+        assert anon.get(f"/api/v1/users/{profile['id']}/").status_code == 200
+    assert cached_row(int(profile["id"])) is not None
+    stack("pause", "cache")
+    stack("pause", "state")
+    try:
+        from resilience.breaker import guard
+
+        # Reads that time out on the cache Redis open its breaker (in-process: its shared state is out of reach).
+        wait_for(
+            lambda: anon.get(f"/api/v1/users/{profile['id']}/") and not guard(cache.CACHE_BREAKER).allows(),
+            timeout=30,
+            message="the cache breaker to open",
+        )
+        assert api.delete("/api/v1/auth/token/").status_code == 204
+        assert doomed.delete("/api/v1/users/me/", {"current_password": PASSWORD}).status_code == 204
+    finally:
+        stack("resume", "state")
+        stack("resume", "cache")
+    wait_for(lambda: guard(cache.CACHE_BREAKER).allows(), timeout=15, message="the cache to be used again")
+    for _ in range(3):
+        assert api.get("/api/v1/users/me/").status_code == 401
+        assert anon.get(f"/api/v1/users/{profile['id']}/").status_code == 404
+    assert cached_row(int(profile["id"])) in (None, entry.NOT_FOUND)  # gone, or cached as not found

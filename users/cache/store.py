@@ -99,6 +99,7 @@ def local_cache() -> LocalCache | None:
                 prefixes=LOCAL_PREFIXES,
                 max_entries=settings.USERS_LOCAL_CACHE_ENTRIES,
                 max_bytes=settings.USERS_LOCAL_CACHE_BYTES,
+                on_connect=_on_tracking_connect,
             )
     return _local_cache
 
@@ -266,12 +267,46 @@ def _cached_version_at_least(key: str, version: int) -> bool:
     return entry.is_entry(raw) and entry.version(raw) >= version
 
 
+# Keys whose invalidation could be recorded nowhere shared (the state Redis was down too): kept in this
+# process, which uses the cache again only after deleting them (the breaker's before_use), and deletes
+# them as soon as its tracking connection is back. Found by a black-box pass with both Redis paused: a
+# logged-out token authenticated again, and a deleted account was served, until the entry's TTL.
+_unqueued: set[str] = set()
+_UNQUEUED_MAX = 100_000
+
+
 def queue_invalidation(key: str) -> None:
-    """Remember a lost write-through/delete in the state Redis; `replay_invalidations` deletes it."""
+    """Remember a lost write-through/delete in the state Redis; `replay_invalidations` deletes it. With
+    the state Redis down too, this process keeps it and stops using the cache until it is deleted."""
     try:
         state_redis().sadd(PENDING_INVALIDATIONS, key)
+        return
     except RedisError:
-        logger.error("cache invalidation of %s lost (state Redis down too); stale until TTL", key)
+        pass
+    if len(_unqueued) < _UNQUEUED_MAX:
+        _unqueued.add(key)
+        logger.warning("cache invalidation of %s kept in this process (state Redis down too)", key)
+    else:
+        logger.error("cache invalidation of %s lost (%d kept already); stale until TTL", key, len(_unqueued))
+    _breaker.require_preparation()
+
+
+def _delete_unqueued() -> None:
+    """Delete from the cache Redis the keys this process could queue nowhere; raises RedisError."""
+    keys = list(_unqueued)
+    for start in range(0, len(keys), 1000):
+        part = keys[start : start + 1000]
+        for key in part:
+            _forget_locally(key)
+        _client().delete(*part)
+        _unqueued.difference_update(part)
+
+
+def _on_tracking_connect() -> None:
+    """The cache Redis answers again: delete what this process could queue nowhere now, without waiting
+    for its next request (other processes read those keys meanwhile)."""
+    if _unqueued:
+        _delete_unqueued()
 
 
 def _delete_queued_before_use() -> None:
@@ -282,7 +317,9 @@ def _delete_queued_before_use() -> None:
     by a black-box run: a write made while the breaker was open was answered with its old row for up to
     5 s after the cache came back, until beat's replay. Raises RedisError when the cache Redis cannot
     take the deletes (the cache stays unused); a state Redis that cannot be read holds no queue to
-    replay (queue_invalidation logs the loss), so the cache is used again as before."""
+    replay, so the cache is used again as before (keys this process could queue nowhere are deleted
+    first)."""
+    _delete_unqueued()
     state = state_redis()
     for _ in range(100):  # 100,000 keys at most, then beat's replay goes on with the rest
         try:
