@@ -100,7 +100,7 @@ class Front:
         if takes is None or not takes(request):
             return False
         request.resolver_match = match  # as Django's handler sets it: the metrics label the view by it
-        request.front_takes = True  # the view need not ask `front_takes` again
+        request.front_taken = True  # the view need not ask `front_takes` again
         return True
 
 

@@ -117,7 +117,7 @@ def _needs_body(request) -> bool:
 
 def _front_took(request) -> bool:
     """Whether project/front.py asked this view's `front_takes` and it said yes (the same request)."""
-    return getattr(request, "front_takes", False)
+    return getattr(request, "front_taken", False)
 
 
 def _plain_type(request) -> bool:
